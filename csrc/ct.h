@@ -1,0 +1,38 @@
+/* ct.h - common definitions of the clip C core (no Lua here).
+ *
+ * Conventions (see docs/design.md):
+ *  - Core functions return 0 on success and -1 on failure; on failure they
+ *    fill a ct_err with a message that names the file and the reason.
+ *  - Nothing in csrc/ calls exit, abort or assert, or prints to stdout.
+ *  - Non-static core symbols start with ct_.
+ */
+#ifndef CT_H
+#define CT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CT_ERR_MAX 512
+
+typedef struct ct_err {
+  char msg[CT_ERR_MAX];
+} ct_err;
+
+/* Format a message into e (if e is not NULL) and return -1. */
+int ct_errf(ct_err *e, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Read a whole file into a malloc'd, NUL-terminated buffer. Returns NULL and
+ * fills e on failure (missing file, a directory, read error, too large). */
+char *ct_read_file(const char *path, size_t *len, size_t max_len, ct_err *e);
+
+/* Join a directory and a file name into out (size n). Returns -1 if too long. */
+int ct_path_join(char *out, size_t n, const char *dir, const char *name);
+
+/* 1 if path names an existing regular file. */
+int ct_file_exists(const char *path);
+
+#endif

@@ -1,0 +1,14 @@
+/* lclip.h - area openers called by luaopen_clip_core (lclip.c).
+ * Each opener is called with the module table on top of the stack and adds
+ * its functions and metatables to it; it leaves the stack as it found it. */
+#ifndef LCLIP_H
+#define LCLIP_H
+#include "lua.h"
+
+void l_tensor_open(lua_State *L);
+void l_safetensors_open(lua_State *L);
+void l_tokenizer_open(lua_State *L);
+void l_image_open(lua_State *L);
+void l_model_open(lua_State *L);
+
+#endif
