@@ -1,3 +1,413 @@
-/* l_model.c - placeholder until the model area lands. */
+/* l_model.c - the "clip.ModelCore" userdata: a loaded parameter table and
+ * the two encoders. The friendly clip.Model (lua/clip/model.lua) wraps it.
+ *
+ * Lifetime: parameters handed out as Tensor views keep the core alive. close()
+ * frees the weights at once when no view was ever handed out; otherwise it
+ * marks the model closed (every method then errors) and the memory goes with
+ * the last view, at garbage collection, so a stale view can never dangle. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "l_tensor.h"
 #include "lclip.h"
-void l_model_open(lua_State *L) { (void)L; }
+#include "model.h"
+#include "safetensors.h"
+
+#define MODEL_MT "clip.ModelCore"
+
+typedef struct l_model {
+  ct_model m;
+  int live;        /* weights present */
+  int closed;      /* user called close() */
+  int views;       /* parameter views handed out */
+} l_model;
+
+static l_model *check_model(lua_State *L, int idx) {
+  l_model *m = luaL_checkudata(L, idx, MODEL_MT);
+  if (m->closed || !m->live) luaL_error(L, "model is closed");
+  return m;
+}
+
+static int mc_gc(lua_State *L) {
+  l_model *m = luaL_checkudata(L, 1, MODEL_MT);
+  if (m->live) ct_model_free(&m->m);
+  m->live = 0;
+  m->closed = 1;
+  return 0;
+}
+
+static int mc_close(lua_State *L) {
+  l_model *m = luaL_checkudata(L, 1, MODEL_MT);
+  if (m->live && !m->views) {
+    ct_model_free(&m->m);
+    m->live = 0;
+  }
+  m->closed = 1;
+  return 0;
+}
+
+static int mc_is_closed(lua_State *L) {
+  l_model *m = luaL_checkudata(L, 1, MODEL_MT);
+  lua_pushboolean(L, m->closed);
+  return 1;
+}
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+static void set_int(lua_State *L, const char *k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+static void set_num(lua_State *L, const char *k, lua_Number v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void push_tower(lua_State *L, const ct_tower_cfg *t, int vision) {
+  lua_newtable(L);
+  set_int(L, "hidden_size", t->hidden);
+  set_int(L, "intermediate_size", t->inter);
+  set_int(L, "num_attention_heads", t->heads);
+  set_int(L, "num_hidden_layers", t->layers);
+  set_str(L, "hidden_act", t->act_name);
+  set_num(L, "layer_norm_eps", t->eps);
+  if (vision) {
+    set_int(L, "image_size", t->image_size);
+    set_int(L, "patch_size", t->patch_size);
+    set_int(L, "num_channels", t->channels);
+  } else {
+    set_int(L, "vocab_size", t->vocab);
+    set_int(L, "max_position_embeddings", t->max_pos);
+    set_int(L, "bos_token_id", t->bos);
+    set_int(L, "eos_token_id", t->eos);
+    set_int(L, "pad_token_id", t->pad);
+  }
+}
+
+static void push_config(lua_State *L, const ct_config *c) {
+  lua_newtable(L);
+  set_int(L, "projection_dim", c->projection_dim);
+  set_num(L, "logit_scale_init_value", c->logit_scale_init);
+  set_str(L, "model_type", "clip");
+  push_tower(L, &c->text, 0);
+  lua_setfield(L, -2, "text_config");
+  push_tower(L, &c->vision, 1);
+  lua_setfield(L, -2, "vision_config");
+}
+
+static l_model *new_model(lua_State *L) {
+  l_model *m = lua_newuserdatauv(L, sizeof(l_model), 1);
+  memset(m, 0, sizeof *m);
+  luaL_setmetatable(L, MODEL_MT);
+  return m;
+}
+
+/* core.model_load(dir) -> ModelCore, paths */
+static int l_model_load(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  l_model *m = new_model(L);
+  ct_model_paths *p = lua_newuserdatauv(L, sizeof(ct_model_paths), 0); /* scratch */
+  ct_err e;
+  if (ct_model_load(dir, &m->m, p, &e) != 0) return luaL_error(L, "%s", e.msg);
+  m->live = 1;
+  lua_newtable(L);
+  set_str(L, "root", p->root);
+  set_str(L, "config", p->config);
+  set_str(L, "preprocessor", p->preprocessor);
+  set_str(L, "vocab", p->vocab);
+  set_str(L, "merges", p->merges);
+  set_str(L, "weights", p->weights);
+  lua_pushboolean(L, p->sharded);
+  lua_setfield(L, -2, "sharded");
+  lua_pushboolean(L, p->sentence_transformers);
+  lua_setfield(L, -2, "sentence_transformers");
+  lua_remove(L, -2);
+  return 2;
+}
+
+/* core.model_find(dir) -> paths (no weights read) */
+static int l_model_find(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  ct_model_paths *p = lua_newuserdatauv(L, sizeof(ct_model_paths), 0);
+  ct_err e;
+  if (ct_model_find(dir, p, &e) != 0) return luaL_error(L, "%s", e.msg);
+  lua_newtable(L);
+  set_str(L, "root", p->root);
+  set_str(L, "config", p->config);
+  set_str(L, "preprocessor", p->preprocessor);
+  set_str(L, "vocab", p->vocab);
+  set_str(L, "merges", p->merges);
+  set_str(L, "weights", p->weights);
+  lua_pushboolean(L, p->sharded);
+  lua_setfield(L, -2, "sharded");
+  lua_pushboolean(L, p->sentence_transformers);
+  lua_setfield(L, -2, "sentence_transformers");
+  return 1;
+}
+
+/* core.config_parse(json_text [, name]) -> config table */
+static int l_config_parse(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  const char *name = luaL_optstring(L, 2, "config.json");
+  ct_config c;
+  ct_err e;
+  if (ct_config_parse(s, len, name, &c, &e) != 0) return luaL_error(L, "%s", e.msg);
+  push_config(L, &c);
+  return 1;
+}
+
+/* core.model_new(config_json_text) -> ModelCore with zero weights */
+static int l_model_new(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  l_model *m = new_model(L);
+  ct_config c;
+  ct_err e;
+  if (ct_config_parse(s, len, "config", &c, &e) != 0) return luaL_error(L, "%s", e.msg);
+  if (ct_model_init(&c, &m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
+  m->live = 1;
+  return 1;
+}
+
+/* core.config_layout(config_json_text) -> list of {name, shape, numel} */
+static int l_config_layout(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  ct_config c;
+  ct_err e;
+  if (ct_config_parse(s, len, "config", &c, &e) != 0) return luaL_error(L, "%s", e.msg);
+  ct_param *ps;
+  int n;
+  if (ct_model_layout(&c, &ps, &n, &e) != 0) return luaL_error(L, "%s", e.msg);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, 0, 3);
+    set_str(L, "name", ps[i].name);
+    set_int(L, "numel", ps[i].numel);
+    lua_createtable(L, ps[i].ndim, 0);
+    for (int d = 0; d < ps[i].ndim; d++) {
+      lua_pushinteger(L, ps[i].shape[d]);
+      lua_rawseti(L, -2, d + 1);
+    }
+    lua_setfield(L, -2, "shape");
+    lua_rawseti(L, -2, i + 1);
+  }
+  free(ps);
+  return 1;
+}
+
+static int mc_config(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  push_config(L, &m->m.cfg);
+  return 1;
+}
+
+static int mc_config_json(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  char *s = ct_config_to_json(&m->m.cfg);
+  if (!s) return luaL_error(L, "out of memory");
+  lua_pushstring(L, s);
+  free(s);
+  return 1;
+}
+
+/* m:param_info() -> list of {name, shape, numel, dtype} in HF order */
+static int mc_param_info(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  lua_createtable(L, m->m.nparams, 0);
+  for (int i = 0; i < m->m.nparams; i++) {
+    ct_param *p = &m->m.params[i];
+    lua_createtable(L, 0, 4);
+    set_str(L, "name", p->name);
+    set_int(L, "numel", p->numel);
+    set_str(L, "dtype", ct_dtype_name((ct_dtype)p->dtype));
+    lua_pushboolean(L, !p->owned);
+    lua_setfield(L, -2, "mapped");
+    lua_createtable(L, p->ndim, 0);
+    for (int d = 0; d < p->ndim; d++) {
+      lua_pushinteger(L, p->shape[d]);
+      lua_rawseti(L, -2, d + 1);
+    }
+    lua_setfield(L, -2, "shape");
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* m:param(name) -> Tensor view of the parameter (writes go to the model) */
+static int mc_param(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  int i = ct_model_find_param(&m->m, name);
+  if (i < 0) return luaL_error(L, "model has no parameter '%s'", name);
+  ct_param *p = &m->m.params[i];
+  m->views++;
+  l_tensor_view(L, 1, p->data, p->ndim, p->shape, 0);
+  return 1;
+}
+
+/* m:encode_pixels(pixels {B,C,S,S} [, {pooled=, last_hidden=, capture_layer=}])
+ * -> embeds {B,E}, extras table */
+static int mc_encode_pixels(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  l_tensor *px = l_checktensor(L, 2);
+  const ct_tower_cfg *c = &m->m.cfg.vision;
+  char sb[128];
+  if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
+      px->shape[3] != c->image_size)
+    return luaL_error(L, "encode_images: pixel tensor has shape %s, expected {n,%d,%d,%d}",
+                      l_shape_str(px, sb, sizeof sb), c->channels, c->image_size, c->image_size);
+  int B = (int)px->shape[0];
+  if (B == 0) return luaL_error(L, "encode_images: empty batch");
+  for (int64_t i = 0; i < px->numel; i++) {
+    float v = px->data[i];
+    if (v != v || v - v != 0)
+      return luaL_error(L, "encode_images: pixel tensor holds NaN or Inf (image %d)",
+                        (int)(i / (px->numel / B)) + 1);
+  }
+  int want_pooled = 0, want_hidden = 0, cap = -1;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "pooled");
+    want_pooled = lua_toboolean(L, -1);
+    lua_getfield(L, 3, "last_hidden");
+    want_hidden = lua_toboolean(L, -1);
+    lua_getfield(L, 3, "capture_layer");
+    cap = (int)luaL_optinteger(L, -1, -1);
+    lua_pop(L, 3);
+  }
+  int T = (c->image_size / c->patch_size) * (c->image_size / c->patch_size) + 1;
+  int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden},
+          sh[3] = {B, T, c->hidden};
+  ct_fwd_out o = {0};
+  o.embeds = l_tensor_new(L, 2, se)->data;
+  int out = lua_gettop(L);
+  lua_newtable(L);
+  if (want_pooled) {
+    o.pooled = l_tensor_new(L, 2, sp)->data;
+    lua_setfield(L, out + 1, "pooled");
+  }
+  if (want_hidden) {
+    o.last_hidden = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, out + 1, "last_hidden");
+  }
+  if (cap >= 0) {
+    o.capture_layer = cap;
+    o.captured = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, out + 1, "captured");
+  }
+  ct_err e;
+  if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
+  return 2;
+}
+
+/* m:encode_ids(list of id lists [, opts]) -> embeds {B,E}, extras.
+ * Shorter lists are padded with the eos id (after the pooled token it
+ * changes nothing). Ids are 0-based token ids as in vocab.json. */
+static int mc_encode_ids(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const ct_tower_cfg *c = &m->m.cfg.text;
+  int B = (int)luaL_len(L, 2), T = 0;
+  if (B == 0) return luaL_error(L, "encode_texts: empty batch");
+  for (int b = 1; b <= B; b++) {
+    if (lua_geti(L, 2, b) != LUA_TTABLE)
+      return luaL_error(L, "encode_texts: item %d is not a list of token ids", b);
+    int n = (int)luaL_len(L, -1);
+    if (n == 0) return luaL_error(L, "encode_texts: item %d is an empty id list", b);
+    if (n > T) T = n;
+    lua_pop(L, 1);
+  }
+  if (T > c->max_pos)
+    return luaL_error(L, "encode_texts: %d tokens exceed max_position_embeddings %d (truncate first)",
+                      T, c->max_pos);
+  int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)B * T, 0);
+  for (int b = 0; b < B; b++) {
+    lua_geti(L, 2, b + 1);
+    int n = (int)luaL_len(L, -1);
+    for (int t = 0; t < T; t++) {
+      if (t < n) {
+        lua_geti(L, -1, t + 1);
+        int ok;
+        lua_Integer v = lua_tointegerx(L, -1, &ok);
+        if (!ok) return luaL_error(L, "encode_texts: item %d, position %d is not an integer", b + 1, t + 1);
+        if (v < 0 || v >= c->vocab)
+          return luaL_error(L, "encode_texts: token id %d (item %d, position %d) is outside the vocabulary of %d",
+                            (int)v, b + 1, t + 1, c->vocab);
+        ids[(size_t)b * T + t] = (int32_t)v;
+        lua_pop(L, 1);
+      } else {
+        ids[(size_t)b * T + t] = c->eos < c->vocab ? c->eos : 0;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  int want_pooled = 0, want_hidden = 0, cap = -1;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "pooled");
+    want_pooled = lua_toboolean(L, -1);
+    lua_getfield(L, 3, "last_hidden");
+    want_hidden = lua_toboolean(L, -1);
+    lua_getfield(L, 3, "capture_layer");
+    cap = (int)luaL_optinteger(L, -1, -1);
+    lua_pop(L, 3);
+  }
+  int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden}, sh[3] = {B, T, c->hidden};
+  ct_fwd_out o = {0};
+  o.embeds = l_tensor_new(L, 2, se)->data;
+  int out = lua_gettop(L);
+  lua_newtable(L);
+  if (want_pooled) {
+    o.pooled = l_tensor_new(L, 2, sp)->data;
+    lua_setfield(L, out + 1, "pooled");
+  }
+  if (want_hidden) {
+    o.last_hidden = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, out + 1, "last_hidden");
+  }
+  if (cap >= 0) {
+    o.capture_layer = cap;
+    o.captured = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, out + 1, "captured");
+  }
+  lua_createtable(L, B, 0);
+  for (int b = 0; b < B; b++) {
+    lua_pushinteger(L, ct_text_eos_index(&m->m.cfg, ids + (size_t)b * T, T) + 1);
+    lua_rawseti(L, -2, b + 1);
+  }
+  lua_setfield(L, out + 1, "eos_index");
+  ct_err e;
+  if (ct_encode_text(&m->m, ids, B, T, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
+  return 2;
+}
+
+static const luaL_Reg methods[] = {
+    {"close", mc_close},           {"is_closed", mc_is_closed},
+    {"config", mc_config},         {"config_json", mc_config_json},
+    {"param_info", mc_param_info}, {"param", mc_param},
+    {"encode_pixels", mc_encode_pixels}, {"encode_ids", mc_encode_ids},
+    {NULL, NULL}};
+
+void l_model_open(lua_State *L) {
+  luaL_newmetatable(L, MODEL_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, mc_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, mc_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_model_load);
+  lua_setfield(L, -2, "model_load");
+  lua_pushcfunction(L, l_model_find);
+  lua_setfield(L, -2, "model_find");
+  lua_pushcfunction(L, l_model_new);
+  lua_setfield(L, -2, "model_new");
+  lua_pushcfunction(L, l_config_parse);
+  lua_setfield(L, -2, "config_parse");
+  lua_pushcfunction(L, l_config_layout);
+  lua_setfield(L, -2, "config_layout");
+}

@@ -1,0 +1,175 @@
+/* encoder.c - the ViT image tower and the causal text tower (inference).
+ * Matches transformers' CLIPVisionTransformer / CLIPTextTransformer
+ * (models/clip/modeling_clip.py): pre-LN blocks
+ *   h = h + out_proj(attn(LN1(h))); h = h + fc2(act(fc1(LN2(h)))). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "model.h"
+
+typedef struct {
+  float *h, *x, *q, *k, *v, *att, *mlp, *probs;
+  void *mem;
+} workspace;
+
+static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
+  size_t nd = (size_t)N * D, total = 6 * nd + (size_t)N * I + (size_t)T * T;
+  float *m = malloc(total * sizeof(float));
+  if (!m) return ct_errf(e, "out of memory: forward pass needs %zu MB of scratch",
+                         total * sizeof(float) >> 20);
+  w->mem = m;
+  w->h = m; w->x = m + nd; w->q = m + 2 * nd; w->k = m + 3 * nd; w->v = m + 4 * nd;
+  w->att = m + 5 * nd; w->mlp = m + 6 * nd; w->probs = w->mlp + (size_t)N * I;
+  return 0;
+}
+
+/* One pre-LN block over w->h [B, T, D] in place. */
+static void block_forward(workspace *w, const ct_block_w *b, const ct_tower_cfg *c, int B,
+                          int T, int causal) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
+  linear_forward(w->q, w->x, b->q_w, b->q_b, N, D, D);
+  linear_forward(w->k, w->x, b->k_w, b->k_b, N, D, D);
+  linear_forward(w->v, w->x, b->v_w, b->v_b, N, D, D);
+  attention_forward(w->att, w->probs, w->q, w->k, w->v, B, T, D, c->heads, causal, 0);
+  linear_forward(w->x, w->att, b->o_w, b->o_b, N, D, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
+  layernorm_forward(w->x, NULL, NULL, w->h, b->ln2_w, b->ln2_b, N, D, c->eps);
+  linear_forward(w->mlp, w->x, b->fc1_w, b->fc1_b, N, D, I);
+  act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
+  linear_forward(w->x, w->mlp, b->fc2_w, b->fc2_b, N, I, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
+}
+
+int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o, ct_err *e) {
+  const ct_tower_cfg *c = &m->cfg.vision;
+  int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
+  int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
+  if (B <= 0) return ct_errf(e, "encode_image: empty batch");
+  workspace w;
+  int64_t N = (int64_t)B * T;
+  if (N > (1 << 30) / (D > 0 ? D : 1))
+    return ct_errf(e, "encode_image: batch of %d images is too large", B);
+  if (ws_alloc(&w, N, D, c->inter, T, e) != 0) return -1;
+  /* im2col into w.mlp (N*I >= B*NP*K holds when I >= K; else use a separate buffer) */
+  float *cols = NULL;
+  size_t need = (size_t)B * NP * K;
+  if (need <= (size_t)N * c->inter) {
+    cols = w.mlp;
+  } else {
+    cols = malloc(need * sizeof(float));
+    if (!cols) {
+      free(w.mem);
+      return ct_errf(e, "out of memory");
+    }
+  }
+  for (int b = 0; b < B; b++)
+    for (int gi = 0; gi < g; gi++)
+      for (int gj = 0; gj < g; gj++) {
+        float *dst = cols + ((size_t)b * NP + gi * g + gj) * K;
+        for (int ch = 0; ch < C; ch++)
+          for (int u = 0; u < p; u++) {
+            const float *src = pixels + (((size_t)b * C + ch) * S + gi * p + u) * S + gj * p;
+            memcpy(dst + (ch * p + u) * p, src, sizeof(float) * p);
+          }
+      }
+  /* patch embeddings into w.x, laid out [B*NP, D] */
+  linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
+  if (cols != w.mlp) free(cols);
+  for (int b = 0; b < B; b++) {
+    float *h0 = w.h + (size_t)b * T * D;
+    for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
+    for (int t = 1; t < T; t++) {
+      const float *src = w.x + ((size_t)b * NP + t - 1) * D;
+      const float *pos = m->vpos_emb + (size_t)t * D;
+      float *dst = h0 + (size_t)t * D;
+      for (int j = 0; j < D; j++) dst[j] = src[j] + pos[j];
+    }
+  }
+  layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
+  for (int l = 0; l < c->layers; l++) {
+    block_forward(&w, &m->vblocks[l], c, B, T, 0);
+    if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
+  }
+  if (o->last_hidden) memcpy(o->last_hidden, w.h, sizeof(float) * N * D);
+  /* pooled = post_layernorm(h[:, 0]) */
+  float *pooled = w.q;
+  for (int b = 0; b < B; b++)
+    layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + (size_t)b * T * D, m->post_ln_w,
+                      m->post_ln_b, 1, D, c->eps);
+  if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
+  free(w.mem);
+  return 0;
+}
+
+int ct_text_eos_index(const ct_config *c, const int32_t *ids, int T) {
+  int best = 0;
+  if (c->text.eos == 2) { /* legacy configs: argmax of the ids (the first maximum) */
+    for (int t = 1; t < T; t++)
+      if (ids[t] > ids[best]) best = t;
+    return best;
+  }
+  for (int t = 0; t < T; t++)
+    if (ids[t] == c->text.eos) return t;
+  return 0; /* transformers: argmax of an all-false mask is 0 */
+}
+
+int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
+                   ct_err *e) {
+  const ct_tower_cfg *c = &m->cfg.text;
+  int D = c->hidden;
+  if (B <= 0) return ct_errf(e, "encode_text: empty batch");
+  if (T <= 0) return ct_errf(e, "encode_text: empty sequences");
+  if (T > c->max_pos)
+    return ct_errf(e, "encode_text: sequence length %d exceeds max_position_embeddings %d", T,
+                   c->max_pos);
+  for (int64_t i = 0; i < (int64_t)B * T; i++)
+    if (ids[i] < 0 || ids[i] >= c->vocab)
+      return ct_errf(e, "encode_text: token id %d (sequence %d, position %d) is outside the vocabulary of %d",
+                     ids[i], (int)(i / T) + 1, (int)(i % T) + 1, c->vocab);
+  int *eos = malloc(sizeof(int) * (size_t)B);
+  if (!eos) return ct_errf(e, "out of memory");
+  /* with the causal mask, positions after the last pooled token change
+   * nothing that is pooled: compute only up to it unless all rows are asked */
+  int Te = 1;
+  for (int b = 0; b < B; b++) {
+    eos[b] = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
+    if (eos[b] + 1 > Te) Te = eos[b] + 1;
+  }
+  if (o->last_hidden || o->captured) Te = T;
+  workspace w;
+  int64_t N = (int64_t)B * Te;
+  if (ws_alloc(&w, N, D, c->inter, Te, e) != 0) {
+    free(eos);
+    return -1;
+  }
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < Te; t++) {
+      const float *te = m->tok_emb + (size_t)ids[(size_t)b * T + t] * D;
+      const float *pe = m->tpos_emb + (size_t)t * D;
+      float *dst = w.h + ((size_t)b * Te + t) * D;
+      for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
+    }
+  for (int l = 0; l < c->layers; l++) {
+    block_forward(&w, &m->tblocks[l], c, B, Te, 1);
+    if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
+  }
+  float *pooled = w.q;
+  if (o->last_hidden) {
+    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->final_ln_w, m->final_ln_b, N, D, c->eps);
+    for (int b = 0; b < B; b++)
+      memcpy(pooled + (size_t)b * D, o->last_hidden + ((size_t)b * Te + eos[b]) * D,
+             sizeof(float) * D);
+  } else {
+    for (int b = 0; b < B; b++)
+      layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + ((size_t)b * Te + eos[b]) * D,
+                        m->final_ln_w, m->final_ln_b, 1, D, c->eps);
+  }
+  if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->text_proj, NULL, B, D, m->cfg.projection_dim);
+  free(w.mem);
+  free(eos);
+  return 0;
+}

@@ -1,0 +1,593 @@
+/* model.c - CLIP config parsing, directory layout, parameter table and
+ * weight loading. The encoders are in encoder.c. */
+#include "model.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ------------------------------------------------------------- config */
+
+static void tower_defaults(ct_tower_cfg *t, int vision) {
+  memset(t, 0, sizeof *t);
+  t->act = CT_ACT_QUICK_GELU;
+  strcpy(t->act_name, "quick_gelu");
+  t->eps = 1e-5f;
+  if (vision) { /* transformers CLIPVisionConfig defaults */
+    t->hidden = 768; t->inter = 3072; t->heads = 12; t->layers = 12;
+    t->image_size = 224; t->patch_size = 32; t->channels = 3;
+  } else {      /* CLIPTextConfig defaults */
+    t->hidden = 512; t->inter = 2048; t->heads = 8; t->layers = 12;
+    t->vocab = 49408; t->max_pos = 77; t->bos = 49406; t->eos = 49407; t->pad = 1;
+  }
+}
+
+static int get_int(const cJSON *o, const char *key, const char *where, const char *name,
+                   int *out, int minv, ct_err *e) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!j || cJSON_IsNull(j)) return 0;
+  if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) ||
+      j->valuedouble < minv || j->valuedouble > 1e9)
+    return ct_errf(e, "%s: %s%s must be an integer >= %d", name, where, key, minv);
+  *out = (int)j->valuedouble;
+  return 0;
+}
+
+static int get_float(const cJSON *o, const char *key, const char *where, const char *name,
+                     float *out, ct_err *e) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!j || cJSON_IsNull(j)) return 0;
+  if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
+    return ct_errf(e, "%s: %s%s must be a number", name, where, key);
+  *out = (float)j->valuedouble;
+  return 0;
+}
+
+static int parse_act(const char *s, int *act) {
+  if (!strcmp(s, "quick_gelu")) *act = CT_ACT_QUICK_GELU;
+  else if (!strcmp(s, "gelu")) *act = CT_ACT_GELU;
+  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh") || !strcmp(s, "gelu_fast"))
+    *act = CT_ACT_GELU_TANH;
+  else if (!strcmp(s, "relu")) *act = CT_ACT_RELU;
+  else return -1;
+  return 0;
+}
+
+static int parse_tower(const cJSON *o, ct_tower_cfg *t, int vision, const char *where,
+                       const char *name, ct_err *e) {
+  if (!o) return 0;
+  if (!cJSON_IsObject(o)) return ct_errf(e, "%s: %s must be an object", name, where);
+  char w[64];
+  snprintf(w, sizeof w, "%s.", where);
+  if (get_int(o, "hidden_size", w, name, &t->hidden, 1, e) ||
+      get_int(o, "intermediate_size", w, name, &t->inter, 1, e) ||
+      get_int(o, "num_attention_heads", w, name, &t->heads, 1, e) ||
+      get_int(o, "num_hidden_layers", w, name, &t->layers, 0, e) ||
+      get_float(o, "layer_norm_eps", w, name, &t->eps, e))
+    return -1;
+  const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+  if (act && !cJSON_IsNull(act)) {
+    if (!cJSON_IsString(act))
+      return ct_errf(e, "%s: %shidden_act must be a string", name, w);
+    if (parse_act(act->valuestring, &t->act) != 0)
+      return ct_errf(e, "%s: %shidden_act '%s' is not supported (quick_gelu, gelu, gelu_new, relu)",
+                     name, w, act->valuestring);
+    snprintf(t->act_name, sizeof t->act_name, "%s", act->valuestring);
+  }
+  if (vision) {
+    if (get_int(o, "image_size", w, name, &t->image_size, 1, e) ||
+        get_int(o, "patch_size", w, name, &t->patch_size, 1, e) ||
+        get_int(o, "num_channels", w, name, &t->channels, 1, e))
+      return -1;
+  } else {
+    if (get_int(o, "vocab_size", w, name, &t->vocab, 1, e) ||
+        get_int(o, "max_position_embeddings", w, name, &t->max_pos, 1, e) ||
+        get_int(o, "bos_token_id", w, name, &t->bos, 0, e) ||
+        get_int(o, "eos_token_id", w, name, &t->eos, 0, e) ||
+        get_int(o, "pad_token_id", w, name, &t->pad, 0, e))
+      return -1;
+  }
+  return 0;
+}
+
+static int check_tower(const ct_tower_cfg *t, int vision, const char *name, ct_err *e) {
+  const char *w = vision ? "vision_config" : "text_config";
+  if (t->hidden % t->heads)
+    return ct_errf(e, "%s: %s.hidden_size %d is not divisible by num_attention_heads %d", name,
+                   w, t->hidden, t->heads);
+  if (!(t->eps > 0)) return ct_errf(e, "%s: %s.layer_norm_eps must be > 0", name, w);
+  if (vision) {
+    if (t->image_size % t->patch_size)
+      return ct_errf(e, "%s: vision_config.image_size %d is not a multiple of patch_size %d",
+                     name, t->image_size, t->patch_size);
+    if (t->channels != 3)
+      return ct_errf(e, "%s: vision_config.num_channels %d is not supported (3)", name,
+                     t->channels);
+    int g = t->image_size / t->patch_size;
+    if ((int64_t)g * g + 1 > 100000)
+      return ct_errf(e, "%s: vision_config: too many patches", name);
+  } else if (t->max_pos > 100000) {
+    return ct_errf(e, "%s: text_config.max_position_embeddings too large", name);
+  }
+  return 0;
+}
+
+int ct_config_parse(const char *json, size_t len, const char *name, ct_config *c, ct_err *e) {
+  memset(c, 0, sizeof *c);
+  tower_defaults(&c->text, 0);
+  tower_defaults(&c->vision, 1);
+  c->projection_dim = 512;
+  c->logit_scale_init = 2.6592f;
+  cJSON *root = cJSON_ParseWithLength(json, len);
+  if (!root) return ct_errf(e, "%s: not valid JSON", name);
+  int rc = 0;
+  if (!cJSON_IsObject(root)) {
+    rc = ct_errf(e, "%s: expected a JSON object", name);
+    goto done;
+  }
+  const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+  if (mt && cJSON_IsString(mt) && strcmp(mt->valuestring, "clip") != 0) {
+    rc = ct_errf(e, "%s: model_type '%s' is not a CLIP model ('clip')", name, mt->valuestring);
+    goto done;
+  }
+  if (get_int(root, "projection_dim", "", name, &c->projection_dim, 1, e) ||
+      get_float(root, "logit_scale_init_value", "", name, &c->logit_scale_init, e)) {
+    rc = -1;
+    goto done;
+  }
+  /* old configs keep overrides in *_config_dict; transformers applies them on top */
+  if (parse_tower(cJSON_GetObjectItemCaseSensitive(root, "text_config"), &c->text, 0,
+                  "text_config", name, e) ||
+      parse_tower(cJSON_GetObjectItemCaseSensitive(root, "text_config_dict"), &c->text, 0,
+                  "text_config_dict", name, e) ||
+      parse_tower(cJSON_GetObjectItemCaseSensitive(root, "vision_config"), &c->vision, 1,
+                  "vision_config", name, e) ||
+      parse_tower(cJSON_GetObjectItemCaseSensitive(root, "vision_config_dict"), &c->vision, 1,
+                  "vision_config_dict", name, e) ||
+      check_tower(&c->text, 0, name, e) || check_tower(&c->vision, 1, name, e)) {
+    rc = -1;
+    goto done;
+  }
+done:
+  cJSON_Delete(root);
+  return rc;
+}
+
+char *ct_config_to_json(const ct_config *c) {
+  cJSON *r = cJSON_CreateObject(), *t = cJSON_CreateObject(), *v = cJSON_CreateObject();
+  cJSON *arch = cJSON_CreateArray();
+  cJSON_AddItemToArray(arch, cJSON_CreateString("CLIPModel"));
+  cJSON_AddItemToObject(r, "architectures", arch);
+  cJSON_AddNumberToObject(r, "initializer_factor", 1.0);
+  cJSON_AddNumberToObject(r, "logit_scale_init_value", c->logit_scale_init);
+  cJSON_AddStringToObject(r, "model_type", "clip");
+  cJSON_AddNumberToObject(r, "projection_dim", c->projection_dim);
+  cJSON_AddStringToObject(t, "hidden_act", c->text.act_name);
+  cJSON_AddNumberToObject(t, "hidden_size", c->text.hidden);
+  cJSON_AddNumberToObject(t, "intermediate_size", c->text.inter);
+  cJSON_AddNumberToObject(t, "layer_norm_eps", c->text.eps);
+  cJSON_AddNumberToObject(t, "max_position_embeddings", c->text.max_pos);
+  cJSON_AddStringToObject(t, "model_type", "clip_text_model");
+  cJSON_AddNumberToObject(t, "num_attention_heads", c->text.heads);
+  cJSON_AddNumberToObject(t, "num_hidden_layers", c->text.layers);
+  cJSON_AddNumberToObject(t, "projection_dim", c->projection_dim);
+  cJSON_AddNumberToObject(t, "vocab_size", c->text.vocab);
+  cJSON_AddNumberToObject(t, "bos_token_id", c->text.bos);
+  cJSON_AddNumberToObject(t, "eos_token_id", c->text.eos);
+  cJSON_AddNumberToObject(t, "pad_token_id", c->text.pad);
+  cJSON_AddItemToObject(r, "text_config", t);
+  cJSON_AddStringToObject(v, "hidden_act", c->vision.act_name);
+  cJSON_AddNumberToObject(v, "hidden_size", c->vision.hidden);
+  cJSON_AddNumberToObject(v, "image_size", c->vision.image_size);
+  cJSON_AddNumberToObject(v, "intermediate_size", c->vision.inter);
+  cJSON_AddNumberToObject(v, "layer_norm_eps", c->vision.eps);
+  cJSON_AddStringToObject(v, "model_type", "clip_vision_model");
+  cJSON_AddNumberToObject(v, "num_attention_heads", c->vision.heads);
+  cJSON_AddNumberToObject(v, "num_channels", c->vision.channels);
+  cJSON_AddNumberToObject(v, "num_hidden_layers", c->vision.layers);
+  cJSON_AddNumberToObject(v, "patch_size", c->vision.patch_size);
+  cJSON_AddNumberToObject(v, "projection_dim", c->projection_dim);
+  cJSON_AddItemToObject(r, "vision_config", v);
+  cJSON_AddStringToObject(r, "torch_dtype", "float32");
+  char *s = cJSON_Print(r);
+  cJSON_Delete(r);
+  return s;
+}
+
+/* ------------------------------------------------------------- layout */
+
+typedef struct {
+  ct_param *p;
+  int n, cap;
+  int fail;
+} plist;
+
+static void padd(plist *l, int ndim, int64_t a, int64_t b, int64_t c, int64_t d,
+                 const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+#include <stdarg.h>
+static void padd(plist *l, int ndim, int64_t a, int64_t b, int64_t c, int64_t d,
+                 const char *fmt, ...) {
+  if (l->fail) return;
+  if (l->n == l->cap) {
+    int nc = l->cap ? l->cap * 2 : 64;
+    ct_param *np = realloc(l->p, sizeof(ct_param) * (size_t)nc);
+    if (!np) {
+      l->fail = 1;
+      return;
+    }
+    l->p = np;
+    l->cap = nc;
+  }
+  ct_param *p = &l->p[l->n++];
+  memset(p, 0, sizeof *p);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p->name, sizeof p->name, fmt, ap);
+  va_end(ap);
+  p->ndim = ndim;
+  int64_t s[4] = {a, b, c, d};
+  p->numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    p->shape[i] = s[i];
+    p->numel *= s[i];
+  }
+}
+
+static void add_layers(plist *l, const char *tower, const ct_tower_cfg *t) {
+  int D = t->hidden, I = t->inter;
+  for (int i = 0; i < t->layers; i++) {
+    const char *pr = tower;
+    /* order of transformers' CLIPEncoderLayer / CLIPAttention modules */
+    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.bias", pr, i);
+    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.bias", pr, i);
+    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.bias", pr, i);
+    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.bias", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.bias", pr, i);
+    padd(l, 2, I, D, 0, 0, "%s.encoder.layers.%d.mlp.fc1.weight", pr, i);
+    padd(l, 1, I, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc1.bias", pr, i);
+    padd(l, 2, D, I, 0, 0, "%s.encoder.layers.%d.mlp.fc2.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc2.bias", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.weight", pr, i);
+    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.bias", pr, i);
+  }
+}
+
+int ct_model_layout(const ct_config *c, ct_param **params, int *n, ct_err *e) {
+  plist l = {0};
+  const ct_tower_cfg *t = &c->text, *v = &c->vision;
+  int g = v->image_size / v->patch_size;
+  padd(&l, 2, t->vocab, t->hidden, 0, 0, "text_model.embeddings.token_embedding.weight");
+  padd(&l, 2, t->max_pos, t->hidden, 0, 0, "text_model.embeddings.position_embedding.weight");
+  add_layers(&l, "text_model", t);
+  padd(&l, 1, t->hidden, 0, 0, 0, "text_model.final_layer_norm.weight");
+  padd(&l, 1, t->hidden, 0, 0, 0, "text_model.final_layer_norm.bias");
+  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.embeddings.class_embedding");
+  padd(&l, 4, v->hidden, v->channels, v->patch_size, v->patch_size,
+       "vision_model.embeddings.patch_embedding.weight");
+  padd(&l, 2, (int64_t)g * g + 1, v->hidden, 0, 0, "vision_model.embeddings.position_embedding.weight");
+  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.pre_layrnorm.weight");
+  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.pre_layrnorm.bias");
+  add_layers(&l, "vision_model", v);
+  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.post_layernorm.weight");
+  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.post_layernorm.bias");
+  padd(&l, 2, c->projection_dim, v->hidden, 0, 0, "visual_projection.weight");
+  padd(&l, 2, c->projection_dim, t->hidden, 0, 0, "text_projection.weight");
+  padd(&l, 0, 0, 0, 0, 0, "logit_scale");
+  if (l.fail) {
+    free(l.p);
+    return ct_errf(e, "out of memory building the parameter table");
+  }
+  *params = l.p;
+  *n = l.n;
+  return 0;
+}
+
+int ct_model_find_param(const ct_model *m, const char *name) {
+  for (int i = 0; i < m->nparams; i++)
+    if (strcmp(m->params[i].name, name) == 0) return i;
+  return -1;
+}
+
+static float *P(ct_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static float *P(ct_model *m, const char *fmt, ...) {
+  char name[96];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  int i = ct_model_find_param(m, name);
+  return i < 0 ? NULL : m->params[i].data;
+}
+
+static void resolve_blocks(ct_model *m, ct_block_w *b, const char *tw, int L) {
+  for (int i = 0; i < L; i++) {
+#define W(field, nm) b[i].field = P(m, "%s.encoder.layers.%d." nm, tw, i)
+    W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
+    W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
+    W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
+    W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
+    W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
+    W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
+    W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
+    W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
+#undef W
+  }
+}
+
+void ct_model_resolve(ct_model *m) {
+  m->tok_emb = P(m, "text_model.embeddings.token_embedding.weight");
+  m->tpos_emb = P(m, "text_model.embeddings.position_embedding.weight");
+  m->final_ln_w = P(m, "text_model.final_layer_norm.weight");
+  m->final_ln_b = P(m, "text_model.final_layer_norm.bias");
+  m->text_proj = P(m, "text_projection.weight");
+  m->cls_emb = P(m, "vision_model.embeddings.class_embedding");
+  m->patch_w = P(m, "vision_model.embeddings.patch_embedding.weight");
+  m->vpos_emb = P(m, "vision_model.embeddings.position_embedding.weight");
+  m->pre_ln_w = P(m, "vision_model.pre_layrnorm.weight");
+  m->pre_ln_b = P(m, "vision_model.pre_layrnorm.bias");
+  m->post_ln_w = P(m, "vision_model.post_layernorm.weight");
+  m->post_ln_b = P(m, "vision_model.post_layernorm.bias");
+  m->vis_proj = P(m, "visual_projection.weight");
+  m->logit_scale = P(m, "logit_scale");
+  resolve_blocks(m, m->tblocks, "text_model", m->cfg.text.layers);
+  resolve_blocks(m, m->vblocks, "vision_model", m->cfg.vision.layers);
+}
+
+void ct_model_free(ct_model *m) {
+  if (!m) return;
+  if (m->params)
+    for (int i = 0; i < m->nparams; i++)
+      if (m->params[i].owned) free(m->params[i].data);
+  free(m->params);
+  if (m->files)
+    for (int i = 0; i < m->nfiles; i++) ct_st_close(&m->files[i]);
+  free(m->files);
+  free(m->tblocks);
+  free(m->vblocks);
+  memset(m, 0, sizeof *m);
+}
+
+static int alloc_blocks(ct_model *m, ct_err *e) {
+  m->tblocks = calloc((size_t)m->cfg.text.layers + 1, sizeof(ct_block_w));
+  m->vblocks = calloc((size_t)m->cfg.vision.layers + 1, sizeof(ct_block_w));
+  if (!m->tblocks || !m->vblocks) return ct_errf(e, "out of memory");
+  return 0;
+}
+
+int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e) {
+  memset(m, 0, sizeof *m);
+  m->cfg = *cfg;
+  if (ct_model_layout(cfg, &m->params, &m->nparams, e) != 0) return -1;
+  if (alloc_blocks(m, e) != 0) goto fail;
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *p = &m->params[i];
+    p->data = calloc((size_t)(p->numel ? p->numel : 1), sizeof(float));
+    if (!p->data) {
+      ct_errf(e, "out of memory allocating %s", p->name);
+      goto fail;
+    }
+    p->owned = 1;
+    p->dtype = CT_F32;
+  }
+  ct_model_resolve(m);
+  return 0;
+fail:
+  ct_model_free(m);
+  return -1;
+}
+
+/* ------------------------------------------------------------ directory */
+
+static int read_json_file(const char *path, cJSON **out, ct_err *e) {
+  size_t len;
+  char *s = ct_read_file(path, &len, 64u << 20, e);
+  if (!s) return -1;
+  *out = cJSON_ParseWithLength(s, len);
+  free(s);
+  if (!*out) return ct_errf(e, "%s: not valid JSON", path);
+  return 0;
+}
+
+int ct_model_find(const char *dir, ct_model_paths *p, ct_err *e) {
+  memset(p, 0, sizeof *p);
+  char mod[1100];
+  if (strlen(dir) >= sizeof p->root) return ct_errf(e, "%s: path too long", dir);
+  snprintf(p->root, sizeof p->root, "%s", dir);
+  if (ct_path_join(mod, sizeof mod, dir, "modules.json") == 0 && ct_file_exists(mod)) {
+    cJSON *mj;
+    if (read_json_file(mod, &mj, e) != 0) return -1;
+    const char *sub = NULL;
+    if (cJSON_IsArray(mj)) {
+      const cJSON *it;
+      cJSON_ArrayForEach(it, mj) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(it, "type");
+        const cJSON *pa = cJSON_GetObjectItemCaseSensitive(it, "path");
+        if (cJSON_IsString(ty) && cJSON_IsString(pa) && strstr(ty->valuestring, "CLIPModel")) {
+          sub = pa->valuestring;
+          break;
+        }
+      }
+    }
+    if (!sub) {
+      cJSON_Delete(mj);
+      return ct_errf(e, "%s: no sentence_transformers.models.CLIPModel module listed", mod);
+    }
+    if (*sub && ct_path_join(p->root, sizeof p->root, dir, sub) != 0) {
+      cJSON_Delete(mj);
+      return ct_errf(e, "%s: path too long", dir);
+    }
+    cJSON_Delete(mj);
+    p->sentence_transformers = 1;
+  }
+  if (ct_path_join(p->config, sizeof p->config, p->root, "config.json") ||
+      ct_path_join(p->preprocessor, sizeof p->preprocessor, p->root, "preprocessor_config.json") ||
+      ct_path_join(p->vocab, sizeof p->vocab, p->root, "vocab.json") ||
+      ct_path_join(p->merges, sizeof p->merges, p->root, "merges.txt"))
+    return ct_errf(e, "%s: path too long", dir);
+  if (!ct_file_exists(p->config))
+    return ct_errf(e, "%s: missing config.json (expected a Hugging Face CLIP directory or a sentence-transformers directory with modules.json)",
+                   p->root);
+  ct_path_join(p->weights, sizeof p->weights, p->root, "model.safetensors");
+  if (!ct_file_exists(p->weights)) {
+    ct_path_join(p->weights, sizeof p->weights, p->root, "model.safetensors.index.json");
+    if (!ct_file_exists(p->weights)) {
+      char bin[1100];
+      ct_path_join(bin, sizeof bin, p->root, "pytorch_model.bin");
+      return ct_errf(e, "%s: missing model.safetensors (or model.safetensors.index.json)%s",
+                     p->root, ct_file_exists(bin)
+                                  ? "; pytorch_model.bin is not supported: convert it to safetensors"
+                                  : "");
+    }
+    p->sharded = 1;
+  }
+  return 0;
+}
+
+/* Open the weight files: one, or the shards named by the index. */
+static int open_weights(ct_model *m, const ct_model_paths *p, ct_err *e) {
+  if (!p->sharded) {
+    m->files = calloc(1, sizeof(ct_st_file));
+    if (!m->files) return ct_errf(e, "out of memory");
+    if (ct_st_open(p->weights, &m->files[0], e) != 0) return -1;
+    m->nfiles = 1;
+    return 0;
+  }
+  cJSON *ix;
+  if (read_json_file(p->weights, &ix, e) != 0) return -1;
+  const cJSON *wm = cJSON_GetObjectItemCaseSensitive(ix, "weight_map");
+  if (!cJSON_IsObject(wm)) {
+    cJSON_Delete(ix);
+    return ct_errf(e, "%s: missing \"weight_map\" object", p->weights);
+  }
+  int nf = 0, cap = 0, rc = 0;
+  char **names = NULL;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, wm) {
+    if (!cJSON_IsString(it)) {
+      rc = ct_errf(e, "%s: weight_map entry '%s' is not a file name", p->weights,
+                   it->string ? it->string : "?");
+      break;
+    }
+    const char *fn = it->valuestring;
+    if (strchr(fn, '/') || strcmp(fn, "..") == 0) {
+      rc = ct_errf(e, "%s: weight_map names a file outside the directory: '%s'", p->weights, fn);
+      break;
+    }
+    int seen = 0;
+    for (int i = 0; i < nf && !seen; i++) seen = strcmp(names[i], fn) == 0;
+    if (seen) continue;
+    if (nf == cap) {
+      cap = cap ? cap * 2 : 8;
+      char **nn = realloc(names, sizeof(char *) * (size_t)cap);
+      if (!nn) {
+        rc = ct_errf(e, "out of memory");
+        break;
+      }
+      names = nn;
+    }
+    names[nf++] = (char *)fn;
+  }
+  if (!rc) {
+    m->files = calloc((size_t)(nf ? nf : 1), sizeof(ct_st_file));
+    if (!m->files) rc = ct_errf(e, "out of memory");
+  }
+  for (int i = 0; !rc && i < nf; i++) {
+    char path[1200];
+    if (ct_path_join(path, sizeof path, p->root, names[i]) != 0) {
+      rc = ct_errf(e, "%s: path too long", p->root);
+      break;
+    }
+    if (ct_st_open(path, &m->files[i], e) != 0) rc = -1;
+    else m->nfiles++;
+  }
+  free(names);
+  cJSON_Delete(ix);
+  return rc;
+}
+
+static int shape_eq(const ct_param *p, const ct_st_entry *t) {
+  if (p->ndim != t->ndim) return 0;
+  for (int i = 0; i < p->ndim; i++)
+    if (p->shape[i] != t->shape[i]) return 0;
+  return 1;
+}
+
+static void shape_str(char *b, size_t n, int nd, const int64_t *s) {
+  size_t k = (size_t)snprintf(b, n, "[");
+  for (int i = 0; i < nd && k < n; i++)
+    k += (size_t)snprintf(b + k, n - k, i ? ", %lld" : "%lld", (long long)s[i]);
+  if (k < n) snprintf(b + k, n - k, "]");
+}
+
+int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e) {
+  memset(m, 0, sizeof *m);
+  ct_model_paths local;
+  ct_model_paths *p = paths ? paths : &local;
+  if (ct_model_find(dir, p, e) != 0) return -1;
+  size_t len;
+  char *js = ct_read_file(p->config, &len, 16u << 20, e);
+  if (!js) return -1;
+  int rc = ct_config_parse(js, len, p->config, &m->cfg, e);
+  free(js);
+  if (rc) return -1;
+  if (ct_model_layout(&m->cfg, &m->params, &m->nparams, e) != 0) return -1;
+  if (alloc_blocks(m, e) != 0 || open_weights(m, p, e) != 0) goto fail;
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *q = &m->params[i];
+    ct_st_file *f = NULL;
+    int k = -1;
+    for (int j = 0; j < m->nfiles && k < 0; j++) {
+      k = ct_st_find(&m->files[j], q->name);
+      if (k >= 0) f = &m->files[j];
+    }
+    if (k < 0) {
+      ct_errf(e, "%s: missing tensor '%s'", p->weights, q->name);
+      goto fail;
+    }
+    const ct_st_entry *t = &f->entries[k];
+    if (!shape_eq(q, t)) {
+      /* logit_scale is sometimes stored as [1] */
+      if (!(q->ndim == 0 && t->numel == 1)) {
+        char a[96], b[96];
+        shape_str(a, sizeof a, t->ndim, t->shape);
+        shape_str(b, sizeof b, q->ndim, q->shape);
+        ct_errf(e, "%s: tensor '%s' has shape %s, but config.json implies %s", f->path, q->name,
+                a, b);
+        goto fail;
+      }
+    }
+    q->dtype = t->dtype;
+    void *ptr = ct_st_ptr(f, k);
+    if (t->dtype == CT_F32 && ((uintptr_t)ptr & 3) == 0) {
+      q->data = ptr; /* mapped, not copied */
+    } else {
+      if (t->dtype != CT_F32 && t->dtype != CT_F16 && t->dtype != CT_BF16 && t->dtype != CT_F64) {
+        ct_errf(e, "%s: tensor '%s' has dtype %s (expected F32, F16 or BF16)", f->path, q->name,
+                ct_dtype_name(t->dtype));
+        goto fail;
+      }
+      q->data = malloc((size_t)(q->numel ? q->numel : 1) * sizeof(float));
+      if (!q->data) {
+        ct_errf(e, "%s: out of memory converting '%s'", f->path, q->name);
+        goto fail;
+      }
+      q->owned = 1;
+      if (ct_st_to_f32(f, k, q->data, e) != 0) goto fail;
+    }
+  }
+  ct_model_resolve(m);
+  return 0;
+fail:
+  ct_model_free(m);
+  return -1;
+}

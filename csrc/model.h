@@ -1,0 +1,105 @@
+/* model.h - CLIP configuration, parameter table and the two encoders.
+ * Usable from C without Lua. */
+#ifndef CT_MODEL_H
+#define CT_MODEL_H
+
+#include "ct.h"
+#include "safetensors.h"
+
+typedef struct ct_tower_cfg {
+  int hidden, inter, heads, layers, act;
+  float eps;
+  char act_name[32];
+  /* vision */
+  int image_size, patch_size, channels;
+  /* text */
+  int vocab, max_pos, bos, eos, pad;
+} ct_tower_cfg;
+
+typedef struct ct_config {
+  ct_tower_cfg text, vision;
+  int projection_dim;
+  float logit_scale_init;
+} ct_config;
+
+/* Parse config.json text (name is used in messages). Missing keys take
+ * transformers' CLIPConfig defaults; wrong-typed keys are errors. */
+int ct_config_parse(const char *json, size_t len, const char *name, ct_config *c,
+                    ct_err *e);
+/* Serialize as transformers writes a CLIPModel config.json (malloc'd). */
+char *ct_config_to_json(const ct_config *c);
+
+typedef struct ct_param {
+  char name[96];
+  int ndim;
+  int64_t shape[4];
+  int64_t numel;
+  float *data;   /* into a mapping, or owned (see owned) */
+  int owned;     /* data was malloc'd (converted from F16/BF16 or copied) */
+  int dtype;     /* ct_dtype in the checkpoint */
+} ct_param;
+
+typedef struct ct_block_w {
+  float *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+  float *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} ct_block_w;
+
+typedef struct ct_model {
+  ct_config cfg;
+  int nparams;
+  ct_param *params;
+  int nfiles;
+  ct_st_file *files;
+  /* resolved pointers */
+  float *tok_emb, *tpos_emb, *final_ln_w, *final_ln_b, *text_proj;
+  float *cls_emb, *patch_w, *vpos_emb, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b,
+      *vis_proj, *logit_scale;
+  ct_block_w *tblocks, *vblocks;
+} ct_model;
+
+/* Paths found in a model directory (HF layout, or sentence-transformers with
+ * modules.json naming a CLIPModel at "0_CLIPModel" or ""). */
+typedef struct ct_model_paths {
+  char root[1024];       /* the directory holding config.json */
+  char config[1100];
+  char preprocessor[1100];
+  char vocab[1100];
+  char merges[1100];
+  char weights[1100];    /* model.safetensors or the index json */
+  int sharded;
+  int sentence_transformers;
+} ct_model_paths;
+
+int ct_model_find(const char *dir, ct_model_paths *p, ct_err *e);
+
+/* Build the parameter table for cfg with no data (for counting, building). */
+int ct_model_layout(const ct_config *cfg, ct_param **params, int *n, ct_err *e);
+
+/* Load config + weights from a directory. */
+int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e);
+/* Initialise a model from a config with freshly allocated zero weights. */
+int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e);
+void ct_model_free(ct_model *m);
+int ct_model_find_param(const ct_model *m, const char *name);
+/* Re-resolve the tower pointers from the parameter table. */
+void ct_model_resolve(ct_model *m);
+
+/* Outputs of a forward pass; any pointer may be NULL. */
+typedef struct ct_fwd_out {
+  float *embeds;       /* [B, projection_dim] */
+  float *pooled;       /* [B, D] */
+  float *last_hidden;  /* [B, T, D]: vision before post_layernorm, text after final_layer_norm */
+  int capture_layer;   /* with captured: hidden state after block capture_layer (0-based) */
+  float *captured;     /* [B, T, D] */
+} ct_fwd_out;
+
+/* pixels: [B, C, S, S] float32 */
+int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o,
+                    ct_err *e);
+/* ids: [B, T] int32 (padded); every id must be < vocab. */
+int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
+                   ct_err *e);
+/* Index of the pooled (EOS) token of one sequence, as transformers does. */
+int ct_text_eos_index(const ct_config *c, const int32_t *ids, int T);
+
+#endif
