@@ -1,0 +1,185 @@
+--- clip.model: the Model object returned by clip.load.
+local core = require "clip.core"
+
+local M = {}
+
+local Model = {}
+Model.__name = "clip.Model"
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+local function is_tensor(x)
+  return type(x) == "userdata" and getmetatable(x) == getmetatable(core.zeros({}))
+end
+
+--- clip.model.load(dir [, opts]) -> Model
+function M.load(dir, opts)
+  opts = opts or {}
+  if type(dir) ~= "string" then
+    error("clip.load: expected a directory path, got " .. type(dir), 2)
+  end
+  local mc, paths = core.model_load(dir)
+  local self = { core = mc, paths = paths, dir = dir }
+  self.config = mc:config()
+  if opts.tokenizer ~= false then
+    if not file_exists(paths.vocab) or not file_exists(paths.merges) then
+      mc:close()
+      error(("%s: missing tokenizer files (vocab.json and merges.txt); pass {tokenizer = false} to load without a tokenizer")
+        :format(paths.root), 2)
+    end
+    local tokenizer = require "clip.tokenizer"
+    self.tokenizer = tokenizer.load({ vocab = paths.vocab, merges = paths.merges },
+      { mode = opts.tokenizer_mode })
+  end
+  local image = require "clip.image"
+  if file_exists(paths.preprocessor) then
+    self.processor = image.processor(paths.preprocessor)
+  else
+    -- no preprocessor_config.json: OpenAI's defaults at the model's image size
+    local s = self.config.vision_config.image_size
+    self.processor = image.processor({ size = { shortest_edge = s }, crop_size = { height = s, width = s } })
+  end
+  return setmetatable(self, Model)
+end
+
+--- Wrap an existing core model (used by training/building code).
+function M.wrap(mc, extra)
+  local self = extra or {}
+  self.core = mc
+  self.config = mc:config()
+  return setmetatable(self, Model)
+end
+
+function Model.__index(self, k)
+  if k == "logit_scale" then
+    return rawget(self, "core"):param("logit_scale"):get()
+  end
+  return Model[k]
+end
+
+function Model:__close() self:close() end
+
+function Model:close()
+  if self.tokenizer and self.tokenizer.close then self.tokenizer:close() end
+  self.core:close()
+end
+
+function Model:is_closed() return self.core:is_closed() end
+
+--- Preprocess one image (path, clip.Image) -> Tensor {3,N,N}, or a list -> {n,3,N,N}.
+function Model:preprocess(x)
+  if type(x) == "table" then return self.processor:preprocess_batch(x) end
+  return self.processor:preprocess(x)
+end
+
+--- Tokenize one text -> id list (with start/end tokens, truncated to the context length).
+function Model:tokenize(text)
+  if not self.tokenizer then error("model was loaded without a tokenizer", 2) end
+  return self.tokenizer:encode(text, { context_length = self.config.text_config.max_position_embeddings })
+end
+
+local function chunks(n, size)
+  local i = 0
+  return function()
+    if i >= n then return nil end
+    local a = i + 1
+    local b = math.min(n, i + size)
+    i = b
+    return a, b
+  end
+end
+
+local function finish(out, opts)
+  if opts.normalize then return out:normalize() end
+  return out
+end
+
+--- Embed images: a list of paths or clip.Image, or a preprocessed {n,3,N,N} Tensor.
+-- opts: normalize (false), batch_size (32). Returns Tensor {n, projection_dim}.
+function Model:encode_images(images, opts)
+  opts = opts or {}
+  local bs = opts.batch_size or 32
+  if is_tensor(images) then
+    local n = images:size(1)
+    if n == 0 then error("encode_images: empty batch", 2) end
+    local parts = {}
+    for a, b in chunks(n, bs) do
+      parts[#parts + 1] = (self.core:encode_pixels(images:rows(a, b)))
+    end
+    return finish(#parts == 1 and parts[1] or core.cat(parts), opts)
+  end
+  if type(images) ~= "table" then
+    if type(images) == "string" or type(images) == "userdata" then
+      images = { images }
+    else
+      error("encode_images: expected a list of image paths or images, or a Tensor {n,3,N,N}", 2)
+    end
+  end
+  if #images == 0 then error("encode_images: empty batch", 2) end
+  local parts = {}
+  for a, b in chunks(#images, bs) do
+    local sub = table.move(images, a, b, 1, {})
+    local ok, px = pcall(self.processor.preprocess_batch, self.processor, sub)
+    if not ok then
+      -- name the index in the whole list, not in the chunk
+      local msg = tostring(px):gsub("item (%d+)", function(i) return "item " .. (tonumber(i) + a - 1) end)
+      error(msg, 2)
+    end
+    parts[#parts + 1] = (self.core:encode_pixels(px))
+  end
+  return finish(#parts == 1 and parts[1] or core.cat(parts), opts)
+end
+
+--- Embed texts: a list of strings or of token-id lists.
+-- opts: normalize (false), batch_size (32). Returns Tensor {n, projection_dim}.
+function Model:encode_texts(texts, opts)
+  opts = opts or {}
+  local bs = opts.batch_size or 32
+  if type(texts) == "string" then texts = { texts } end
+  if type(texts) ~= "table" then error("encode_texts: expected a list of strings or id lists", 2) end
+  if #texts == 0 then error("encode_texts: empty batch", 2) end
+  local ctx = self.config.text_config.max_position_embeddings
+  local ids = {}
+  for i, t in ipairs(texts) do
+    if type(t) == "string" then
+      if not self.tokenizer then error("encode_texts: model was loaded without a tokenizer; pass id lists", 2) end
+      local ok, r = pcall(self.tokenizer.encode, self.tokenizer, t, { context_length = ctx })
+      if not ok then error(("encode_texts: item %d: %s"):format(i, tostring(r)), 2) end
+      ids[i] = r
+    elseif type(t) == "table" then
+      ids[i] = t
+    else
+      error(("encode_texts: item %d is a %s, expected a string or a list of ids"):format(i, type(t)), 2)
+    end
+  end
+  local parts = {}
+  for a, b in chunks(#ids, bs) do
+    parts[#parts + 1] = (self.core:encode_ids(table.move(ids, a, b, 1, {})))
+  end
+  return finish(#parts == 1 and parts[1] or core.cat(parts), opts)
+end
+
+--- logits_per_image = exp(logit_scale) * cos(image, text): {n_images, n_texts}.
+function Model:logits(image_embeds, text_embeds)
+  return core.cosine_similarity(image_embeds, text_embeds) * math.exp(self.logit_scale)
+end
+
+--- Parameter names, shapes, element counts, checkpoint dtypes, in HF order.
+function Model:parameter_info() return self.core:param_info() end
+
+--- A Tensor view of one parameter by its Hugging Face name.
+function Model:param(name) return self.core:param(name) end
+
+--- Total number of parameters (as PyTorch's sum(p.numel())).
+function Model:num_parameters()
+  local n = 0
+  for _, p in ipairs(self.core:param_info()) do n = n + p.numel end
+  return n
+end
+
+M.Model = Model
+return M
