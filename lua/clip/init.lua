@@ -22,6 +22,10 @@ M.cat = core.cat
 M.cosine_similarity = core.cosine_similarity
 M.from_bytes = core.from_bytes
 
+--- Threads used by the GEMMs (OpenBLAS). Default: all cores.
+M.set_num_threads = core.set_num_threads
+M.get_num_threads = core.get_num_threads
+
 --- True if x is a clip.Tensor.
 function M.is_tensor(x)
   return type(x) == "userdata" and getmetatable(x) == getmetatable(core.zeros({}))
@@ -33,6 +37,9 @@ function M.normalize(t, eps) return t:normalize(eps) end
 -- safetensors --------------------------------------------------------------
 M.load_safetensors = core.load_safetensors
 M.save_safetensors = core.save_safetensors
+
+-- JSON (cJSON) --------------------------------------------------------------
+M.json = { decode = core.json_decode, encode = core.json_encode, null = core.json_null }
 
 -- Submodules, loaded on first use ------------------------------------------
 local lazy = { tokenizer = "clip.tokenizer", image = "clip.image", model = "clip.model" }

@@ -1,0 +1,276 @@
+-- spec/model_spec.lua - loading checkpoints and the two encoders against the
+-- PyTorch reference (spec/fixtures/make_models.py). Tolerance: atol 1e-4 on
+-- every output (docs/numerics.md).
+local clip = require "clip"
+local H = require "spec.helpers"
+
+local MODELS = H.fixtures .. "models/"
+local ATOL = 1e-4
+
+local function ref_of(dir)
+  local ref = clip.load_safetensors(dir .. "/reference.safetensors")
+  local js = clip.json.decode(H.read(dir .. "/reference.json"))
+  return ref, js
+end
+
+local function cp(src, dst)
+  assert(os.execute(("cp -r '%s' '%s'"):format(src, dst)))
+end
+
+local cases = {
+  { "tiny", "model.safetensors", true },
+  { "tiny-gelu-fp16", nil, false },
+  { "tiny-bf16", nil, false },
+  { "tiny-sharded", nil, false },
+  { "tiny-st", nil, true },
+  { "tiny-st-root", nil, true },
+  { "tiny-legacy-eos", nil, true },
+}
+
+describe("model parity with PyTorch", function()
+  for _, case in ipairs(cases) do
+    local name, has_tok = case[1], case[3]
+    describe(name, function()
+      local dir = MODELS .. name
+      local model, ref, js
+      setup(function()
+        model = clip.load(dir, { tokenizer = has_tok })
+        ref, js = ref_of(dir)
+        if not ref.pixel_values then ref, js = ref_of(dir .. "/0_CLIPModel") end
+      end)
+      teardown(function() model:close() end)
+
+      it("embeds images (projection, pooled, hidden states)", function()
+        local emb = model:encode_images(ref.pixel_values)
+        H.assert_close(emb, ref.image_embeds, { atol = ATOL, label = name .. " image_embeds" })
+        local e2, ex = model.core:encode_pixels(ref.pixel_values, { pooled = true, last_hidden = true, capture_layer = 0 })
+        H.assert_close(e2, ref.image_embeds, { atol = ATOL, label = "image_embeds" })
+        H.assert_close(ex.pooled, ref.vision_pooled, { atol = ATOL, label = "vision_pooled" })
+        H.assert_close(ex.last_hidden, ref.vision_last_hidden, { atol = ATOL, label = "vision_last_hidden" })
+        H.assert_close(ex.captured, ref.vision_hidden_1, { atol = ATOL, label = "vision_hidden_1" })
+      end)
+
+      it("embeds token ids (projection, pooled, hidden states)", function()
+        local emb = model:encode_texts(js.input_ids)
+        H.assert_close(emb, ref.text_embeds, { atol = ATOL, label = name .. " text_embeds" })
+        local _, ex = model.core:encode_ids(js.input_ids, { pooled = true, last_hidden = true, capture_layer = 0 })
+        H.assert_close(ex.pooled, ref.text_pooled, { atol = ATOL, label = "text_pooled" })
+        H.assert_close(ex.last_hidden, ref.text_last_hidden, { atol = ATOL, label = "text_last_hidden" })
+        H.assert_close(ex.captured, ref.text_hidden_1, { atol = ATOL, label = "text_hidden_1" })
+        for i, p in ipairs(js.pool_index) do
+          assert.equal(p + 1, ex.eos_index[i], "pooled position of sequence " .. i)
+        end
+      end)
+
+      if name == "tiny" or name == "tiny-legacy-eos" then
+        it("embeds a full 77-token sequence", function()
+          local e = model:encode_texts({ js.input_ids_long })
+          H.assert_close(e, ref.text_embeds_long, { atol = ATOL, label = "text_embeds_long" })
+        end)
+      end
+
+      it("gives logits_per_image and logit_scale", function()
+        H.assert_close(model.logit_scale, ref.logit_scale, { atol = 1e-6, label = "logit_scale" })
+        local l = model:logits(model:encode_images(ref.pixel_values), model:encode_texts(js.input_ids))
+        H.assert_close(l, ref.logits_per_image, { atol = 1e-3, label = "logits_per_image" })
+      end)
+    end)
+  end
+end)
+
+describe("model loading", function()
+  local tiny = MODELS .. "tiny"
+  local tmp
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() os.execute("rm -rf '" .. tmp .. "'") end)
+
+  it("exposes the parsed config and counts parameters", function()
+    local m = clip.load(tiny)
+    assert.equal("quick_gelu", m.config.text_config.hidden_act)
+    assert.equal(48, m.config.vision_config.hidden_size)
+    assert.equal(24, m.config.projection_dim)
+    local n = 0
+    for _, p in ipairs(m:parameter_info()) do n = n + p.numel end
+    assert.equal(n, m:num_parameters())
+    assert.equal("text_model.embeddings.token_embedding.weight", m:parameter_info()[1].name)
+    m:close()
+    local g = clip.load(MODELS .. "tiny-gelu-fp16", { tokenizer = false })
+    assert.equal("gelu", g.config.vision_config.hidden_act)
+    assert.equal("F16", g:parameter_info()[1].dtype)
+    g:close()
+  end)
+
+  it("maps fp32 weights instead of copying them", function()
+    local m = clip.load(tiny)
+    for _, p in ipairs(m:parameter_info()) do
+      assert.is_true(p.mapped, p.name .. " is mapped")
+    end
+    m:close()
+    local h = clip.load(MODELS .. "tiny-bf16", { tokenizer = false })
+    assert.is_false(h:parameter_info()[1].mapped)
+    h:close()
+  end)
+
+  it("counts the parameters of real architectures exactly", function()
+    local function count(cfg)
+      local n = 0
+      for _, p in ipairs(clip.core.config_layout(clip.json.encode(cfg))) do n = n + p.numel end
+      return n
+    end
+    local empty = setmetatable({}, { __index = function() return nil end })
+    assert.equal(151277313, count({ projection_dim = 512, text_config = { vocab_size = 49408 }, vision_config = { patch_size = 32 } }))
+    assert.equal(149620737, count({ projection_dim = 512, text_config = { vocab_size = 49408 }, vision_config = { patch_size = 16 } }))
+    local l14 = { projection_dim = 768,
+      text_config = { hidden_size = 768, intermediate_size = 3072, num_attention_heads = 12 },
+      vision_config = { hidden_size = 1024, intermediate_size = 4096, num_attention_heads = 16, num_hidden_layers = 24, patch_size = 14 } }
+    assert.equal(427616513, count(l14))
+    l14.vision_config.image_size = 336
+    assert.equal(427944193, count(l14))
+    local _ = empty
+  end)
+
+  it("splits batches without changing results and pads id lists", function()
+    local m = clip.load(tiny)
+    local ref, js = ref_of(tiny)
+    H.assert_close(m:encode_images(ref.pixel_values, { batch_size = 2 }), ref.image_embeds, { atol = ATOL })
+    H.assert_close(m:encode_texts(js.input_ids, { batch_size = 3 }), ref.text_embeds, { atol = ATOL })
+    -- unpadded lists give the same embeddings (padding after EOS changes nothing)
+    local short = {}
+    for i, ids in ipairs(js.input_ids) do short[i] = table.move(ids, 1, js.lengths[i], 1, {}) end
+    H.assert_close(m:encode_texts(short), ref.text_embeds, { atol = ATOL, label = "unpadded" })
+    local n = m:encode_texts(js.input_ids, { normalize = true })
+    H.assert_close(n, ref.text_embeds:normalize(), { atol = ATOL })
+    m:close()
+  end)
+
+  it("rejects bad inputs with clear errors", function()
+    local m = clip.load(tiny)
+    local function err(f, ...)
+      local ok, e = pcall(f, ...)
+      assert.is_false(ok)
+      return e
+    end
+    assert.matches("expected {n,3,32,32}", err(m.encode_images, m, clip.zeros({ 1, 3, 16, 16 })))
+    assert.matches("outside the vocabulary", err(m.encode_texts, m, { { 49406, 60000, 49407 } }))
+    assert.matches("exceed max_position_embeddings", err(m.encode_texts, m, { (function() local t = {} for i = 1, 78 do t[i] = 1 end return t end)() }))
+    assert.matches("empty batch", err(m.encode_texts, m, {}))
+    assert.matches("empty batch", err(m.encode_images, m, {}))
+    local nan = clip.zeros({ 1, 3, 32, 32 })
+    nan:set(1, 2, 3, 4, 0 / 0)
+    assert.matches("NaN", err(m.encode_images, m, nan))
+    m:close()
+    assert.matches("closed", err(m.encode_images, m, clip.zeros({ 1, 3, 32, 32 })))
+    m:close() -- closing twice is fine
+  end)
+
+  it("works as a <close> variable", function()
+    local core
+    do
+      local m <close> = clip.load(tiny)
+      core = m.core
+      assert.is_false(core:is_closed())
+    end
+    assert.is_true(core:is_closed())
+  end)
+
+  local function bad_dir(name, edit)
+    local d = tmp .. "/" .. name
+    os.execute("rm -rf '" .. d .. "'")
+    cp(tiny, d)
+    edit(d)
+    return d
+  end
+
+  local function load_err(d, opts)
+    local ok, e = pcall(clip.load, d, opts)
+    assert.is_false(ok, "expected an error")
+    return e
+  end
+
+  it("names the file when config.json is missing or wrong", function()
+    local e = load_err(tmp .. "/nowhere")
+    assert.matches("missing config.json", e)
+    local d = bad_dir("cfgtype", function(d)
+      local s = H.read(d .. "/config.json"):gsub('"hidden_size": 32', '"hidden_size": "32"')
+      local f = io.open(d .. "/config.json", "w") f:write(s) f:close()
+    end)
+    e = load_err(d)
+    assert.truthy(e:find("config.json", 1, true))
+    assert.matches("text_config.hidden_size must be an integer", e)
+    d = bad_dir("cfgjson", function(d)
+      local f = io.open(d .. "/config.json", "w") f:write("{oops") f:close()
+    end)
+    assert.matches("config.json: not valid JSON", load_err(d))
+  end)
+
+  it("names the tensor when a shape disagrees with config.json", function()
+    local d = bad_dir("shape", function(d)
+      local s = H.read(d .. "/config.json"):gsub('"intermediate_size": 72', '"intermediate_size": 64')
+      local f = io.open(d .. "/config.json", "w") f:write(s) f:close()
+    end)
+    local e = load_err(d)
+    assert.matches("text_model.encoder.layers.0.mlp.fc1.weight' has shape %[72, 32%], but config.json implies %[64, 32%]", e)
+    assert.truthy(e:find("model.safetensors", 1, true))
+  end)
+
+  it("names the tensor when one is missing, and tolerates extra keys", function()
+    local d = bad_dir("missing", function(d)
+      local t = clip.load_safetensors(d .. "/model.safetensors")
+      t["vision_model.post_layernorm.bias"] = nil
+      t["some.unused.key"] = clip.zeros({ 2 })
+      clip.save_safetensors(d .. "/model.safetensors", t)
+    end)
+    assert.matches("missing tensor 'vision_model.post_layernorm.bias'", load_err(d))
+    local d2 = bad_dir("extra", function(d)
+      local t = clip.load_safetensors(d .. "/model.safetensors")
+      t["some.unused.key"] = clip.zeros({ 2 })
+      clip.save_safetensors(d .. "/model.safetensors", t)
+    end)
+    local m = clip.load(d2)
+    m:close()
+  end)
+
+  it("reports missing weights and tokenizer files", function()
+    local d = bad_dir("noweights", function(d) os.remove(d .. "/model.safetensors") end)
+    assert.matches("missing model.safetensors", load_err(d))
+    d = bad_dir("notok", function(d) os.remove(d .. "/vocab.json") end)
+    assert.matches("missing tokenizer files", load_err(d))
+    local m = clip.load(d, { tokenizer = false })
+    m:close()
+  end)
+
+  it("reports a truncated weights file", function()
+    local d = bad_dir("trunc", function(d)
+      local s = H.read(d .. "/model.safetensors")
+      local f = io.open(d .. "/model.safetensors", "wb") f:write(s:sub(1, #s // 2)) f:close()
+    end)
+    local e = load_err(d)
+    assert.matches("model.safetensors", e)
+    assert.matches("out of range", e)
+  end)
+end)
+
+describe("ViT-B/32 shapes #slow", function()
+  it("runs the full-size towers and matches the naive kernels on one block", function()
+    local cfg = { projection_dim = 512, text_config = {}, vision_config = {} }
+    local m = clip.model.wrap(clip.core.model_new(clip.json.encode(cfg)))
+    -- random weights
+    for _, p in ipairs(m:parameter_info()) do
+      local t = m:param(p.name)
+      t:copy(clip.randn(p.shape, #p.name) * 0.02)
+      if p.name:match("layer_?norm%d?%.weight$") or p.name:match("layrnorm%.weight$") then t:fill(1) end
+    end
+    local px = clip.randn({ 2, 3, 224, 224 }, 1)
+    local e = m:encode_images(px)
+    assert.same({ 2, 512 }, e:shape())
+    local t = m:encode_texts({ { 49406, 320, 1125, 539, 320, 2368, 49407 } })
+    assert.same({ 1, 512 }, t:shape())
+    -- check a block at these shapes: linear of the real fc1 against its twin
+    local K = clip.core.kernels
+    local x = clip.randn({ 50, 768 }, 2)
+    local w = m:param("vision_model.encoder.layers.0.mlp.fc1.weight")
+    local b = m:param("vision_model.encoder.layers.0.mlp.fc1.bias")
+    H.assert_close(K.linear(x, w, b), K.linear(x, w, b, true), { atol = 1e-4 })
+    m:close()
+  end)
+end)
