@@ -1,7 +1,18 @@
 /* blas.c - OpenBLAS behind one function, plus its naive twin. */
 #include "blas.h"
 
-#include <cblas.h>
+#include <stddef.h>
+
+/* The CBLAS ABI is declared here rather than through cblas.h, whose
+ * location differs between distributions (Debian keeps OpenBLAS's under
+ * /usr/include/x86_64-linux-gnu/openblas-*); linking -lopenblas suffices. */
+enum { CblasRowMajor = 101 };
+enum { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta,
+                 float *C, int ldc);
+void openblas_set_num_threads(int n);
+int openblas_get_num_threads(void);
 
 void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc) {

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 
 #include "lclip.h"
 #include "lauxlib.h"

@@ -6,7 +6,7 @@
  * "clip.SafetensorsFile" userdata that the views keep alive. */
 #include <string.h>
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 
 #include "l_tensor.h"
 #include "lclip.h"

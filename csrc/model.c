@@ -2,7 +2,7 @@
  * weight loading. The encoders are in encoder.c. */
 #include "model.h"
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* safetensors.c - mapped reader and atomic writer for safetensors files. */
 #include "safetensors.h"
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -1,0 +1,67 @@
+rockspec_format = "3.0"
+package = "clip"
+version = "scm-1"
+source = {
+   url = "git+file:///dev/null", -- replaced by `luarocks make` in a checkout
+}
+description = {
+   summary = "CLIP (contrastive image-text model) for Lua 5.4, in C",
+   detailed = [[
+Load Hugging Face and sentence-transformers CLIP checkpoints (safetensors,
+fp32/fp16/bf16), embed images and texts, tokenize with CLIP's BPE, decode
+JPEG/PNG with CLIPImageProcessor-exact preprocessing, and fine-tune from Lua.
+]],
+   license = "MIT",
+   labels = { "machine-learning", "clip", "embeddings" },
+}
+dependencies = {
+   "lua >= 5.4, < 5.5",
+}
+external_dependencies = {
+   OPENBLAS = { library = "openblas" },
+   JPEG = { header = "jpeglib.h", library = "jpeg" },
+   PNG = { header = "png.h", library = "png16" },
+   CJSON = { header = "cjson/cJSON.h", library = "cjson" },
+   UTF8PROC = { header = "utf8proc.h", library = "utf8proc" },
+   ZLIB = { header = "zlib.h", library = "z" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["clip.core"] = {
+         -- keep in sync with csrc/*.c (spec/build_spec.lua checks)
+         sources = {
+            "csrc/blas.c",
+            "csrc/encoder.c",
+            "csrc/k_act.c",
+            "csrc/k_attention.c",
+            "csrc/k_layernorm.c",
+            "csrc/k_linear.c",
+            "csrc/l_json.c",
+            "csrc/l_kernels.c",
+            "csrc/l_model.c",
+            "csrc/l_safetensors.c",
+            "csrc/l_tensor.c",
+            "csrc/lclip.c",
+            "csrc/model.c",
+            "csrc/safetensors.c",
+            "csrc/tensor.c",
+            "csrc/util.c",
+         },
+         defines = { "_GNU_SOURCE" },
+         libraries = { "openblas", "jpeg", "png16", "cjson", "utf8proc", "z", "m", "pthread" },
+         incdirs = { "$(JPEG_INCDIR)", "$(PNG_INCDIR)", "$(CJSON_INCDIR)", "$(UTF8PROC_INCDIR)" },
+         libdirs = { "$(OPENBLAS_LIBDIR)", "$(JPEG_LIBDIR)", "$(PNG_LIBDIR)", "$(CJSON_LIBDIR)",
+                     "$(UTF8PROC_LIBDIR)", "$(ZLIB_LIBDIR)" },
+      },
+      ["clip"] = "lua/clip/init.lua",
+      ["clip.model"] = "lua/clip/model.lua",
+      ["clip.tokenizer"] = "lua/clip/tokenizer.lua",
+      ["clip.image"] = "lua/clip/image.lua",
+   },
+   copy_directories = { "docs", "examples" },
+}
+test = {
+   type = "busted",
+   flags = { "--exclude-tags=slow" },
+}
