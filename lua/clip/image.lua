@@ -1,0 +1,149 @@
+-- clip.image - decode JPEG/PNG and preprocess like transformers' CLIPImageProcessor.
+--
+--   local image = require "clip.image"
+--   local img = image.load("cat.jpg")            -- clip.Image: img.width, img.height, img:bytes()
+--   local proc = image.processor("model_dir")    -- or a preprocessor_config.json, a table, nil
+--   local x = proc:preprocess(img)               -- clip.Tensor {3, 224, 224}
+--   local xb = proc:preprocess_batch({"a.jpg", img})  -- {2, 3, 224, 224}
+--
+-- Decoding matches Pillow 9.4's Image.open(p).convert("RGB") bit for bit, resizing
+-- matches Pillow's Image.resize, and preprocess matches CLIPImageProcessor (see
+-- docs/images.md). Every failure raises an error whose message starts with the path.
+local core = require "clip.core"
+
+local M = {}
+
+--- Largest image (in pixels) that is decoded or produced; bigger ones are refused
+--- before anything is allocated. Pillow's DecompressionBombError threshold.
+M.MAX_PIXELS = core.image_max_pixels
+
+--- Pillow's resampling filter numbers.
+M.RESAMPLE = { NEAREST = 0, LANCZOS = 1, BILINEAR = 2, BICUBIC = 3, BOX = 4, HAMMING = 5 }
+
+local function filter_number(f)
+  if f == nil then return M.RESAMPLE.BICUBIC end
+  if type(f) == "string" then
+    local n = M.RESAMPLE[f:upper()]
+    if not n then error(("image: unknown resample filter '%s'"):format(f), 3) end
+    return n
+  end
+  return f
+end
+
+--- True when x is a clip.Image (open or closed).
+function M.is_image(x)
+  return core.image_is(x)
+end
+
+--- Decode the JPEG or PNG file at path into an RGB clip.Image.
+function M.load(path)
+  return core.image_load(path)
+end
+
+--- Decode JPEG or PNG bytes (a Lua string); name (default "<bytes>") is used in errors.
+function M.decode(bytes, name)
+  return core.image_decode(bytes, name)
+end
+
+--- An Image from raw RGB bytes (HWC, w*h*3 bytes).
+function M.from_bytes(w, h, rgb)
+  return core.image_from_bytes(w, h, rgb)
+end
+
+--- Resize to w x h exactly as Pillow's img.resize((w, h), filter); opts.resample is a
+--- Pillow filter number or name (default "bicubic").
+function M.resize(img, w, h, opts)
+  local resample = opts and opts.resample
+  return core.image_resize(img, w, h, filter_number(resample))
+end
+
+--- transformers' center_crop: top = (H - h) // 2, left = (W - w) // 2, zero padding
+--- where the image is smaller than the crop.
+function M.center_crop(img, w, h)
+  return core.image_center_crop(img, w, h)
+end
+
+-- ------------------------------------------------------------------ processor
+local Processor = {}
+Processor.__index = Processor
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local r = {}
+  for k, v in pairs(t) do r[k] = copy(v) end
+  return r
+end
+
+--- image.processor(cfg) -> Processor
+---   cfg nil: the OpenAI CLIP defaults (shortest edge 224, crop 224, bicubic, OpenAI mean/std)
+---   cfg string: a preprocessor_config.json file, a model directory holding one, or JSON text
+---   cfg table: the keys of preprocessor_config.json (size, crop_size, resample, do_resize,
+---              do_center_crop, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+--- Fields: size ({shortest_edge = n} or {height, width}), crop_size ({height, width}), mean,
+--- std, resample, rescale_factor, do_resize, do_center_crop, do_rescale, do_normalize.
+function M.processor(cfg)
+  local p
+  if cfg == nil then
+    p = core.processor_new()
+  elseif type(cfg) == "string" then
+    if cfg:match("^%s*{") then
+      p = core.processor_parse(cfg, "preprocessor config")
+    else
+      p = core.processor_load(cfg)
+    end
+  elseif type(cfg) == "table" then
+    p = core.processor_new(cfg)
+  else
+    error("image.processor: expected nil, a path, JSON text or a table, got " .. type(cfg), 2)
+  end
+  local c = p:config()
+  local self = setmetatable({
+    _p = p,
+    size = c.size,
+    crop_size = c.crop_size,
+    mean = c.image_mean,
+    std = c.image_std,
+    resample = c.resample,
+    rescale_factor = c.rescale_factor,
+    do_resize = c.do_resize,
+    do_center_crop = c.do_center_crop,
+    do_rescale = c.do_rescale,
+    do_normalize = c.do_normalize,
+    do_convert_rgb = c.do_convert_rgb,
+  }, Processor)
+  return self
+end
+
+--- The configuration as a table with the keys of preprocessor_config.json.
+function Processor:config()
+  return copy(self._p:config())
+end
+
+--- Size (w, h) of the output for an input of w x h.
+function Processor:output_size(w, h)
+  return self._p:output_size(w, h)
+end
+
+--- Resize + center crop of an Image or a path: the uint8 Image the model would see.
+function Processor:resize_crop(img_or_path)
+  return self._p:resize_crop(img_or_path)
+end
+
+--- The pixel values for one Image or path: a clip.Tensor {3, H, W} (float32, CHW).
+function Processor:preprocess(img_or_path)
+  return self._p:preprocess(img_or_path)
+end
+
+--- A batch of Images and/or paths: a clip.Tensor {n, 3, H, W}. A bad element raises an
+--- error naming its index (1-based) and path.
+function Processor:preprocess_batch(list)
+  return self._p:preprocess_batch(list)
+end
+
+function Processor:__tostring()
+  return tostring(self._p)
+end
+
+M.Processor = Processor
+
+return M
