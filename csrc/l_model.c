@@ -12,6 +12,8 @@
 #include "lclip.h"
 #include "model.h"
 #include "safetensors.h"
+#include "train.h"
+#include "kernels.h"
 
 #define MODEL_MT "clip.ModelCore"
 
@@ -303,39 +305,37 @@ static int mc_encode_pixels(lua_State *L) {
   return 2;
 }
 
-/* m:encode_ids(list of id lists [, opts]) -> embeds {B,E}, extras.
- * Shorter lists are padded with the eos id (after the pooled token it
- * changes nothing). Ids are 0-based token ids as in vocab.json. */
-static int mc_encode_ids(lua_State *L) {
-  l_model *m = check_model(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
+/* Read a list of id lists at idx into a scratch userdata (pushed), padded
+ * with the eos id to the longest. */
+static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp) {
+  luaL_checktype(L, idx, LUA_TTABLE);
   const ct_tower_cfg *c = &m->m.cfg.text;
-  int B = (int)luaL_len(L, 2), T = 0;
-  if (B == 0) return luaL_error(L, "encode_texts: empty batch");
+  int B = (int)luaL_len(L, idx), T = 0;
+  if (B == 0) return (luaL_error(L, "encode_texts: empty batch"), (int32_t *)NULL);
   for (int b = 1; b <= B; b++) {
-    if (lua_geti(L, 2, b) != LUA_TTABLE)
-      return luaL_error(L, "encode_texts: item %d is not a list of token ids", b);
+    if (lua_geti(L, idx, b) != LUA_TTABLE)
+      return (luaL_error(L, "encode_texts: item %d is not a list of token ids", b), (int32_t *)NULL);
     int n = (int)luaL_len(L, -1);
-    if (n == 0) return luaL_error(L, "encode_texts: item %d is an empty id list", b);
+    if (n == 0) return (luaL_error(L, "encode_texts: item %d is an empty id list", b), (int32_t *)NULL);
     if (n > T) T = n;
     lua_pop(L, 1);
   }
   if (T > c->max_pos)
-    return luaL_error(L, "encode_texts: %d tokens exceed max_position_embeddings %d (truncate first)",
-                      T, c->max_pos);
+    return (luaL_error(L, "encode_texts: %d tokens exceed max_position_embeddings %d (truncate first)",
+                      T, c->max_pos), (int32_t *)NULL);
   int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)B * T, 0);
   for (int b = 0; b < B; b++) {
-    lua_geti(L, 2, b + 1);
+    lua_geti(L, idx, b + 1);
     int n = (int)luaL_len(L, -1);
     for (int t = 0; t < T; t++) {
       if (t < n) {
         lua_geti(L, -1, t + 1);
         int ok;
         lua_Integer v = lua_tointegerx(L, -1, &ok);
-        if (!ok) return luaL_error(L, "encode_texts: item %d, position %d is not an integer", b + 1, t + 1);
+        if (!ok) return (luaL_error(L, "encode_texts: item %d, position %d is not an integer", b + 1, t + 1), (int32_t *)NULL);
         if (v < 0 || v >= c->vocab)
-          return luaL_error(L, "encode_texts: token id %d (item %d, position %d) is outside the vocabulary of %d",
-                            (int)v, b + 1, t + 1, c->vocab);
+          return (luaL_error(L, "encode_texts: token id %d (item %d, position %d) is outside the vocabulary of %d",
+                            (int)v, b + 1, t + 1, c->vocab), (int32_t *)NULL);
         ids[(size_t)b * T + t] = (int32_t)v;
         lua_pop(L, 1);
       } else {
@@ -344,6 +344,19 @@ static int mc_encode_ids(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  *Bp = B;
+  *Tp = T;
+  return ids;
+}
+
+/* m:encode_ids(list of id lists [, opts]) -> embeds {B,E}, extras.
+ * Shorter lists are padded with the eos id (after the pooled token it
+ * changes nothing). Ids are 0-based token ids as in vocab.json. */
+static int mc_encode_ids(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  const ct_tower_cfg *c = &m->m.cfg.text;
+  int B, T;
+  int32_t *ids = check_ids(L, m, 2, &B, &T);
   int want_pooled = 0, want_hidden = 0, cap = -1;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "pooled");
@@ -383,14 +396,181 @@ static int mc_encode_ids(lua_State *L) {
   return 2;
 }
 
+
+/* ------------------------------------------------------------ training */
+
+#define TAPE_MT "clip.Tape"
+
+static int tape_gc(lua_State *L) {
+  ct_tape *t = luaL_checkudata(L, 1, TAPE_MT);
+  ct_tape_free(t);
+  return 0;
+}
+
+static ct_param *check_param(lua_State *L, l_model *m, int idx) {
+  const char *name = luaL_checkstring(L, idx);
+  int i = ct_model_find_param(&m->m, name);
+  if (i < 0) luaL_error(L, "model has no parameter '%s'", name);
+  return &m->m.params[i];
+}
+
+/* m:set_requires_grad(name, flag) */
+static int mc_set_requires_grad(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_param *p = check_param(L, m, 2);
+  p->requires_grad = lua_toboolean(L, 3);
+  return 0;
+}
+
+static int mc_requires_grad(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  lua_pushboolean(L, check_param(L, m, 2)->requires_grad);
+  return 1;
+}
+
+/* m:grad(name) -> Tensor view of the gradient, or nil when none yet */
+static int mc_grad(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_param *p = check_param(L, m, 2);
+  if (!p->grad) {
+    lua_pushnil(L);
+    return 1;
+  }
+  m->views++;
+  l_tensor_view(L, 1, p->grad, p->ndim, p->shape, 0);
+  return 1;
+}
+
+/* m:alloc_grads() - zeroed gradients for every trainable parameter */
+static int mc_alloc_grads(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_err e;
+  if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
+  return 0;
+}
+
+static int mc_zero_grad(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_model_zero_grads(&m->m);
+  return 0;
+}
+
+/* m:trainable("vision"|"text") -> {emb=, post=, proj=, first_layer= (1-based; layers+1 = none)} */
+static int mc_trainable(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  int vision = strcmp(luaL_checkstring(L, 2), "vision") == 0;
+  ct_trainable t;
+  ct_tower_trainable(&m->m, vision, &t);
+  lua_newtable(L);
+  lua_pushboolean(L, t.emb);
+  lua_setfield(L, -2, "emb");
+  lua_pushboolean(L, t.post);
+  lua_setfield(L, -2, "post");
+  lua_pushboolean(L, t.proj);
+  lua_setfield(L, -2, "proj");
+  set_int(L, "first_layer", t.first_layer + 1);
+  lua_pushboolean(L, t.emb || t.post || t.first_layer < (vision ? m->m.cfg.vision.layers : m->m.cfg.text.layers));
+  lua_setfield(L, -2, "below_projection");
+  return 1;
+}
+
+static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp);
+
+/* m:forward_train(pixels {B,3,S,S} | id lists) -> embeds {B,E}, tape */
+static int mc_forward_train(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  l_tensor *px = l_totensor(L, 2);
+  int vision = px != NULL, B, T = 0;
+  const int32_t *ids = NULL;
+  if (vision) {
+    const ct_tower_cfg *c = &m->m.cfg.vision;
+    char sb[128];
+    if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
+        px->shape[3] != c->image_size)
+      return luaL_error(L, "forward: pixel tensor has shape %s, expected {n,%d,%d,%d}",
+                        l_shape_str(px, sb, sizeof sb), c->channels, c->image_size, c->image_size);
+    B = (int)px->shape[0];
+    if (B == 0) return luaL_error(L, "forward: empty batch");
+  } else {
+    ids = check_ids(L, m, 2, &B, &T);
+  }
+  int64_t se[2] = {B, m->m.cfg.projection_dim};
+  l_tensor *emb = l_tensor_new(L, 2, se);
+  ct_tape *t = lua_newuserdatauv(L, sizeof(ct_tape), 0);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, TAPE_MT);
+  ct_err e;
+  if (ct_forward_train(&m->m, vision, vision ? px->data : NULL, ids, B, T, emb->data, t, &e) != 0)
+    return luaL_error(L, "%s", e.msg);
+  return 2;
+}
+
+/* m:backward(tape, dembeds {B,E}) - accumulate parameter gradients */
+static int mc_backward(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_tape *t = luaL_checkudata(L, 2, TAPE_MT);
+  l_tensor *d = l_checktensor(L, 3);
+  if (!t->mem) return luaL_error(L, "backward: the tape was already used or freed");
+  if (d->numel != (int64_t)t->B * m->m.cfg.projection_dim)
+    return luaL_error(L, "backward: gradient has %d values, expected %d x %d", (int)d->numel,
+                      t->B, m->m.cfg.projection_dim);
+  ct_err e;
+  if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
+  int rc = ct_backward(&m->m, t, d->data, &e);
+  if (!lua_toboolean(L, 4)) ct_tape_free(t); /* keep = true retains the tape */
+  if (rc != 0) return luaL_error(L, "%s", e.msg);
+  return 0;
+}
+
+/* m:project(pooled {B,D}, "vision"|"text") -> embeds {B,E} */
+static int mc_project(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  l_tensor *x = l_checktensor(L, 2);
+  int vision = strcmp(luaL_checkstring(L, 3), "vision") == 0;
+  int D = vision ? m->m.cfg.vision.hidden : m->m.cfg.text.hidden, E = m->m.cfg.projection_dim;
+  if (x->ndim != 2 || x->shape[1] != D)
+    return luaL_error(L, "project: expected pooled features {n,%d}", D);
+  int64_t s[2] = {x->shape[0], E};
+  l_tensor *o = l_tensor_new(L, 2, s);
+  linear_forward(o->data, x->data, vision ? m->m.vis_proj : m->m.text_proj, NULL, (int)x->shape[0], D, E);
+  return 1;
+}
+
+/* m:project_backward(pooled {B,D}, dembeds {B,E}, "vision"|"text") */
+static int mc_project_backward(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  l_tensor *x = l_checktensor(L, 2), *d = l_checktensor(L, 3);
+  int vision = strcmp(luaL_checkstring(L, 4), "vision") == 0;
+  int D = vision ? m->m.cfg.vision.hidden : m->m.cfg.text.hidden, E = m->m.cfg.projection_dim;
+  if (x->ndim != 2 || x->shape[1] != D || d->numel != x->shape[0] * E)
+    return luaL_error(L, "project_backward: shapes do not match");
+  const char *pn = vision ? "visual_projection.weight" : "text_projection.weight";
+  int i = ct_model_find_param(&m->m, pn);
+  ct_param *p = &m->m.params[i];
+  if (!p->requires_grad) return 0;
+  ct_err e;
+  if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
+  linear_backward(NULL, p->grad, NULL, d->data, x->data, p->data, (int)x->shape[0], D, E);
+  return 0;
+}
+
 static const luaL_Reg methods[] = {
     {"close", mc_close},           {"is_closed", mc_is_closed},
     {"config", mc_config},         {"config_json", mc_config_json},
     {"param_info", mc_param_info}, {"param", mc_param},
     {"encode_pixels", mc_encode_pixels}, {"encode_ids", mc_encode_ids},
+    {"set_requires_grad", mc_set_requires_grad}, {"requires_grad", mc_requires_grad},
+    {"grad", mc_grad},             {"alloc_grads", mc_alloc_grads},
+    {"zero_grad", mc_zero_grad},   {"trainable", mc_trainable},
+    {"forward_train", mc_forward_train}, {"backward", mc_backward},
+    {"project", mc_project},       {"project_backward", mc_project_backward},
     {NULL, NULL}};
 
 void l_model_open(lua_State *L) {
+  luaL_newmetatable(L, TAPE_MT);
+  lua_pushcfunction(L, tape_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   luaL_newmetatable(L, MODEL_MT);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);

@@ -225,6 +225,7 @@ static void padd(plist *l, int ndim, int64_t a, int64_t b, int64_t c, int64_t d,
   }
   ct_param *p = &l->p[l->n++];
   memset(p, 0, sizeof *p);
+  p->requires_grad = 1;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(p->name, sizeof p->name, fmt, ap);
@@ -346,8 +347,10 @@ void ct_model_resolve(ct_model *m) {
 void ct_model_free(ct_model *m) {
   if (!m) return;
   if (m->params)
-    for (int i = 0; i < m->nparams; i++)
+    for (int i = 0; i < m->nparams; i++) {
       if (m->params[i].owned) free(m->params[i].data);
+      free(m->params[i].grad);
+    }
   free(m->params);
   if (m->files)
     for (int i = 0; i < m->nfiles; i++) ct_st_close(&m->files[i]);

@@ -37,6 +37,8 @@ typedef struct ct_param {
   float *data;   /* into a mapping, or owned (see owned) */
   int owned;     /* data was malloc'd (converted from F16/BF16 or copied) */
   int dtype;     /* ct_dtype in the checkpoint */
+  int requires_grad; /* trainable (default 1) */
+  float *grad;   /* malloc'd on first backward that needs it, else NULL */
 } ct_param;
 
 typedef struct ct_block_w {

@@ -1,0 +1,397 @@
+/* train.c - the towers' training forward and backward.
+ *
+ * Forward runs the frozen bottom of a tower like inference (nothing kept),
+ * then keeps, for each block from the lowest trainable one up, exactly what
+ * the backward kernels need (llm.c style named buffers). Backward walks the
+ * blocks top-down with a NULL gradient for every frozen parameter, so frozen
+ * work costs nothing, and stops at the lowest trainable parameter. */
+#include "train.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---------------------------------------------------------- trainability */
+
+static int prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+void ct_tower_trainable(const ct_model *m, int vision, ct_trainable *t) {
+  const char *tw = vision ? "vision_model." : "text_model.";
+  int L = vision ? m->cfg.vision.layers : m->cfg.text.layers;
+  memset(t, 0, sizeof *t);
+  t->first_layer = L;
+  char layers[64];
+  snprintf(layers, sizeof layers, "%sencoder.layers.", tw);
+  for (int i = 0; i < m->nparams; i++) {
+    const ct_param *p = &m->params[i];
+    if (!p->requires_grad) continue;
+    const char *n = p->name;
+    if (prefix(n, vision ? "visual_projection." : "text_projection.")) {
+      t->proj = 1;
+    } else if (prefix(n, layers)) {
+      int l = atoi(n + strlen(layers));
+      if (l < t->first_layer) t->first_layer = l;
+    } else if (prefix(n, tw)) {
+      if (strstr(n, "embeddings.") || strstr(n, "pre_layrnorm")) t->emb = 1;
+      else t->post = 1; /* post_layernorm / final_layer_norm */
+    }
+  }
+  if (t->emb) t->first_layer = 0;
+}
+
+int ct_model_alloc_grads(ct_model *m, ct_err *e) {
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *p = &m->params[i];
+    if (p->requires_grad && !p->grad) {
+      p->grad = calloc((size_t)(p->numel ? p->numel : 1), sizeof(float));
+      if (!p->grad) return ct_errf(e, "out of memory allocating the gradient of %s", p->name);
+    }
+  }
+  return 0;
+}
+
+void ct_model_zero_grads(ct_model *m) {
+  for (int i = 0; i < m->nparams; i++)
+    if (m->params[i].grad) memset(m->params[i].grad, 0, sizeof(float) * (size_t)m->params[i].numel);
+}
+
+void ct_tape_free(ct_tape *t) {
+  if (!t) return;
+  free(t->mem);
+  free(t->la);
+  free(t->pool);
+  memset(t, 0, sizeof *t);
+}
+
+/* ---------------------------------------------------------- the arena */
+
+typedef struct {
+  float *base;
+  size_t used, cap;
+} arena;
+
+static float *take(arena *a, size_t n) {
+  n = (n + 15) & ~(size_t)15; /* keep 64-byte alignment */
+  if (a->base == NULL) { a->used += n; return NULL; }
+  float *p = a->base + a->used;
+  a->used += n;
+  return p;
+}
+
+/* Lay out the tape's buffers; called twice: once to size, once to assign. */
+static void layout(ct_tape *t, arena *a, int NP, int K) {
+  size_t N = (size_t)t->B * t->T, D = (size_t)t->D, I = (size_t)t->I;
+  for (int l = t->first; l < t->L; l++) {
+    ct_layer_acts *x = &t->la[l - t->first];
+    x->inp = take(a, N * D); x->ln1 = take(a, N * D);
+    x->ln1_mean = take(a, N); x->ln1_rstd = take(a, N);
+    x->q = take(a, N * D); x->k = take(a, N * D); x->v = take(a, N * D);
+    x->probs = take(a, (size_t)t->B * t->NH * t->T * t->T);
+    x->att = take(a, N * D); x->mid = take(a, N * D); x->ln2 = take(a, N * D);
+    x->ln2_mean = take(a, N); x->ln2_rstd = take(a, N);
+    x->fc1 = take(a, N * I); x->actv = take(a, N * I);
+  }
+  t->pool_in = take(a, (size_t)t->B * D);
+  t->pool_mean = take(a, t->B);
+  t->pool_rstd = take(a, t->B);
+  t->pooled = take(a, (size_t)t->B * D);
+  if (t->emb && t->vision) {
+    t->x = take(a, N * D);
+    t->pre_mean = take(a, N);
+    t->pre_rstd = take(a, N);
+    t->cols = take(a, (size_t)t->B * NP * K);
+  }
+  if (!t->vision) t->ids = (int32_t *)take(a, ((size_t)t->B * t->T + 1) / 1 + 1);
+}
+
+/* ---------------------------------------------------------- forward */
+
+static void block_fwd_plain(float *h, float *x, float *q, float *k, float *v, float *att,
+                            float *mlp, float *probs, const ct_block_w *b,
+                            const ct_tower_cfg *c, int B, int T, int causal) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  layernorm_forward(x, NULL, NULL, h, b->ln1_w, b->ln1_b, N, D, c->eps);
+  linear_forward(q, x, b->q_w, b->q_b, N, D, D);
+  linear_forward(k, x, b->k_w, b->k_b, N, D, D);
+  linear_forward(v, x, b->v_w, b->v_b, N, D, D);
+  attention_forward(att, probs, q, k, v, B, T, D, c->heads, causal, 0);
+  linear_forward(x, att, b->o_w, b->o_b, N, D, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
+  layernorm_forward(x, NULL, NULL, h, b->ln2_w, b->ln2_b, N, D, c->eps);
+  linear_forward(mlp, x, b->fc1_w, b->fc1_b, N, D, I);
+  act_forward(mlp, mlp, (int64_t)N * I, c->act);
+  linear_forward(x, mlp, b->fc2_w, b->fc2_b, N, I, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
+}
+
+/* saved block: reads s->inp, writes out (the next layer's inp, or hfinal) */
+static void block_fwd_save(ct_layer_acts *s, float *out, const ct_block_w *b,
+                           const ct_tower_cfg *c, int B, int T, int causal) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  size_t ND = (size_t)N * D;
+  layernorm_forward(s->ln1, s->ln1_mean, s->ln1_rstd, s->inp, b->ln1_w, b->ln1_b, N, D, c->eps);
+  linear_forward(s->q, s->ln1, b->q_w, b->q_b, N, D, D);
+  linear_forward(s->k, s->ln1, b->k_w, b->k_b, N, D, D);
+  linear_forward(s->v, s->ln1, b->v_w, b->v_b, N, D, D);
+  attention_forward(s->att, s->probs, s->q, s->k, s->v, B, T, D, c->heads, causal, 1);
+  linear_forward(s->mid, s->att, b->o_w, b->o_b, N, D, D);
+  for (size_t i = 0; i < ND; i++) s->mid[i] += s->inp[i];
+  layernorm_forward(s->ln2, s->ln2_mean, s->ln2_rstd, s->mid, b->ln2_w, b->ln2_b, N, D, c->eps);
+  linear_forward(s->fc1, s->ln2, b->fc1_w, b->fc1_b, N, D, I);
+  act_forward(s->actv, s->fc1, (int64_t)N * I, c->act);
+  linear_forward(out, s->actv, b->fc2_w, b->fc2_b, N, I, D);
+  for (size_t i = 0; i < ND; i++) out[i] += s->mid[i];
+}
+
+int ct_forward_train(const ct_model *m, int vision, const float *pixels, const int32_t *ids,
+                     int B, int T, float *embeds, ct_tape *t, ct_err *e) {
+  memset(t, 0, sizeof *t);
+  const ct_tower_cfg *c = vision ? &m->cfg.vision : &m->cfg.text;
+  ct_trainable tr;
+  ct_tower_trainable(m, vision, &tr);
+  int D = c->hidden, E = m->cfg.projection_dim, NP = 0, K = 0, g = 0;
+  if (B <= 0) return ct_errf(e, "forward: empty batch");
+  t->vision = vision;
+  t->B = B; t->D = D; t->I = c->inter; t->NH = c->heads; t->L = c->layers;
+  t->first = tr.first_layer;
+  t->emb = tr.emb;
+  t->need_pool = tr.emb || tr.first_layer < c->layers || tr.post;
+  t->pool = calloc((size_t)B, sizeof(int));
+  if (!t->pool) return ct_errf(e, "out of memory");
+  if (vision) {
+    g = c->image_size / c->patch_size;
+    NP = g * g;
+    K = c->channels * c->patch_size * c->patch_size;
+    t->T = NP + 1;
+  } else {
+    if (T <= 0 || T > c->max_pos) {
+      ct_tape_free(t);
+      return ct_errf(e, "forward: sequence length %d (max_position_embeddings %d)", T, c->max_pos);
+    }
+    for (int64_t i = 0; i < (int64_t)B * T; i++)
+      if (ids[i] < 0 || ids[i] >= c->vocab) {
+        ct_tape_free(t);
+        return ct_errf(e, "forward: token id %d is outside the vocabulary of %d", ids[i], c->vocab);
+      }
+    int Te = 1;
+    for (int b = 0; b < B; b++) {
+      t->pool[b] = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
+      if (t->pool[b] + 1 > Te) Te = t->pool[b] + 1;
+    }
+    t->T = Te; /* causal: later positions cannot reach the pooled rows */
+  }
+  int Tt = t->T;
+  size_t N = (size_t)B * Tt;
+  t->la = calloc((size_t)(t->L - t->first + 1), sizeof(ct_layer_acts));
+  if (!t->la) {
+    ct_tape_free(t);
+    return ct_errf(e, "out of memory");
+  }
+  arena a = {0};
+  layout(t, &a, NP, K);
+  /* plain-forward scratch for the frozen bottom and the final hidden state */
+  size_t scratch = 6 * N * D + N * (size_t)c->inter + (size_t)Tt * Tt;
+  if (vision) scratch += (size_t)B * NP * K;
+  size_t total = a.used + scratch + 16;
+  t->mem = malloc(total * sizeof(float));
+  if (!t->mem) {
+    ct_tape_free(t);
+    return ct_errf(e, "out of memory: training forward needs %zu MB", total * sizeof(float) >> 20);
+  }
+  a.base = t->mem;
+  a.used = 0;
+  layout(t, &a, NP, K);
+  float *h = t->mem + a.used, *x = h + N * D, *q = x + N * D, *k = q + N * D, *v = k + N * D,
+        *att = v + N * D, *mlp = att + N * D, *probs = mlp + N * (size_t)c->inter;
+  float *cols = probs + (size_t)Tt * Tt;
+
+  /* embeddings */
+  if (vision) {
+    int p = c->patch_size, S = c->image_size, C = c->channels;
+    float *cl = t->cols ? t->cols : cols;
+    for (int b = 0; b < B; b++)
+      for (int gi = 0; gi < g; gi++)
+        for (int gj = 0; gj < g; gj++) {
+          float *dst = cl + ((size_t)b * NP + gi * g + gj) * K;
+          for (int ch = 0; ch < C; ch++)
+            for (int u = 0; u < p; u++)
+              memcpy(dst + (ch * p + u) * p,
+                     pixels + (((size_t)b * C + ch) * S + gi * p + u) * S + gj * p,
+                     sizeof(float) * p);
+        }
+    linear_forward(x, cl, m->patch_w, NULL, B * NP, K, D);
+    for (int b = 0; b < B; b++) {
+      float *h0 = h + (size_t)b * Tt * D;
+      for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
+      for (int tt = 1; tt < Tt; tt++)
+        for (int j = 0; j < D; j++)
+          h0[(size_t)tt * D + j] = x[((size_t)b * NP + tt - 1) * D + j] + m->vpos_emb[(size_t)tt * D + j];
+    }
+    if (t->x) memcpy(t->x, h, sizeof(float) * N * D);
+    layernorm_forward(h, t->pre_mean, t->pre_rstd, h, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
+  } else {
+    for (int b = 0; b < B; b++)
+      for (int tt = 0; tt < Tt; tt++) {
+        int32_t id = ids[(size_t)b * T + tt];
+        t->ids[(size_t)b * Tt + tt] = id;
+        for (int j = 0; j < D; j++)
+          h[((size_t)b * Tt + tt) * D + j] = m->tok_emb[(size_t)id * D + j] + m->tpos_emb[(size_t)tt * D + j];
+      }
+  }
+  const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
+  int causal = !vision;
+  for (int l = 0; l < t->L; l++) {
+    if (l < t->first) {
+      block_fwd_plain(h, x, q, k, v, att, mlp, probs, &blocks[l], c, B, Tt, causal);
+      continue;
+    }
+    ct_layer_acts *s = &t->la[l - t->first];
+    if (l == t->first) memcpy(s->inp, h, sizeof(float) * N * D);
+    float *out = l + 1 < t->L ? t->la[l + 1 - t->first].inp : h;
+    block_fwd_save(s, out, &blocks[l], c, B, Tt, causal);
+  }
+  /* pooled rows -> final LN -> projection */
+  const float *lnw = vision ? m->post_ln_w : m->final_ln_w, *lnb = vision ? m->post_ln_b : m->final_ln_b;
+  for (int b = 0; b < B; b++) {
+    int row = vision ? 0 : t->pool[b];
+    memcpy(t->pool_in + (size_t)b * D, h + ((size_t)b * Tt + row) * D, sizeof(float) * D);
+  }
+  layernorm_forward(t->pooled, t->pool_mean, t->pool_rstd, t->pool_in, lnw, lnb, B, D, c->eps);
+  linear_forward(embeds, t->pooled, vision ? m->vis_proj : m->text_proj, NULL, B, D, E);
+  return 0;
+}
+
+/* ---------------------------------------------------------- backward */
+
+static float *G(ct_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static float *G(ct_model *m, const char *fmt, ...) {
+  char name[96];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  int i = ct_model_find_param(m, name);
+  if (i < 0 || !m->params[i].requires_grad) return NULL;
+  return m->params[i].grad;
+}
+
+static void block_grads(ct_model *m, ct_block_w *g, const char *tw, int l) {
+#define W(field, nm) g->field = G(m, "%s.encoder.layers.%d." nm, tw, l)
+  W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
+  W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
+  W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
+  W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
+  W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
+  W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
+  W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
+  W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
+#undef W
+}
+
+int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) {
+  int vision = t->vision, B = t->B, Tt = t->T, D = t->D, I = t->I, E = m->cfg.projection_dim;
+  const ct_tower_cfg *c = vision ? &m->cfg.vision : &m->cfg.text;
+  const char *tw = vision ? "vision_model" : "text_model";
+  float *dproj = G(m, vision ? "visual_projection.weight" : "text_projection.weight");
+  const float *proj = vision ? m->vis_proj : m->text_proj;
+  if (!t->need_pool) { /* only the projection (or nothing) trains */
+    if (dproj) linear_backward(NULL, dproj, NULL, dembeds, t->pooled, proj, B, D, E);
+    return 0;
+  }
+  size_t N = (size_t)B * Tt, ND = N * D, NI = N * (size_t)I;
+  size_t total = 8 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
+  float *mem = calloc(total, sizeof(float));
+  if (!mem) return ct_errf(e, "out of memory: backward needs %zu MB", total * sizeof(float) >> 20);
+  float *dh = mem, *dmid = dh + ND, *dln = dmid + ND, *datt = dln + ND, *dq = datt + ND,
+        *dk = dq + ND, *dv = dk + ND, *dtmp = dv + ND, *dact = dtmp + ND, *dfc1 = dact + NI,
+        *scratch = dfc1 + NI, *dpooled = scratch + (size_t)Tt * Tt, *dpin = dpooled + (size_t)B * D;
+  (void)dtmp;
+  /* projection */
+  linear_backward(dpooled, dproj, NULL, dembeds, t->pooled, proj, B, D, E);
+  /* final LN of the pooled rows */
+  layernorm_backward(dpin, G(m, vision ? "vision_model.post_layernorm.weight" : "text_model.final_layer_norm.weight"),
+                     G(m, vision ? "vision_model.post_layernorm.bias" : "text_model.final_layer_norm.bias"),
+                     dpooled, t->pool_in, vision ? m->post_ln_w : m->final_ln_w, t->pool_mean,
+                     t->pool_rstd, B, D);
+  if (t->first >= t->L && !t->emb) {
+    free(mem);
+    return 0;
+  }
+  for (int b = 0; b < B; b++) {
+    int row = vision ? 0 : t->pool[b];
+    memcpy(dh + ((size_t)b * Tt + row) * D, dpin + (size_t)b * D, sizeof(float) * D);
+  }
+  const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
+  int causal = !vision;
+  for (int l = t->L - 1; l >= t->first; l--) {
+    const ct_layer_acts *s = &t->la[l - t->first];
+    const ct_block_w *w = &blocks[l];
+    ct_block_w g;
+    block_grads(m, &g, tw, l);
+    int need_dinp = l > t->first || t->emb;
+    /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */
+    memset(dact, 0, sizeof(float) * NI);
+    linear_backward(dact, g.fc2_w, g.fc2_b, dh, s->actv, w->fc2_w, (int)N, I, D);
+    memset(dfc1, 0, sizeof(float) * NI);
+    act_backward(dfc1, dact, s->fc1, (int64_t)NI, c->act);
+    memset(dln, 0, sizeof(float) * ND);
+    linear_backward(dln, g.fc1_w, g.fc1_b, dfc1, s->ln2, w->fc1_w, (int)N, D, I);
+    memcpy(dmid, dh, sizeof(float) * ND);
+    layernorm_backward(dmid, g.ln2_w, g.ln2_b, dln, s->mid, w->ln2_w, s->ln2_mean, s->ln2_rstd,
+                       (int64_t)N, D);
+    /* attention branch: mid = inp + out_proj(attn(q, k, v)) */
+    memset(datt, 0, sizeof(float) * ND);
+    linear_backward(datt, g.o_w, g.o_b, dmid, s->att, w->o_w, (int)N, D, D);
+    memset(dq, 0, sizeof(float) * ND * 3);
+    attention_backward(dq, dk, dv, scratch, datt, s->q, s->k, s->v, s->probs, B, Tt, D, c->heads,
+                       causal);
+    memset(dln, 0, sizeof(float) * ND);
+    linear_backward(dln, g.q_w, g.q_b, dq, s->ln1, w->q_w, (int)N, D, D);
+    linear_backward(dln, g.k_w, g.k_b, dk, s->ln1, w->k_w, (int)N, D, D);
+    linear_backward(dln, g.v_w, g.v_b, dv, s->ln1, w->v_w, (int)N, D, D);
+    memcpy(dh, dmid, sizeof(float) * ND);
+    layernorm_backward(need_dinp ? dh : NULL, g.ln1_w, g.ln1_b, dln, s->inp, w->ln1_w,
+                       s->ln1_mean, s->ln1_rstd, (int64_t)N, D);
+  }
+  if (t->emb) {
+    if (vision) {
+      int g = c->image_size / c->patch_size, NP = g * g, K = c->channels * c->patch_size * c->patch_size;
+      /* h = pre_layrnorm(x) */
+      memset(dln, 0, sizeof(float) * ND);
+      layernorm_backward(dln, G(m, "vision_model.pre_layrnorm.weight"),
+                         G(m, "vision_model.pre_layrnorm.bias"), dh, t->x, m->pre_ln_w,
+                         t->pre_mean, t->pre_rstd, (int64_t)N, D);
+      float *dcls = G(m, "vision_model.embeddings.class_embedding");
+      float *dpos = G(m, "vision_model.embeddings.position_embedding.weight");
+      float *dpatch = G(m, "vision_model.embeddings.patch_embedding.weight");
+      for (int b = 0; b < B; b++) {
+        const float *r = dln + (size_t)b * Tt * D;
+        if (dcls) for (int j = 0; j < D; j++) dcls[j] += r[j];
+        if (dpos) for (size_t j = 0; j < (size_t)Tt * D; j++) dpos[j] += r[j];
+      }
+      if (dpatch) {
+        /* gather the patch rows into dq [B*NP, D] and form dW = dout^T cols */
+        for (int b = 0; b < B; b++)
+          memcpy(dq + (size_t)b * NP * D, dln + ((size_t)b * Tt + 1) * D, sizeof(float) * NP * D);
+        linear_backward(NULL, dpatch, NULL, dq, t->cols, m->patch_w, B * NP, K, D);
+      }
+    } else {
+      float *dtok = G(m, "text_model.embeddings.token_embedding.weight");
+      float *dpos = G(m, "text_model.embeddings.position_embedding.weight");
+      for (int b = 0; b < B; b++)
+        for (int tt = 0; tt < Tt; tt++) {
+          const float *r = dh + ((size_t)b * Tt + tt) * D;
+          if (dtok) {
+            float *dst = dtok + (size_t)t->ids[(size_t)b * Tt + tt] * D;
+            for (int j = 0; j < D; j++) dst[j] += r[j];
+          }
+          if (dpos) for (int j = 0; j < D; j++) dpos[(size_t)tt * D + j] += r[j];
+        }
+    }
+  }
+  free(mem);
+  return 0;
+}

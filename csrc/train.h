@@ -1,0 +1,47 @@
+/* train.h - training forward (saving activations) and backward through the
+ * two towers, down to the lowest trainable parameter only. */
+#ifndef CT_TRAIN_H
+#define CT_TRAIN_H
+
+#include "model.h"
+
+typedef struct ct_layer_acts {
+  float *inp, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *att;
+  float *mid, *ln2, *ln2_mean, *ln2_rstd, *fc1, *actv;
+} ct_layer_acts;
+
+typedef struct ct_tape {
+  int vision;           /* 1: image tower, 0: text tower */
+  int B, T, D, I, NH, L;
+  int first;            /* layers first..L-1 have saved activations */
+  int emb;              /* embedding parameters trainable: their inputs saved */
+  int need_pool;        /* something below the projection is trainable */
+  float *mem;           /* every saved buffer lives in this one block */
+  ct_layer_acts *la;    /* [L - first] */
+  float *pool_in, *pool_mean, *pool_rstd, *pooled; /* [B,D], [B], [B], [B,D] */
+  float *x, *pre_mean, *pre_rstd;                  /* vision: pre-LN input [N,D], stats [N] */
+  float *cols;                                     /* vision: im2col [B*NP, K] */
+  int32_t *ids;                                    /* text: [B, T] */
+  int *pool;                                       /* [B] pooled row per sequence */
+} ct_tape;
+
+/* Which parts of a tower are trainable. */
+typedef struct ct_trainable {
+  int emb, post, proj, first_layer; /* first_layer = L when no block is trainable */
+} ct_trainable;
+
+void ct_tower_trainable(const ct_model *m, int vision, ct_trainable *t);
+
+/* Allocate (zeroed) gradients of every parameter that requires grad and has none. */
+int ct_model_alloc_grads(ct_model *m, ct_err *e);
+void ct_model_zero_grads(ct_model *m);
+
+/* Forward one tower, keeping what backward needs. pixels [B,3,S,S] (vision)
+ * or ids [B,T] (text). embeds [B,E] is written. */
+int ct_forward_train(const ct_model *m, int vision, const float *pixels, const int32_t *ids,
+                     int B, int T, float *embeds, ct_tape *tape, ct_err *e);
+/* Accumulate parameter gradients from dembeds [B,E]. Grads must be allocated. */
+int ct_backward(ct_model *m, const ct_tape *tape, const float *dembeds, ct_err *e);
+void ct_tape_free(ct_tape *t);
+
+#endif
