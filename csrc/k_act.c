@@ -1,8 +1,15 @@
-/* k_act.c - activations of the CLIP MLP (transformers ACT2FN):
+/* k_act.c - activations of the CLIP MLP (transformers ACT2FN,
+ * https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py):
  * quick_gelu(x) = x * sigmoid(1.702 x)                      (OpenAI CLIP)
- * gelu(x)       = 0.5 x (1 + erf(x / sqrt 2))               (exact form)
+ * gelu(x)       = 0.5 x (1 + erf(x / sqrt 2))               (exact form, torch.nn.GELU())
  * gelu_new / gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
- * relu */
+ * relu
+ * Backward: dinp += dout * act'(inp), inp the pre-activation:
+ * quick_gelu' = s + 1.702 x s (1 - s), s = sigmoid(1.702 x)
+ * gelu'       = Phi(x) + x phi(x) = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+ * gelu_new'   = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)
+ * relu'       = 1 for x > 0, else 0 (0 at x = 0, as torch's threshold_backward)
+ * dinp may be NULL (skipped). */
 #include <math.h>
 
 #include "kernels.h"
@@ -44,5 +51,79 @@ void act_forward_ref(float *out, const float *inp, int64_t n, int act) {
     default: y = x > 0 ? x : 0;
     }
     out[i] = (float)y;
+  }
+}
+
+/* Double twin of the forward, for the finite-difference gradient checks. */
+void act_forward_f64(double *out, const double *inp, int64_t n, int act) {
+  for (int64_t i = 0; i < n; i++) {
+    double x = inp[i], y;
+    switch (act) {
+    case CT_ACT_QUICK_GELU: y = x / (1.0 + exp(-1.702 * x)); break;
+    case CT_ACT_GELU: y = 0.5 * x * (1.0 + erf(x / sqrt(2.0))); break;
+    case CT_ACT_GELU_TANH:
+      y = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+      break;
+    default: y = x > 0 ? x : 0;
+    }
+    out[i] = y;
+  }
+}
+
+/* dinp may be NULL: not needed -> skipped (no work). ACCUMULATES (+=). */
+void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
+  if (!dinp) return;
+  switch (act) {
+  case CT_ACT_QUICK_GELU:
+    for (int64_t i = 0; i < n; i++) {
+      float x = inp[i];
+      float s = 1.0f / (1.0f + expf(-1.702f * x));
+      dinp[i] += dout[i] * (s + 1.702f * x * s * (1.0f - s));
+    }
+    break;
+  case CT_ACT_GELU:
+    for (int64_t i = 0; i < n; i++) {
+      float x = inp[i];
+      float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+      float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+      dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+    break;
+  case CT_ACT_GELU_TANH:
+    for (int64_t i = 0; i < n; i++) {
+      float x = inp[i];
+      float t = tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x));
+      float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
+      dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+    }
+    break;
+  default:
+    for (int64_t i = 0; i < n; i++)
+      if (inp[i] > 0) dinp[i] += dout[i];
+  }
+}
+
+/* Naive twin: the derivatives evaluated in double. */
+void act_backward_ref(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
+  if (!dinp) return;
+  for (int64_t i = 0; i < n; i++) {
+    double x = inp[i], d;
+    switch (act) {
+    case CT_ACT_QUICK_GELU: {
+      double s = 1.0 / (1.0 + exp(-1.702 * x));
+      d = s + 1.702 * x * s * (1.0 - s);
+      break;
+    }
+    case CT_ACT_GELU:
+      d = 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+      break;
+    case CT_ACT_GELU_TANH: {
+      double c = sqrt(2.0 / M_PI), t = tanh(c * (x + 0.044715 * x * x * x));
+      d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+      break;
+    }
+    default: d = x > 0 ? 1.0 : 0.0;
+    }
+    dinp[i] = (float)(dinp[i] + (double)dout[i] * d);
   }
 }

@@ -1,8 +1,17 @@
-/* k_attention.c - multi-head scaled dot-product attention (CLIPAttention):
+/* k_attention.c - multi-head scaled dot-product attention (CLIPAttention,
+ * https://github.com/huggingface/transformers/blob/main/src/transformers/models/clip/modeling_clip.py;
+ * torch.nn.functional.scaled_dot_product_attention without dropout):
  * per batch b and head h, S = q_h k_h^T / sqrt(hs) [T,T]; with causal, S[i,j]
  * for j > i is masked; P = softmax(S) over j; out_h = P v_h.
  * q, k, v, out: [B, T, C], C = NH * hs. probs: [T,T] scratch, or [B,NH,T,T]
- * when save_probs (kept for backward). */
+ * when save_probs (kept for backward).
+ * Backward per (b, h), G = dout_h [T,hs], P the saved probs:
+ *   dv_h += P^T G
+ *   dP    = G v_h^T                          ([T,T] scratch)
+ *   dS    = P * (dP - rowsum(P * dP))        (softmax backward; masked P = 0 gives dS = 0)
+ *   dq_h += dS k_h / sqrt(hs),  dk_h += dS^T q_h / sqrt(hs)
+ * all through ct_sgemm on the strided head slices (row stride C), as the forward.
+ * dq, dk, dv: [B,T,C], any may be NULL (skipped). */
 #include <math.h>
 #include <stddef.h>
 
@@ -65,4 +74,147 @@ void attention_forward_ref(float *out, const float *q, const float *k,
           out[((size_t)b * T + i) * C + h * hs + x] = (float)(acc / sum);
         }
       }
+}
+
+/* Double twin of the forward, for the finite-difference gradient checks; T <= 1024. */
+void attention_forward_f64(double *out, const double *q, const double *k,
+                           const double *v, int B, int T, int C, int NH, int causal) {
+  int hs = C / NH;
+  double s[1024];
+  if (T > 1024) return;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++)
+      for (int i = 0; i < T; i++) {
+        const double *qi = q + ((size_t)b * T + i) * C + h * hs;
+        int n = causal ? i + 1 : T;
+        double m = -INFINITY, sum = 0;
+        for (int j = 0; j < n; j++) {
+          const double *kj = k + ((size_t)b * T + j) * C + h * hs;
+          double d = 0;
+          for (int x = 0; x < hs; x++) d += qi[x] * kj[x];
+          s[j] = d / sqrt((double)hs);
+          if (s[j] > m) m = s[j];
+        }
+        for (int j = 0; j < n; j++) sum += (s[j] = exp(s[j] - m));
+        for (int x = 0; x < hs; x++) {
+          double acc = 0;
+          for (int j = 0; j < n; j++) acc += s[j] * v[((size_t)b * T + j) * C + h * hs + x];
+          out[((size_t)b * T + i) * C + h * hs + x] = acc / sum;
+        }
+      }
+}
+
+/* dq, dk, dv may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                        const float *q, const float *k, const float *v, const float *probs,
+                        int B, int T, int C, int NH, int causal) {
+  (void)causal; /* the saved probs are already masked: dS is 0 where P is */
+  int hs = C / NH;
+  float scale = 1.0f / sqrtf((float)hs);
+  if (!dq && !dk && !dv) return;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++) {
+      size_t base = (size_t)b * T * C + (size_t)h * hs;
+      const float *p = probs + ((size_t)b * NH + h) * T * T;
+      if (dv) ct_sgemm(1, 0, T, hs, T, 1.0f, p, T, dout + base, C, 1.0f, dv + base, C);
+      if (!dq && !dk) continue;
+      float *ds = scratch;
+      ct_sgemm(0, 1, T, T, hs, 1.0f, dout + base, C, v + base, C, 0.0f, ds, T);
+      for (int i = 0; i < T; i++) {
+        const float *pi = p + (size_t)i * T;
+        float *di = ds + (size_t)i * T;
+        double dot = 0;
+        for (int j = 0; j < T; j++) dot += (double)pi[j] * di[j];
+        float d = (float)dot;
+        for (int j = 0; j < T; j++) di[j] = pi[j] * (di[j] - d);
+      }
+      if (dq) ct_sgemm(0, 0, T, hs, T, scale, ds, T, k + base, C, 1.0f, dq + base, C);
+      if (dk) ct_sgemm(1, 0, T, hs, T, scale, ds, T, q + base, C, 1.0f, dk + base, C);
+    }
+}
+
+static double dot_f(const float *a, const float *b, int n) {
+  double d = 0;
+  for (int x = 0; x < n; x++) d += (double)a[x] * b[x];
+  return d;
+}
+
+/* one (b, h) slice for the naive twin: rows are C apart */
+typedef struct {
+  const float *q, *k, *v, *g;
+  int C, hs, causal;
+  double scale;
+  const double *mx, *den, *D; /* per row: max score, softmax denominator, sum_j P dP */
+} att_slice;
+
+static double att_prob(const att_slice *a, int i, int j) {
+  if (a->causal && j > i) return 0.0;
+  double s = dot_f(a->q + (size_t)i * a->C, a->k + (size_t)j * a->C, a->hs) * a->scale;
+  return exp(s - a->mx[i]) / a->den[i];
+}
+
+static double att_dscore(const att_slice *a, int i, int j) {
+  if (a->causal && j > i) return 0.0;
+  double dp = dot_f(a->g + (size_t)i * a->C, a->v + (size_t)j * a->C, a->hs);
+  return att_prob(a, i, j) * (dp - a->D[i]);
+}
+
+/* Naive twin: recomputes the probabilities from q and k in double, plain
+ * loops, every sum in double; T <= 1024 (larger T: does nothing). */
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v,
+                            int B, int T, int C, int NH, int causal) {
+  int hs = C / NH;
+  double mx[1024], den[1024], D[1024], row[1024];
+  if (T > 1024) return;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++) {
+      size_t base = (size_t)b * T * C + (size_t)h * hs;
+      att_slice a = {q + base, k + base, v + base, dout + base, C, hs, causal,
+                     1.0 / sqrt((double)hs), mx, den, D};
+      /* softmax stats per row, and D_i = sum_j P_ij dP_ij */
+      for (int i = 0; i < T; i++) {
+        int n = causal ? i + 1 : T;
+        double m = -INFINITY, sum = 0, d = 0;
+        for (int j = 0; j < n; j++) {
+          row[j] = dot_f(a.q + (size_t)i * C, a.k + (size_t)j * C, hs) * a.scale;
+          if (row[j] > m) m = row[j];
+        }
+        for (int j = 0; j < n; j++) sum += (row[j] = exp(row[j] - m));
+        for (int j = 0; j < n; j++) d += row[j] / sum * dot_f(a.g + (size_t)i * C, a.v + (size_t)j * C, hs);
+        mx[i] = m;
+        den[i] = sum;
+        D[i] = d;
+      }
+      if (dq) /* dq_i += scale sum_j dS_ij k_j */
+        for (int i = 0; i < T; i++) {
+          for (int j = 0; j < T; j++) row[j] = att_dscore(&a, i, j);
+          for (int x = 0; x < hs; x++) {
+            double acc = 0;
+            for (int j = 0; j < T; j++) acc += row[j] * a.k[(size_t)j * C + x];
+            float *o = dq + base + (size_t)i * C + x;
+            *o = (float)(*o + a.scale * acc);
+          }
+        }
+      if (dk) /* dk_j += scale sum_i dS_ij q_i */
+        for (int j = 0; j < T; j++) {
+          for (int i = 0; i < T; i++) row[i] = att_dscore(&a, i, j);
+          for (int x = 0; x < hs; x++) {
+            double acc = 0;
+            for (int i = 0; i < T; i++) acc += row[i] * a.q[(size_t)i * C + x];
+            float *o = dk + base + (size_t)j * C + x;
+            *o = (float)(*o + a.scale * acc);
+          }
+        }
+      if (dv) /* dv_j += sum_i P_ij dout_i */
+        for (int j = 0; j < T; j++) {
+          for (int i = 0; i < T; i++) row[i] = att_prob(&a, i, j);
+          for (int x = 0; x < hs; x++) {
+            double acc = 0;
+            for (int i = 0; i < T; i++) acc += row[i] * a.g[(size_t)i * C + x];
+            float *o = dv + base + (size_t)j * C + x;
+            *o = (float)(*o + acc);
+          }
+        }
+    }
 }

@@ -1,6 +1,13 @@
 /* k_layernorm.c - LayerNorm over the last dim, biased variance.
  * inp, out: [N, C]; w, b: [C]; mean, rstd: [N] (saved for backward).
- * Matches torch.nn.LayerNorm (https://pytorch.org/docs/stable/generated/torch.nn.LayerNorm.html). */
+ * Matches torch.nn.LayerNorm (https://pytorch.org/docs/stable/generated/torch.nn.LayerNorm.html).
+ *
+ * Forward:  n = (x - mean) * rstd, out = n * w + b, rstd = 1 / sqrt(var + eps).
+ * Backward (per row, g = dout, dn = g * w):
+ *   dbias   += g
+ *   dweight += g * n
+ *   dinp    += rstd * (dn - mean_j(dn) - n * mean_j(dn * n))
+ * dinp, dout: [N, C]; dweight, dbias: [C]; any gradient may be NULL (skipped). */
 #include <math.h>
 
 #include "kernels.h"
@@ -35,5 +42,75 @@ void layernorm_forward_ref(float *out, const float *inp, const float *w,
     for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
     long double r = 1.0L / sqrtl(v / C + eps);
     for (int j = 0; j < C; j++) out[i * C + j] = (float)((x[j] - m) * r * w[j] + b[j]);
+  }
+}
+
+/* Double twin of the forward, for the finite-difference gradient checks. */
+void layernorm_forward_f64(double *out, const double *inp, const double *w,
+                           const double *b, int64_t N, int C, double eps) {
+  for (int64_t i = 0; i < N; i++) {
+    const double *x = inp + i * C;
+    double s = 0, v = 0;
+    for (int j = 0; j < C; j++) s += x[j];
+    double m = s / C;
+    for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+    double r = 1.0 / sqrt(v / C + eps);
+    for (int j = 0; j < C; j++) out[i * C + j] = (x[j] - m) * r * w[j] + b[j];
+  }
+}
+
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int64_t N, int C) {
+  if (!dinp && !dweight && !dbias) return;
+  for (int64_t i = 0; i < N; i++) {
+    const float *x = inp + i * C, *g = dout + i * C;
+    float m = mean[i], r = rstd[i];
+    if (dbias)
+      for (int j = 0; j < C; j++) dbias[j] += g[j];
+    if (dweight)
+      for (int j = 0; j < C; j++) dweight[j] += (x[j] - m) * r * g[j];
+    if (dinp) {
+      double s1 = 0, s2 = 0;
+      for (int j = 0; j < C; j++) {
+        float dn = weight[j] * g[j];
+        s1 += dn;
+        s2 += (double)dn * ((x[j] - m) * r);
+      }
+      float a = (float)(s1 / C), c = (float)(s2 / C);
+      float *d = dinp + i * C;
+      for (int j = 0; j < C; j++) d[j] += r * (weight[j] * g[j] - a - (x[j] - m) * r * c);
+    }
+  }
+}
+
+/* Naive twin: plain loops, every sum in double; uses the saved mean/rstd. */
+void layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int64_t N, int C) {
+  for (int j = 0; j < C; j++) {
+    double db = 0, dw = 0;
+    for (int64_t i = 0; i < N; i++) {
+      double g = dout[i * C + j], n = ((double)inp[i * C + j] - mean[i]) * rstd[i];
+      db += g;
+      dw += g * n;
+    }
+    if (dbias) dbias[j] = (float)(dbias[j] + db);
+    if (dweight) dweight[j] = (float)(dweight[j] + dw);
+  }
+  if (!dinp) return;
+  for (int64_t i = 0; i < N; i++) {
+    double s1 = 0, s2 = 0;
+    for (int j = 0; j < C; j++) {
+      double dn = (double)weight[j] * dout[i * C + j];
+      s1 += dn;
+      s2 += dn * (((double)inp[i * C + j] - mean[i]) * rstd[i]);
+    }
+    for (int j = 0; j < C; j++) {
+      double n = ((double)inp[i * C + j] - mean[i]) * rstd[i];
+      double dn = (double)weight[j] * dout[i * C + j];
+      dinp[i * C + j] = (float)(dinp[i * C + j] + rstd[i] * (dn - s1 / C - n * s2 / C));
+    }
   }
 }

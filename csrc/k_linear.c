@@ -1,5 +1,11 @@
-/* k_linear.c - fully connected layer, torch.nn.Linear semantics:
- * out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC]. */
+/* k_linear.c - fully connected layer, torch.nn.Linear semantics
+ * (https://pytorch.org/docs/stable/generated/torch.nn.Linear.html):
+ * out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC].
+ * Backward (g = dout [N,OC]):
+ *   dinp[N,IC]    += g @ weight          (ct_sgemm, beta = 1)
+ *   dweight[OC,IC] += g^T @ inp          (ct_sgemm, beta = 1)
+ *   dbias[OC]     += sum over rows of g
+ * any gradient may be NULL (skipped). */
 #include <string.h>
 
 #include "blas.h"
@@ -20,5 +26,61 @@ void linear_forward_ref(float *out, const float *inp, const float *weight,
       double acc = bias ? bias[o] : 0.0;
       for (int k = 0; k < IC; k++) acc += (double)inp[(size_t)i * IC + k] * weight[(size_t)o * IC + k];
       out[(size_t)i * OC + o] = (float)acc;
+    }
+}
+
+/* Double twin of the forward, for the finite-difference gradient checks. */
+void linear_forward_f64(double *out, const double *inp, const double *weight,
+                        const double *bias, int N, int IC, int OC) {
+  for (int i = 0; i < N; i++)
+    for (int o = 0; o < OC; o++) {
+      double acc = bias ? bias[o] : 0.0;
+      for (int k = 0; k < IC; k++) acc += inp[(size_t)i * IC + k] * weight[(size_t)o * IC + k];
+      out[(size_t)i * OC + o] = acc;
+    }
+}
+
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int IC, int OC) {
+  if (dinp) ct_sgemm(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+  if (dweight) ct_sgemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
+  if (dbias) {
+    /* column sums in blocks of 64 columns, each summed in double over the rows */
+    enum { BLK = 64 };
+    for (int o0 = 0; o0 < OC; o0 += BLK) {
+      int nb = OC - o0 < BLK ? OC - o0 : BLK;
+      double acc[BLK] = {0};
+      for (int i = 0; i < N; i++) {
+        const float *g = dout + (size_t)i * OC + o0;
+        for (int o = 0; o < nb; o++) acc[o] += g[o];
+      }
+      for (int o = 0; o < nb; o++) dbias[o0 + o] = (float)(dbias[o0 + o] + acc[o]);
+    }
+  }
+}
+
+/* Naive twin: plain loops, double accumulation. */
+void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int IC, int OC) {
+  if (dinp)
+    for (int i = 0; i < N; i++)
+      for (int k = 0; k < IC; k++) {
+        double acc = 0;
+        for (int o = 0; o < OC; o++) acc += (double)dout[(size_t)i * OC + o] * weight[(size_t)o * IC + k];
+        dinp[(size_t)i * IC + k] = (float)(dinp[(size_t)i * IC + k] + acc);
+      }
+  if (dweight)
+    for (int o = 0; o < OC; o++)
+      for (int k = 0; k < IC; k++) {
+        double acc = 0;
+        for (int i = 0; i < N; i++) acc += (double)dout[(size_t)i * OC + o] * inp[(size_t)i * IC + k];
+        dweight[(size_t)o * IC + k] = (float)(dweight[(size_t)o * IC + k] + acc);
+      }
+  if (dbias)
+    for (int o = 0; o < OC; o++) {
+      double acc = 0;
+      for (int i = 0; i < N; i++) acc += dout[(size_t)i * OC + o];
+      dbias[o] = (float)(dbias[o] + acc);
     }
 }

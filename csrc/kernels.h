@@ -1,28 +1,63 @@
-/* kernels.h - forward (and later backward) kernels on raw float arrays.
- * Each kernel has a naive twin (*_ref) used by the specs as the oracle.
- * Kernels cannot fail: no allocation, no I/O. Written buffers come first,
- * then read-only inputs, then sizes (N rows, C channels, ...). */
+/* kernels.h - forward and backward kernels on raw float arrays (llm.c style).
+ *
+ * Conventions (docs/kernels.md):
+ * - Arguments: written buffers first, then read-only inputs, then sizes
+ *   (N rows, C channels, ...). Backward: (dinp, dparams..., dout, inp,
+ *   params..., saved..., sizes).
+ * - Backward ACCUMULATES (+=) into its gradient buffers; the caller zeroes
+ *   them once per step. A NULL gradient pointer means "frozen / not needed":
+ *   that gradient is skipped and costs no work.
+ * - Kernels cannot fail: no allocation, no I/O. All checks happen before the
+ *   call.
+ * - Each fast kernel has a naive twin (*_ref: plain loops, double
+ *   accumulation) used by the specs as the oracle, and each forward a double
+ *   twin (*_forward_f64) used by the finite-difference gradient checks. */
 #ifndef CT_KERNELS_H
 #define CT_KERNELS_H
 #include <stdint.h>
 
 enum { CT_ACT_QUICK_GELU = 0, CT_ACT_GELU = 1, CT_ACT_GELU_TANH = 2, CT_ACT_RELU = 3 };
 
-/* k_layernorm.c: out = (x - mean) * rstd * w + b per row; mean/rstd may be NULL */
+/* k_layernorm.c: out = (x - mean) * rstd * w + b per row; mean/rstd may be NULL.
+ * inp, out, dinp, dout: [N,C]; w, b, dweight, dbias: [C]; mean, rstd: [N]. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *w, const float *b, int64_t N, int C, float eps);
 void layernorm_forward_ref(float *out, const float *inp, const float *w,
                            const float *b, int64_t N, int C, float eps);
+void layernorm_forward_f64(double *out, const double *inp, const double *w,
+                           const double *b, int64_t N, int C, double eps);
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=).
+ * mean, rstd: the stats saved by layernorm_forward. The twin has the same
+ * signature and also uses the saved stats (backward has no eps to recompute them). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int64_t N, int C);
+void layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int64_t N, int C);
 
 /* k_linear.c: out[N,OC] = inp[N,IC] weight[OC,IC]^T + bias[OC] (bias may be NULL) */
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC);
 void linear_forward_ref(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int IC, int OC);
+void linear_forward_f64(double *out, const double *inp, const double *weight,
+                        const double *bias, int N, int IC, int OC);
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=).
+ * dinp += dout weight; dweight += dout^T inp; dbias += column sums of dout. */
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int IC, int OC);
+void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int IC, int OC);
 
 /* k_act.c: elementwise activation in place or out-of-place */
 void act_forward(float *out, const float *inp, int64_t n, int act);
 void act_forward_ref(float *out, const float *inp, int64_t n, int act);
+void act_forward_f64(double *out, const double *inp, int64_t n, int act);
+/* dinp may be NULL (then nothing is done). ACCUMULATES: dinp += dout * act'(inp).
+ * inp is the forward's input (pre-activation); dinp must not alias dout or inp. */
+void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act);
+void act_backward_ref(float *dinp, const float *dout, const float *inp, int64_t n, int act);
 
 /* k_attention.c: q,k,v,out are [B,T,C] with C = NH*hs; head h uses columns
  * h*hs..(h+1)*hs. probs is scratch [T,T] (or, when saving for backward,
@@ -33,5 +68,18 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
                        int save_probs);
 void attention_forward_ref(float *out, const float *q, const float *k,
                            const float *v, int B, int T, int C, int NH, int causal);
+/* T <= 1024 */
+void attention_forward_f64(double *out, const double *q, const double *k,
+                           const double *v, int B, int T, int C, int NH, int causal);
+/* dq, dk, dv may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=).
+ * scratch: [T,T] work space (unused when dq and dk are both NULL); probs:
+ * [B,NH,T,T] saved by attention_forward(save_probs=1). The twin recomputes the
+ * probabilities from q and k in double (so it takes neither); T <= 1024. */
+void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                        const float *q, const float *k, const float *v, const float *probs,
+                        int B, int T, int C, int NH, int causal);
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v,
+                            int B, int T, int C, int NH, int causal);
 
 #endif

@@ -1,5 +1,9 @@
 /* l_kernels.c - core.kernels: each fast kernel and its naive twin, exposed
- * so the specs can compare them (spec/kernels_spec.lua). */
+ * so the specs can compare them (spec/kernels_spec.lua), the backward
+ * kernels, and a double-precision objective for the finite-difference
+ * gradient checks (spec/gradcheck_spec.lua). See docs/kernels.md. */
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "blas.h"
@@ -7,6 +11,8 @@
 #include "l_tensor.h"
 #include "lclip.h"
 
+/* The trailing `ref` flag picks the naive twin. Read it before pushing any
+ * result: once a tensor is pushed, that stack slot is no longer the caller's. */
 static int use_ref(lua_State *L, int idx) { return lua_toboolean(L, idx); }
 
 static void need2(lua_State *L, l_tensor *t, const char *what) {
@@ -17,15 +23,15 @@ static void need2(lua_State *L, l_tensor *t, const char *what) {
 static int k_linear(lua_State *L) {
   l_tensor *x = l_checktensor(L, 1), *w = l_checktensor(L, 2);
   l_tensor *b = lua_isnoneornil(L, 3) ? NULL : l_checktensor(L, 3);
+  int ref = use_ref(L, 4); /* read before anything is pushed */
   need2(L, x, "linear");
   need2(L, w, "linear");
   if (x->shape[1] != w->shape[1] || (b && b->numel != w->shape[0]))
     return luaL_error(L, "linear: shapes do not match");
   int64_t s[2] = {x->shape[0], w->shape[0]};
   l_tensor *o = l_tensor_new(L, 2, s);
-  (use_ref(L, 4) ? linear_forward_ref : linear_forward)(o->data, x->data, w->data,
-                                                        b ? b->data : NULL, (int)s[0],
-                                                        (int)x->shape[1], (int)s[1]);
+  (ref ? linear_forward_ref : linear_forward)(o->data, x->data, w->data, b ? b->data : NULL,
+                                              (int)s[0], (int)x->shape[1], (int)s[1]);
   return 1;
 }
 
@@ -33,11 +39,12 @@ static int k_linear(lua_State *L) {
 static int k_layernorm(lua_State *L) {
   l_tensor *x = l_checktensor(L, 1), *w = l_checktensor(L, 2), *b = l_checktensor(L, 3);
   float eps = (float)luaL_checknumber(L, 4);
+  int ref = use_ref(L, 5);
   need2(L, x, "layernorm");
   if (w->numel != x->shape[1] || b->numel != x->shape[1])
     return luaL_error(L, "layernorm: shapes do not match");
   l_tensor *o = l_tensor_new(L, 2, x->shape);
-  if (use_ref(L, 5))
+  if (ref)
     layernorm_forward_ref(o->data, x->data, w->data, b->data, x->shape[0], (int)x->shape[1], eps);
   else
     layernorm_forward(o->data, NULL, NULL, x->data, w->data, b->data, x->shape[0],
@@ -57,8 +64,9 @@ static int act_id(lua_State *L, const char *s) {
 static int k_act(lua_State *L) {
   l_tensor *x = l_checktensor(L, 1);
   int a = act_id(L, luaL_checkstring(L, 2));
+  int ref = use_ref(L, 3);
   l_tensor *o = l_tensor_new(L, x->ndim, x->shape);
-  (use_ref(L, 3) ? act_forward_ref : act_forward)(o->data, x->data, x->numel, a);
+  (ref ? act_forward_ref : act_forward)(o->data, x->data, x->numel, a);
   return 1;
 }
 
@@ -67,12 +75,13 @@ static int k_attention(lua_State *L) {
   l_tensor *q = l_checktensor(L, 1), *k = l_checktensor(L, 2), *v = l_checktensor(L, 3);
   int NH = (int)luaL_checkinteger(L, 4);
   int causal = lua_toboolean(L, 5);
+  int ref = use_ref(L, 6);
   if (q->ndim != 3 || k->numel != q->numel || v->numel != q->numel || NH < 1 ||
       q->shape[2] % NH || q->shape[1] > 1024)
     return luaL_error(L, "attention: bad shapes");
   int B = (int)q->shape[0], T = (int)q->shape[1], C = (int)q->shape[2];
   l_tensor *o = l_tensor_new(L, 3, q->shape);
-  if (use_ref(L, 6)) {
+  if (ref) {
     attention_forward_ref(o->data, q->data, k->data, v->data, B, T, C, NH, causal);
   } else {
     int64_t ps[2] = {T, T};
@@ -83,10 +92,377 @@ static int k_attention(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------- backward */
+
+static void need_int(lua_State *L, int64_t n, const char *what) {
+  if (n > INT_MAX) luaL_error(L, "%s: size %I too large", what, (lua_Integer)n);
+}
+
+static int same_shape(const l_tensor *a, int ndim, const int64_t *shape) {
+  if (a->ndim != ndim) return 0;
+  for (int i = 0; i < ndim; i++)
+    if (a->shape[i] != shape[i]) return 0;
+  return 1;
+}
+
+static void need_shape(lua_State *L, const l_tensor *t, int ndim, const int64_t *shape,
+                       const char *fn, const char *what) {
+  if (!same_shape(t, ndim, shape)) {
+    char got[96], want[96];
+    l_tensor tmp = {0};
+    tmp.ndim = ndim;
+    for (int i = 0; i < ndim; i++) tmp.shape[i] = shape[i];
+    luaL_error(L, "%s: %s has shape %s, expected %s", fn, what, l_shape_str(t, got, sizeof got),
+               l_shape_str(&tmp, want, sizeof want));
+  }
+}
+
+/* One gradient the caller asked for. want (a table at stack index `want`, or
+ * none/nil = every gradient) maps the name to:
+ *   nil/false -> not wanted: the kernel gets NULL and skips it;
+ *   true      -> a new zero-filled tensor of the given shape;
+ *   a Tensor  -> accumulated into (same shape, writable).
+ * The tensor is left on the stack; its index goes to g->idx (0 if none). */
+typedef struct {
+  int idx;
+  l_tensor *t;
+} grad_slot;
+
+static float *grad_arg(lua_State *L, int want, const char *name, int ndim,
+                       const int64_t *shape, const char *fn, grad_slot *g) {
+  g->idx = 0;
+  g->t = NULL;
+  if (lua_isnoneornil(L, want)) {
+    g->t = l_tensor_new(L, ndim, shape);
+  } else {
+    luaL_checktype(L, want, LUA_TTABLE);
+    lua_getfield(L, want, name);
+    if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && !lua_toboolean(L, -1))) {
+      lua_pop(L, 1);
+      return NULL;
+    }
+    if (lua_isboolean(L, -1)) {
+      lua_pop(L, 1);
+      g->t = l_tensor_new(L, ndim, shape);
+    } else {
+      g->t = l_totensor(L, -1);
+      if (!g->t) luaL_error(L, "%s: want.%s must be true, false or a Tensor", fn, name);
+      char what[48];
+      snprintf(what, sizeof what, "want.%s", name);
+      need_shape(L, g->t, ndim, shape, fn, what);
+      if (g->t->readonly) luaL_error(L, "%s: want.%s is read-only", fn, name);
+    }
+  }
+  g->idx = lua_gettop(L);
+  return g->t->data;
+}
+
+static int overlap(const l_tensor *a, const l_tensor *b) {
+  if (!a || !b || !a->numel || !b->numel) return 0;
+  return a->data < b->data + b->numel && b->data < a->data + a->numel;
+}
+
+/* gradients must not share memory with each other or with the inputs */
+static void check_disjoint(lua_State *L, const char *fn, grad_slot *g, int ng,
+                           l_tensor **in, int nin) {
+  for (int i = 0; i < ng; i++) {
+    for (int j = i + 1; j < ng; j++)
+      if (overlap(g[i].t, g[j].t)) luaL_error(L, "%s: two gradients share memory", fn);
+    for (int j = 0; j < nin; j++)
+      if (overlap(g[i].t, in[j])) luaL_error(L, "%s: a gradient shares memory with an input", fn);
+  }
+}
+
+static int push_grads(lua_State *L, grad_slot *g, int ng) {
+  for (int i = 0; i < ng; i++) {
+    if (g[i].idx) lua_pushvalue(L, g[i].idx);
+    else lua_pushnil(L);
+  }
+  return ng;
+}
+
+/* kernels.layernorm_stats(x {N,C}, w {C}, b {C}, eps) -> out {N,C}, mean {N}, rstd {N} */
+static int k_layernorm_stats(lua_State *L) {
+  l_tensor *x = l_checktensor(L, 1), *w = l_checktensor(L, 2), *b = l_checktensor(L, 3);
+  float eps = (float)luaL_checknumber(L, 4);
+  need2(L, x, "layernorm_stats");
+  need_int(L, x->shape[1], "layernorm_stats");
+  if (w->numel != x->shape[1] || b->numel != x->shape[1])
+    return luaL_error(L, "layernorm_stats: shapes do not match");
+  l_tensor *o = l_tensor_new(L, 2, x->shape);
+  l_tensor *m = l_tensor_new(L, 1, x->shape);
+  l_tensor *r = l_tensor_new(L, 1, x->shape);
+  layernorm_forward(o->data, m->data, r->data, x->data, w->data, b->data, x->shape[0],
+                    (int)x->shape[1], eps);
+  return 3;
+}
+
+/* kernels.layernorm_backward(dout {N,C}, x {N,C}, w {C}, mean {N}, rstd {N}, want, ref)
+ *   -> dinp {N,C}, dweight {C}, dbias {C} (nil where not wanted) */
+static int k_layernorm_backward(lua_State *L) {
+  const char *fn = "layernorm_backward";
+  l_tensor *dout = l_checktensor(L, 1), *x = l_checktensor(L, 2), *w = l_checktensor(L, 3);
+  l_tensor *mean = l_checktensor(L, 4), *rstd = l_checktensor(L, 5);
+  int ref = use_ref(L, 7);
+  lua_settop(L, 7); /* fix the slots: results are pushed above them */
+  need2(L, x, fn);
+  need_int(L, x->shape[1], fn);
+  int64_t N = x->shape[0], C = x->shape[1];
+  need_shape(L, dout, 2, x->shape, fn, "dout");
+  need_shape(L, w, 1, &C, fn, "weight");
+  need_shape(L, mean, 1, &N, fn, "mean");
+  need_shape(L, rstd, 1, &N, fn, "rstd");
+  grad_slot g[3];
+  float *dinp = grad_arg(L, 6, "dinp", 2, x->shape, fn, &g[0]);
+  float *dw = grad_arg(L, 6, "dweight", 1, &C, fn, &g[1]);
+  float *db = grad_arg(L, 6, "dbias", 1, &C, fn, &g[2]);
+  l_tensor *in[] = {dout, x, w, mean, rstd};
+  check_disjoint(L, fn, g, 3, in, 5);
+  (ref ? layernorm_backward_ref : layernorm_backward)(dinp, dw, db, dout->data, x->data, w->data,
+                                                     mean->data, rstd->data, N, (int)C);
+  return push_grads(L, g, 3);
+}
+
+/* kernels.linear_backward(dout {N,OC}, x {N,IC}, w {OC,IC}, want, ref)
+ *   -> dinp {N,IC}, dweight {OC,IC}, dbias {OC} (nil where not wanted) */
+static int k_linear_backward(lua_State *L) {
+  const char *fn = "linear_backward";
+  l_tensor *dout = l_checktensor(L, 1), *x = l_checktensor(L, 2), *w = l_checktensor(L, 3);
+  int ref = use_ref(L, 5);
+  lua_settop(L, 5); /* fix the slots: results are pushed above them */
+  need2(L, x, fn);
+  need2(L, w, fn);
+  int64_t N = x->shape[0], IC = x->shape[1], OC = w->shape[0];
+  if (w->shape[1] != IC) {
+    char a[64], b[64];
+    return luaL_error(L, "%s: inner dims differ: %s x %s", fn, l_shape_str(x, a, sizeof a),
+                      l_shape_str(w, b, sizeof b));
+  }
+  need_int(L, N, fn);
+  need_int(L, IC, fn);
+  need_int(L, OC, fn);
+  int64_t os[2] = {N, OC};
+  need_shape(L, dout, 2, os, fn, "dout");
+  grad_slot g[3];
+  float *dinp = grad_arg(L, 4, "dinp", 2, x->shape, fn, &g[0]);
+  float *dw = grad_arg(L, 4, "dweight", 2, w->shape, fn, &g[1]);
+  float *db = grad_arg(L, 4, "dbias", 1, &OC, fn, &g[2]);
+  l_tensor *in[] = {dout, x, w};
+  check_disjoint(L, fn, g, 3, in, 3);
+  (ref ? linear_backward_ref : linear_backward)(dinp, dw, db, dout->data, x->data, w->data,
+                                               (int)N, (int)IC, (int)OC);
+  return push_grads(L, g, 3);
+}
+
+/* kernels.act_backward(dout, x, name, want, ref) -> dinp (x's shape; nil if not wanted) */
+static int k_act_backward(lua_State *L) {
+  const char *fn = "act_backward";
+  l_tensor *dout = l_checktensor(L, 1), *x = l_checktensor(L, 2);
+  int a = act_id(L, luaL_checkstring(L, 3));
+  int ref = use_ref(L, 5);
+  lua_settop(L, 5); /* fix the slots: results are pushed above them */
+  need_shape(L, dout, x->ndim, x->shape, fn, "dout");
+  grad_slot g[1];
+  float *dinp = grad_arg(L, 4, "dinp", x->ndim, x->shape, fn, &g[0]);
+  l_tensor *in[] = {dout, x};
+  check_disjoint(L, fn, g, 1, in, 2);
+  (ref ? act_backward_ref : act_backward)(dinp, dout->data, x->data, x->numel, a);
+  return push_grads(L, g, 1);
+}
+
+static void check_attention(lua_State *L, const char *fn, l_tensor *q, l_tensor *k,
+                            l_tensor *v, int NH, int need_small) {
+  if (q->ndim != 3) luaL_error(L, "%s: q must be {B,T,C}", fn);
+  need_shape(L, k, 3, q->shape, fn, "k");
+  need_shape(L, v, 3, q->shape, fn, "v");
+  if (NH < 1 || q->shape[2] % NH)
+    luaL_error(L, "%s: C = %I is not a multiple of NH = %d", fn, (lua_Integer)q->shape[2], NH);
+  for (int i = 0; i < 3; i++) need_int(L, q->shape[i], fn);
+  if (need_small && q->shape[1] > 1024)
+    luaL_error(L, "%s: the naive twin needs T <= 1024 (T = %I)", fn, (lua_Integer)q->shape[1]);
+}
+
+/* kernels.attention_probs(q, k, v {B,T,C}, NH, causal) -> out {B,T,C}, probs {B,NH,T,T} */
+static int k_attention_probs(lua_State *L) {
+  l_tensor *q = l_checktensor(L, 1), *k = l_checktensor(L, 2), *v = l_checktensor(L, 3);
+  int NH = (int)luaL_checkinteger(L, 4);
+  int causal = lua_toboolean(L, 5);
+  check_attention(L, "attention_probs", q, k, v, NH, 0);
+  int B = (int)q->shape[0], T = (int)q->shape[1], C = (int)q->shape[2];
+  l_tensor *o = l_tensor_new(L, 3, q->shape);
+  int64_t ps[4] = {B, NH, T, T};
+  l_tensor *p = l_tensor_new(L, 4, ps);
+  attention_forward(o->data, p->data, q->data, k->data, v->data, B, T, C, NH, causal, 1);
+  return 2;
+}
+
+/* kernels.attention_backward(dout, q, k, v, probs {B,NH,T,T}, NH, causal, want, ref)
+ *   -> dq, dk, dv {B,T,C} (nil where not wanted). The naive twin (ref) recomputes
+ *   the probabilities and ignores probs, which may then be nil. */
+static int k_attention_backward(lua_State *L) {
+  const char *fn = "attention_backward";
+  l_tensor *dout = l_checktensor(L, 1), *q = l_checktensor(L, 2), *k = l_checktensor(L, 3),
+           *v = l_checktensor(L, 4);
+  int ref = use_ref(L, 9);
+  lua_settop(L, 9); /* fix the slots: results are pushed above them */
+  l_tensor *probs = (ref && lua_isnoneornil(L, 5)) ? NULL : l_checktensor(L, 5);
+  int NH = (int)luaL_checkinteger(L, 6);
+  int causal = lua_toboolean(L, 7);
+  check_attention(L, fn, q, k, v, NH, ref);
+  need_shape(L, dout, 3, q->shape, fn, "dout");
+  int B = (int)q->shape[0], T = (int)q->shape[1], C = (int)q->shape[2];
+  int64_t ps[4] = {B, NH, T, T};
+  if (probs) need_shape(L, probs, 4, ps, fn, "probs");
+  grad_slot g[3];
+  float *dq = grad_arg(L, 8, "dq", 3, q->shape, fn, &g[0]);
+  float *dk = grad_arg(L, 8, "dk", 3, q->shape, fn, &g[1]);
+  float *dv = grad_arg(L, 8, "dv", 3, q->shape, fn, &g[2]);
+  l_tensor *in[] = {dout, q, k, v, probs};
+  check_disjoint(L, fn, g, 3, in, 5);
+  if (ref) {
+    attention_backward_ref(dq, dk, dv, dout->data, q->data, k->data, v->data, B, T, C, NH, causal);
+  } else {
+    int64_t ss[2] = {T, T};
+    l_tensor *scratch = l_tensor_new(L, 2, ss); /* temporary userdata, not a bare malloc */
+    attention_backward(dq, dk, dv, scratch->data, dout->data, q->data, k->data, v->data,
+                       probs->data, B, T, C, NH, causal);
+    lua_pop(L, 1);
+  }
+  return push_grads(L, g, 3);
+}
+
+/* ------------------------------------------------ double-precision objective */
+
+/* a double copy of tensor t as a temporary userdata (pushed) */
+static double *to_f64(lua_State *L, const l_tensor *t) {
+  double *d = lua_newuserdatauv(L, sizeof(double) * (size_t)(t->numel ? t->numel : 1), 0);
+  for (int64_t i = 0; i < t->numel; i++) d[i] = t->data[i];
+  return d;
+}
+
+/* kernels.eval_double(op, dout, inputs, opts) -> number
+ * sum(dout * forward(inputs)) with the forward's double twin and the sum in
+ * double. op and inputs: "layernorm" {x, w, b} (opts.eps, default 1e-5),
+ * "linear" {x, w [, b]}, "act" {x} (opts.act, the activation's name),
+ * "attention" {q, k, v} (opts.heads, opts.causal). opts.perturb = {input,
+ * index, delta} adds delta (in double) to element `index` (1-based, flat) of
+ * inputs[input] before the forward: the base point stays the float32 one. */
+static int k_eval_double(lua_State *L) {
+  const char *fn = "eval_double";
+  const char *op = luaL_checkstring(L, 1);
+  l_tensor *dout = l_checktensor(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int has_opts = !lua_isnoneornil(L, 4);
+  if (has_opts) luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  l_tensor *in[3] = {NULL, NULL, NULL};
+  for (int i = 0; i < 3; i++) {
+    lua_geti(L, 3, i + 1);
+    if (!lua_isnil(L, -1)) {
+      in[i] = l_totensor(L, -1);
+      if (!in[i]) luaL_error(L, "%s: inputs[%d] is not a Tensor", fn, i + 1);
+    }
+    lua_pop(L, 1); /* the table keeps it alive */
+  }
+  int pin = 0;
+  int64_t pidx = 0;
+  double delta = 0;
+  if (!has_opts) {
+    lua_settop(L, 3);
+    lua_newtable(L); /* opts = {} */
+  }
+  if (lua_getfield(L, 4, "perturb") != LUA_TNIL) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_geti(L, -1, 1);
+    lua_geti(L, -2, 2);
+    lua_geti(L, -3, 3);
+    pin = (int)luaL_checkinteger(L, -3);
+    pidx = luaL_checkinteger(L, -2);
+    delta = luaL_checknumber(L, -1);
+    lua_pop(L, 3);
+    if (pin < 1 || pin > 3 || !in[pin - 1] || pidx < 1 || pidx > in[pin - 1]->numel)
+      luaL_error(L, "%s: perturb {input=%d, index=%I} is out of range", fn, pin, (lua_Integer)pidx);
+  }
+  lua_pop(L, 1);
+  if (!in[0]) luaL_error(L, "%s: inputs[1] is missing", fn);
+  int64_t oshape[CT_MAXDIM];
+  int ondim;
+  l_tensor *x = in[0];
+  if (!strcmp(op, "layernorm") || !strcmp(op, "linear")) {
+    need2(L, x, fn);
+    if (!in[1]) luaL_error(L, "%s: %s needs a weight", fn, op);
+  }
+  if (!strcmp(op, "layernorm")) {
+    if (!in[2]) luaL_error(L, "%s: layernorm needs a bias", fn);
+    need_shape(L, in[1], 1, &x->shape[1], fn, "w");
+    need_shape(L, in[2], 1, &x->shape[1], fn, "b");
+    need_int(L, x->shape[1], fn);
+    ondim = 2;
+    oshape[0] = x->shape[0];
+    oshape[1] = x->shape[1];
+  } else if (!strcmp(op, "linear")) {
+    need2(L, in[1], fn);
+    if (in[1]->shape[1] != x->shape[1]) luaL_error(L, "%s: linear: inner dims differ", fn);
+    if (in[2]) need_shape(L, in[2], 1, &in[1]->shape[0], fn, "b");
+    for (int i = 0; i < 2; i++) need_int(L, x->shape[i], fn);
+    need_int(L, in[1]->shape[0], fn);
+    ondim = 2;
+    oshape[0] = x->shape[0];
+    oshape[1] = in[1]->shape[0];
+  } else if (!strcmp(op, "act")) {
+    ondim = x->ndim;
+    memcpy(oshape, x->shape, sizeof oshape);
+  } else if (!strcmp(op, "attention")) {
+    if (!in[1] || !in[2]) luaL_error(L, "%s: attention needs q, k, v", fn);
+    lua_getfield(L, 4, "heads");
+    if (!lua_isinteger(L, -1)) luaL_error(L, "%s: attention needs opts.heads (an integer)", fn);
+    int NH = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    check_attention(L, fn, x, in[1], in[2], NH, 1);
+    ondim = 3;
+    memcpy(oshape, x->shape, sizeof oshape);
+  } else {
+    return luaL_error(L, "%s: unknown op '%s'", fn, op);
+  }
+  need_shape(L, dout, ondim, oshape, fn, "dout");
+  double *d[3] = {NULL, NULL, NULL};
+  for (int i = 0; i < 3; i++)
+    if (in[i]) d[i] = to_f64(L, in[i]);
+  if (pin) d[pin - 1][pidx - 1] += delta;
+  double *out = to_f64(L, dout); /* right size; overwritten by the forward */
+  if (!strcmp(op, "layernorm")) {
+    double eps = (float)1e-5; /* the float forward's eps, widened */
+    if (lua_getfield(L, 4, "eps") != LUA_TNIL) eps = (float)luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    layernorm_forward_f64(out, d[0], d[1], d[2], x->shape[0], (int)x->shape[1], eps);
+  } else if (!strcmp(op, "linear")) {
+    linear_forward_f64(out, d[0], d[1], d[2], (int)x->shape[0], (int)x->shape[1],
+                       (int)in[1]->shape[0]);
+  } else if (!strcmp(op, "act")) {
+    if (lua_getfield(L, 4, "act") != LUA_TSTRING) luaL_error(L, "%s: act needs opts.act (a name)", fn);
+    int a = act_id(L, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    act_forward_f64(out, d[0], x->numel, a);
+  } else {
+    lua_getfield(L, 4, "heads");
+    int NH = (int)lua_tointeger(L, -1);
+    lua_getfield(L, 4, "causal");
+    int causal = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    attention_forward_f64(out, d[0], d[1], d[2], (int)x->shape[0], (int)x->shape[1],
+                          (int)x->shape[2], NH, causal);
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < dout->numel; i++) sum += (double)dout->data[i] * out[i];
+  lua_pushnumber(L, sum);
+  return 1;
+}
+
 /* kernels.sgemm(a, b, ta, tb, ref) -> op(a) op(b) */
 static int k_sgemm(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   int ta = lua_toboolean(L, 3), tb = lua_toboolean(L, 4);
+  int ref = use_ref(L, 5);
   need2(L, a, "sgemm");
   need2(L, b, "sgemm");
   int M = (int)(ta ? a->shape[1] : a->shape[0]), K = (int)(ta ? a->shape[0] : a->shape[1]);
@@ -94,8 +470,8 @@ static int k_sgemm(lua_State *L) {
   if (K != K2) return luaL_error(L, "sgemm: inner dims differ");
   int64_t s[2] = {M, N};
   l_tensor *o = l_tensor_new(L, 2, s);
-  (use_ref(L, 5) ? ct_sgemm_ref : ct_sgemm)(ta, tb, M, N, K, 1.0f, a->data, (int)a->shape[1],
-                                            b->data, (int)b->shape[1], 0.0f, o->data, N);
+  (ref ? ct_sgemm_ref : ct_sgemm)(ta, tb, M, N, K, 1.0f, a->data, (int)a->shape[1], b->data,
+                                  (int)b->shape[1], 0.0f, o->data, N);
   return 1;
 }
 
@@ -109,9 +485,19 @@ static int l_get_threads(lua_State *L) {
 }
 
 void l_kernels_open(lua_State *L) {
-  static const luaL_Reg fs[] = {{"linear", k_linear},       {"layernorm", k_layernorm},
-                                {"act", k_act},             {"attention", k_attention},
-                                {"sgemm", k_sgemm},         {NULL, NULL}};
+  static const luaL_Reg fs[] = {{"linear", k_linear},
+                                {"layernorm", k_layernorm},
+                                {"act", k_act},
+                                {"attention", k_attention},
+                                {"sgemm", k_sgemm},
+                                {"layernorm_stats", k_layernorm_stats},
+                                {"layernorm_backward", k_layernorm_backward},
+                                {"linear_backward", k_linear_backward},
+                                {"act_backward", k_act_backward},
+                                {"attention_probs", k_attention_probs},
+                                {"attention_backward", k_attention_backward},
+                                {"eval_double", k_eval_double},
+                                {NULL, NULL}};
   lua_newtable(L);
   luaL_setfuncs(L, fs, 0);
   lua_setfield(L, -2, "kernels");

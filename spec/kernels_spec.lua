@@ -46,3 +46,176 @@ describe("kernels vs naive twins", function()
     H.assert_close(o[1][1], v[1][1], { atol = 1e-6 })
   end)
 end)
+
+-- ---------------------------------------------------------------- backward
+-- Each backward: fast kernel vs naive twin; a NULL gradient (not in `want`)
+-- is skipped; gradients accumulate (+=) into tensors passed in `want`.
+
+local function flat(t) return H.flatten(t:totable()) end
+
+local function same_values(a, b, label)
+  H.assert_close(a, b, { atol = 0, label = label })
+end
+
+-- run(want, ref) -> the backward's results (a list, nil where not wanted);
+-- names: the gradient names in order; inputs: tensors that must not change.
+local function check_backward(label, names, run, inputs, tol)
+  local before = {}
+  for i, t in ipairs(inputs) do before[i] = t:clone() end
+  local fast, ref = { run(nil, false) }, { run(nil, true) }
+  for i, name in ipairs(names) do
+    assert.is_not_nil(fast[i], label .. " " .. name)
+    H.assert_close(fast[i], ref[i], { atol = tol.atol, rtol = tol.rtol, label = label .. " " .. name .. " fast vs ref" })
+  end
+  -- the kernels only write their gradients
+  for i, t in ipairs(inputs) do same_values(t, before[i], label .. " input " .. i .. " untouched") end
+  for _, use_ref in ipairs({ false, true }) do
+    local full = use_ref and ref or fast
+    local tag = label .. (use_ref and " (ref)" or "")
+    -- each gradient alone: the others come back nil (NULL: skipped) and it equals the full call's
+    for i, name in ipairs(names) do
+      local got = { run({ [name] = true }, use_ref) }
+      for j, other in ipairs(names) do
+        if j == i then
+          same_values(got[j], full[i], tag .. " only " .. name)
+        else
+          assert.is_nil(got[j], tag .. " only " .. name .. ": " .. other .. " must be skipped")
+        end
+      end
+    end
+    -- nothing wanted: nothing computed, nothing returned
+    local none = { run({}, use_ref) }
+    for j = 1, #names do assert.is_nil(none[j], tag .. " nothing wanted") end
+    -- accumulation: into a tensor pre-filled with 1, and calling twice doubles
+    local want, ones = {}, {}
+    for i, name in ipairs(names) do
+      want[name] = full[i]:clone()
+      ones[name] = clip.ones(full[i]:shape())
+    end
+    local once = { run(want, use_ref) }
+    for i, name in ipairs(names) do
+      assert.are.equal(want[name], once[i]) -- the same tensor comes back
+      H.assert_close(once[i], full[i] * 2, { atol = 1e-6, rtol = 1e-6, label = tag .. " twice " .. name })
+    end
+    local plus1 = { run(ones, use_ref) }
+    for i, name in ipairs(names) do
+      H.assert_close(plus1[i], full[i] + 1, { atol = 1e-6, rtol = 1e-6, label = tag .. " 1 + " .. name })
+    end
+  end
+  return fast
+end
+
+describe("backward kernels vs naive twins", function()
+  it("linear_backward: dinp, dweight, dbias (sizes not multiples of 8)", function()
+    for _, sz in ipairs({ { 13, 19, 23 }, { 150, 21, 70 }, { 1, 5, 3 } }) do
+      local N, IC, OC = sz[1], sz[2], sz[3]
+      local x, w = clip.randn({ N, IC }, 20 + N), clip.randn({ OC, IC }, 21 + N)
+      local dout = clip.randn({ N, OC }, 22 + N)
+      local g = check_backward("linear " .. table.concat(sz, "x"), { "dinp", "dweight", "dbias" },
+        function(want, ref) return K.linear_backward(dout, x, w, want, ref) end, { dout, x, w },
+        { atol = 1e-4, rtol = 1e-5 })
+      -- dbias is the column sum of dout; dinp = dout w; dweight = dout^T x
+      H.assert_close(g[3], dout:sum(1), { atol = 1e-4, label = "dbias = colsum" })
+      H.assert_close(g[1], K.sgemm(dout, w, false, false, true), { atol = 1e-4, label = "dinp = dout w" })
+      H.assert_close(g[2], K.sgemm(dout, x, true, false, true), { atol = 1e-4, label = "dweight = dout^T x" })
+    end
+  end)
+
+  it("layernorm_stats saves mean and rstd; layernorm_backward", function()
+    local N, C, eps = 11, 37, 1e-5
+    local x = clip.randn({ N, C }, 30) * 2 + 0.5
+    local w, b = clip.randn({ C }, 31), clip.randn({ C }, 32)
+    local out, mean, rstd = K.layernorm_stats(x, w, b, eps)
+    same_values(out, K.layernorm(x, w, b, eps), "layernorm_stats out")
+    local xs = x:totable()
+    for i = 1, N do
+      local s, v = 0, 0
+      for j = 1, C do s = s + xs[i][j] end
+      local m = s / C
+      for j = 1, C do v = v + (xs[i][j] - m) ^ 2 end
+      H.assert_close(mean:get(i), m, { atol = 1e-6, label = "mean" })
+      H.assert_close(rstd:get(i), 1 / math.sqrt(v / C + eps), { rtol = 1e-6, atol = 0, label = "rstd" })
+    end
+    local dout = clip.randn({ N, C }, 33)
+    check_backward("layernorm", { "dinp", "dweight", "dbias" },
+      function(want, ref) return K.layernorm_backward(dout, x, w, mean, rstd, want, ref) end,
+      { dout, x, w, mean, rstd }, { atol = 2e-5, rtol = 1e-5 })
+  end)
+
+  it("act_backward for every activation", function()
+    local x = clip.randn({ 7, 143 }, 40) * 4
+    x:set(1, 1, 0) -- relu'(0) = 0, as torch
+    local dout = clip.randn({ 7, 143 }, 41)
+    for _, a in ipairs({ "quick_gelu", "gelu", "gelu_new", "relu" }) do
+      check_backward("act " .. a, { "dinp" },
+        function(want, ref) return K.act_backward(dout, x, a, want, ref) end, { dout, x },
+        { atol = 2e-6, rtol = 2e-6 })
+    end
+    H.assert_close(K.act_backward(clip.ones({ 1 }), clip.zeros({ 1 }), "relu"), { 0 }, { atol = 0 })
+    -- known derivatives: gelu'(0) = 0.5, gelu'(1) = Phi(1) + phi(1)
+    H.assert_close(K.act_backward(clip.ones({ 2 }), clip.tensor({ 0, 1 }), "gelu"),
+      { 0.5, 0.8413447460685429 + math.exp(-0.5) / math.sqrt(2 * math.pi) }, { atol = 1e-6 })
+    H.assert_close(K.act_backward(clip.ones({ 1 }), clip.tensor({ 0 }), "quick_gelu"), { 0.5 }, { atol = 1e-7 })
+    H.assert_close(K.act_backward(clip.ones({ 1 }), clip.tensor({ 0 }), "gelu_new"), { 0.5 }, { atol = 1e-7 })
+  end)
+
+  it("attention_probs saves the softmax; attention_backward, causal and not", function()
+    local B, T, C, NH = 2, 13, 30, 3
+    local q, k, v = clip.randn({ B, T, C }, 50), clip.randn({ B, T, C }, 51), clip.randn({ B, T, C }, 52)
+    local dout = clip.randn({ B, T, C }, 53)
+    for _, causal in ipairs({ false, true }) do
+      local out, probs = K.attention_probs(q, k, v, NH, causal)
+      same_values(out, K.attention(q, k, v, NH, causal), "attention_probs out")
+      assert.are.same({ B, NH, T, T }, probs:shape())
+      local p = probs:totable()
+      for bb = 1, B do
+        for h = 1, NH do
+          for i = 1, T do
+            local s = 0
+            for j = 1, T do
+              s = s + p[bb][h][i][j]
+              if causal and j > i then assert.are.equal(0, p[bb][h][i][j]) end
+            end
+            H.assert_close(s, 1, { atol = 1e-6, label = "probs row sum" })
+          end
+        end
+      end
+      check_backward("attention causal=" .. tostring(causal), { "dq", "dk", "dv" },
+        function(want, ref) return K.attention_backward(dout, q, k, v, probs, NH, causal, want, ref) end,
+        { dout, q, k, v, probs }, { atol = 2e-5, rtol = 1e-5 })
+    end
+    -- causal: the last key/value position only receives gradient from the last query
+    local _, probs = K.attention_probs(q, k, v, NH, true)
+    local d0 = dout:clone():fill(0)
+    local dt = d0:clone()
+    for c = 1, C do dt:set(1, 1, c, 1) end -- dout only at position 1
+    local dq, dk, dv = K.attention_backward(dt, q, k, v, probs, NH, true)
+    -- query 1 attends only to key 1 (prob 1), so dk is zero everywhere and dv only at row 1
+    H.assert_close(dk, d0, { atol = 1e-6, label = "causal dk" })
+    H.assert_close(dq, d0, { atol = 1e-6, label = "causal dq" })
+    local dvt = dv:totable()
+    for c = 1, C do assert.are.equal(1, dvt[1][1][c]) end
+  end)
+
+  it("rejects bad shapes and aliased gradients", function()
+    local x, w = clip.randn({ 4, 5 }, 60), clip.randn({ 3, 5 }, 61)
+    local dout = clip.randn({ 4, 3 }, 62)
+    assert.has_error(function() K.linear_backward(clip.randn({ 4, 4 }), x, w) end,
+      "linear_backward: dout has shape (4,4), expected (4,3)")
+    assert.has_error(function() K.linear_backward(dout, x, w, { dweight = clip.zeros({ 5, 3 }) }) end,
+      "linear_backward: want.dweight has shape (5,3), expected (3,5)")
+    assert.has_error(function() K.linear_backward(dout, x, w, { dinp = x }) end,
+      "linear_backward: a gradient shares memory with an input")
+    local g = clip.zeros({ 4, 5 })
+    assert.has_error(function() K.act_backward(clip.randn({ 4, 5 }), x, "gelu", { dinp = x }) end,
+      "act_backward: a gradient shares memory with an input")
+    assert.has_error(function() K.act_backward(g, x, "gelu", { dinp = g }) end,
+      "act_backward: a gradient shares memory with an input")
+    assert.has_error(function() K.act_backward(g, x, "swish") end, "unknown activation 'swish'")
+    local q = clip.randn({ 1, 3, 4 })
+    assert.has_error(function() K.attention_probs(q, q, q, 3, false) end,
+      "attention_probs: C = 4 is not a multiple of NH = 3")
+    assert.has_error(function() K.attention_backward(q, q, q, q, clip.zeros({ 1, 1, 3, 3 }), 2, false) end,
+      "attention_backward: probs has shape (1,1,3,3), expected (1,2,3,3)")
+  end)
+end)
