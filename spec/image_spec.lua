@@ -451,6 +451,12 @@ describe("image.processor", function()
     assert.are.same({ shortest_edge = 32 }, t.size)
     assert.are.same({ height = 32, width = 32 }, t.crop_size)
     assert.are.same({ 32, 32 }, { t:output_size(100, 7) })
+    -- JSON null booleans are false (transformers' None); a single number for mean/std
+    local n = image.processor('{"do_center_crop": null, "image_mean": 0.5, "size": [10, 20]}')
+    assert.is_false(n.do_center_crop)
+    assert.are.same({ 0.5, 0.5, 0.5 }, n.mean)
+    assert.are.same({ height = 10, width = 20 }, n.size)
+    assert.are.same({ 20, 10 }, { n:output_size(300, 200) })
   end)
 
   it("rejects bad configs with the key and the reason", function()
