@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>

@@ -428,11 +428,20 @@ static int mc_requires_grad(lua_State *L) {
   return 1;
 }
 
-/* m:grad(name) -> Tensor view of the gradient, or nil when none yet */
+/* m:grad(name [, create]) -> Tensor view of the gradient, or nil when no
+ * backward has written one since the last zero_grad (torch's grad is None).
+ * create = true makes (and marks) a zeroed gradient, for code that adds to it. */
 static int mc_grad(lua_State *L) {
   l_model *m = check_model(L, 1);
   ct_param *p = check_param(L, m, 2);
-  if (!p->grad) {
+  if (lua_toboolean(L, 3)) {
+    if (!p->grad) {
+      p->grad = calloc((size_t)(p->numel ? p->numel : 1), sizeof(float));
+      if (!p->grad) return luaL_error(L, "out of memory allocating the gradient of %s", p->name);
+    }
+    p->has_grad = 1;
+  }
+  if (!p->grad || !p->has_grad) {
     lua_pushnil(L);
     return 1;
   }
@@ -550,6 +559,7 @@ static int mc_project_backward(lua_State *L) {
   if (!p->requires_grad) return 0;
   ct_err e;
   if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
+  p->has_grad = 1;
   linear_backward(NULL, p->grad, NULL, d->data, x->data, p->data, (int)x->shape[0], D, E);
   return 0;
 }

@@ -13,6 +13,7 @@ int luaopen_clip_core(lua_State *L) {
   l_kernels_open(L);
   l_json_open(L);
   l_loss_open(L);
+  l_fs_open(L);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   return 1;

@@ -13,5 +13,6 @@ void l_model_open(lua_State *L);
 void l_kernels_open(lua_State *L);
 void l_json_open(lua_State *L);
 void l_loss_open(lua_State *L);
+void l_fs_open(lua_State *L);
 
 #endif

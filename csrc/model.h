@@ -39,6 +39,7 @@ typedef struct ct_param {
   int dtype;     /* ct_dtype in the checkpoint */
   int requires_grad; /* trainable (default 1) */
   float *grad;   /* malloc'd on first backward that needs it, else NULL */
+  int has_grad;  /* a backward wrote into grad since the last zero_grad (torch: grad is not None) */
 } ct_param;
 
 typedef struct ct_block_w {

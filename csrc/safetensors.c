@@ -318,8 +318,9 @@ int ct_st_write(const char *path, const ct_st_out *t, int n, const char *metadat
   qsort(s, (size_t)n, sizeof(*s), cmp_out);
   for (int i = 1; i < n; i++)
     if (strcmp(s[i]->name, s[i - 1]->name) == 0) {
+      ct_errf(e, "%s: tensor name '%s' given twice", path, s[i]->name);
       free(s);
-      return ct_errf(e, "%s: tensor name '%s' given twice", path, s[i]->name);
+      return -1;
     }
   cJSON *root = cJSON_CreateObject();
   char *hdr = NULL, *tmp = NULL;

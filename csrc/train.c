@@ -54,8 +54,10 @@ int ct_model_alloc_grads(ct_model *m, ct_err *e) {
 }
 
 void ct_model_zero_grads(ct_model *m) {
-  for (int i = 0; i < m->nparams; i++)
+  for (int i = 0; i < m->nparams; i++) {
     if (m->params[i].grad) memset(m->params[i].grad, 0, sizeof(float) * (size_t)m->params[i].numel);
+    m->params[i].has_grad = 0;
+  }
 }
 
 void ct_tape_free(ct_tape *t) {
@@ -274,7 +276,8 @@ static float *G(ct_model *m, const char *fmt, ...) {
   vsnprintf(name, sizeof name, fmt, ap);
   va_end(ap);
   int i = ct_model_find_param(m, name);
-  if (i < 0 || !m->params[i].requires_grad) return NULL;
+  if (i < 0 || !m->params[i].requires_grad || !m->params[i].grad) return NULL;
+  m->params[i].has_grad = 1;
   return m->params[i].grad;
 }
 

@@ -64,7 +64,7 @@ describe("model parity with PyTorch", function()
 
       if name == "tiny" or name == "tiny-legacy-eos" then
         it("embeds a full 77-token sequence", function()
-          local e = model:encode_texts({ js.input_ids_long })
+          local e = model:encode_texts(js.input_ids_long)
           H.assert_close(e, ref.text_embeds_long, { atol = ATOL, label = "text_embeds_long" })
         end)
       end

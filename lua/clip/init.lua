@@ -42,7 +42,8 @@ M.save_safetensors = core.save_safetensors
 M.json = { decode = core.json_decode, encode = core.json_encode, null = core.json_null }
 
 -- Submodules, loaded on first use ------------------------------------------
-local lazy = { tokenizer = "clip.tokenizer", image = "clip.image", model = "clip.model" }
+local lazy = { tokenizer = "clip.tokenizer", image = "clip.image", model = "clip.model",
+  loss = "clip.loss", optim = "clip.optim" }
 setmetatable(M, {
   __index = function(t, k)
     local name = lazy[k]

@@ -181,5 +181,125 @@ function Model:num_parameters()
   return n
 end
 
+-- Parameters ----------------------------------------------------------------
+
+local Parameter = {}
+Parameter.__name = "clip.Parameter"
+
+function Parameter.__index(p, k)
+  local core_, name = rawget(p, "_core"), rawget(p, "name")
+  if k == "data" then
+    local d = rawget(p, "_data")
+    if not d then
+      d = core_:param(name)
+      rawset(p, "_data", d)
+    end
+    return d
+  elseif k == "grad" then
+    return core_:grad(name)
+  elseif k == "requires_grad" then
+    return core_:requires_grad(name)
+  elseif k == "shape" then
+    return p.data:shape()
+  end
+  return Parameter[k]
+end
+
+function Parameter.__newindex(p, k, v)
+  if k == "requires_grad" then
+    rawget(p, "_core"):set_requires_grad(rawget(p, "name"), v and true or false)
+  else
+    error("clip.Parameter: cannot set '" .. tostring(k) .. "'", 2)
+  end
+end
+
+function Parameter.__tostring(p)
+  return ("clip.Parameter(%s, %s%s)"):format(p.name, table.concat(p.data:shape(), "x"),
+    p.requires_grad and "" or ", frozen")
+end
+
+function Parameter:numel() return self.data:numel() end
+
+local function param_obj(self, name, numel)
+  local cache = rawget(self, "_params")
+  if not cache then
+    cache = {}
+    rawset(self, "_params", cache)
+  end
+  local p = cache[name]
+  if not p then
+    p = setmetatable({ _core = self.core, name = name, _numel = numel }, Parameter)
+    cache[name] = p
+  end
+  return p
+end
+
+--- Iterate over (name, Parameter) in Hugging Face order, as PyTorch's
+-- model.named_parameters(). p.data is a Tensor view (writes change the model),
+-- p.grad a Tensor view or nil, p.requires_grad readable and writable.
+function Model:named_parameters()
+  local info = self.core:param_info()
+  local i = 0
+  return function()
+    i = i + 1
+    local it = info[i]
+    if it then return it.name, param_obj(self, it.name, it.numel) end
+  end
+end
+
+--- List of Parameter objects (all, or only those requiring grad).
+function Model:parameters(trainable_only)
+  local out = {}
+  for _, p in self:named_parameters() do
+    if not trainable_only or p.requires_grad then out[#out + 1] = p end
+  end
+  return out
+end
+
+--- Total and trainable parameter counts (as the seed prints them).
+function Model:count_parameters()
+  local total, trainable = 0, 0
+  for _, it in ipairs(self.core:param_info()) do
+    total = total + it.numel
+    if self.core:requires_grad(it.name) then trainable = trainable + it.numel end
+  end
+  return total, trainable
+end
+
+--- Freeze everything, then make trainable each parameter whose name contains
+-- one of the given plain substrings (the seed's `trainable_layers_list`).
+function Model:train_only(patterns)
+  if type(patterns) == "string" then patterns = { patterns } end
+  for _, it in ipairs(self.core:param_info()) do
+    local on = false
+    for _, pat in ipairs(patterns) do
+      if it.name:find(pat, 1, true) then on = true break end
+    end
+    self.core:set_requires_grad(it.name, on)
+  end
+  return self
+end
+
+--- Set requires_grad on every parameter whose name matches a Lua pattern.
+function Model:set_trainable(pattern, flag)
+  for _, it in ipairs(self.core:param_info()) do
+    if it.name:match(pattern) then self.core:set_requires_grad(it.name, flag ~= false) end
+  end
+  return self
+end
+
+--- Zero every gradient.
+function Model:zero_grad() self.core:zero_grad() end
+
+--- Save the model in the Hugging Face layout (config.json, model.safetensors,
+-- preprocessor and tokenizer files); {format = "sentence-transformers"} also
+-- writes modules.json and config_sentence_transformers.json (files in the
+-- root, as sentence-transformers >= 3.1 saves). Every file is written to a
+-- temporary name and renamed into place.
+function Model:save(dir, opts)
+  return require("clip.save").save_model(self, dir, opts)
+end
+
 M.Model = Model
+M.Parameter = Parameter
 return M
