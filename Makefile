@@ -84,3 +84,6 @@ install: all
 
 clean:
 	rm -rf $(BUILD)
+
+# Area makefiles (sanitizers and fuzzing, C API and install, benchmarks, ...)
+-include mk/*.mk
