@@ -329,12 +329,15 @@ describe("clip.tokenizer", function()
       raises("texts%[2%] is a number", tok.encode_batch, tok, { "a", 5 })
       raises("texts%[3%]", tok.encode_batch, tok, { "a", "b", { 1, "x" } })
       raises("texts%[1%]", tok.encode_batch, tok, { { 1, 49408 } })
-      raises("texts%[1%] is an id list of length 80", tok.encode_batch, tok, { (function()
+      raises("texts%[1%] gives 80 ids", tok.encode_batch, tok, { (function()
         local t = {}
         for i = 1, 80 do t[i] = 320 end
         return t
       end)() })
       raises("invalid UTF%-8", tok.encode_batch, tok, { "ok", "\xff" })
+      raises("texts%[2%] gives 100 ids", tok.encode_batch, tok, { "a", ("a "):rep(100) }, { special = false })
+      local rows = tok:encode_batch({ "a", ("a "):rep(100) }, { special = false, pad = "longest" })
+      assert.are.equal(100, #rows[1])
       raises("expected a list", tok.encode_batch, tok, "a")
       raises("pad must be", tok.encode_batch, tok, { "a" }, { pad = "left" })
     end)

@@ -137,7 +137,8 @@ end
 --   pad = "max_length" (default: every row context_length long) | "longest" | false
 --   pad_id = tok.pad_id (49407)
 -- Returns rows (a list of id lists) and lengths (ids before padding).
--- With pad = "max_length", an id list longer than context_length is an error.
+-- With pad = "max_length", a row longer than context_length (an id list, or a
+-- text with special = false, which is not truncated) is an error.
 function Tokenizer:encode_batch(texts, opts)
   opts = opts or {}
   if type(texts) ~= "table" then
@@ -164,12 +165,12 @@ function Tokenizer:encode_batch(texts, opts)
       ids = self:encode(x, { special = opts.special, context_length = ctx, mode = mode })
     elseif type(x) == "table" then
       ids = check_ids(self, x, ("encode_batch: texts[%d]"):format(i))
-      if pad == "max_length" and #ids > ctx then
-        error(("encode_batch: texts[%d] is an id list of length %d, longer than context_length %d")
-          :format(i, #ids, ctx), 2)
-      end
     else
       error(("encode_batch: texts[%d] is a %s, expected a string or a list of ids"):format(i, type(x)), 2)
+    end
+    if pad == "max_length" and #ids > ctx then -- only id lists and special = false get here
+      error(("encode_batch: texts[%d] gives %d ids, more than context_length %d")
+        :format(i, #ids, ctx), 2)
     end
     rows[i], lengths[i] = ids, #ids
     if #ids > longest then longest = #ids end
