@@ -526,7 +526,7 @@ static int mc_backward(lua_State *L) {
   ct_err e;
   if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
   int rc = ct_backward(&m->m, t, d->data, &e);
-  if (!lua_toboolean(L, 4)) ct_tape_free(t); /* keep = true retains the tape */
+  if (!lua_toboolean(L, 4)) ct_tape_release(&m->m, t); /* keep = true retains the tape */
   if (rc != 0) return luaL_error(L, "%s", e.msg);
   return 0;
 }

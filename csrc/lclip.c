@@ -14,6 +14,9 @@ int luaopen_clip_core(lua_State *L) {
   l_json_open(L);
   l_loss_open(L);
   l_fs_open(L);
+  l_png_open(L);
+  l_eval_open(L);
+  l_idx_open(L);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   return 1;

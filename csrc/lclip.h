@@ -14,5 +14,8 @@ void l_kernels_open(lua_State *L);
 void l_json_open(lua_State *L);
 void l_loss_open(lua_State *L);
 void l_fs_open(lua_State *L);
+void l_png_open(lua_State *L);
+void l_eval_open(lua_State *L);
+void l_idx_open(lua_State *L);
 
 #endif

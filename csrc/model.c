@@ -344,8 +344,44 @@ void ct_model_resolve(ct_model *m) {
   resolve_blocks(m, m->vblocks, "vision_model", m->cfg.vision.layers);
 }
 
+void *ct_scratch_get(ct_model *m, size_t n, size_t *got) {
+  int best = -1;
+  for (int i = 0; i < 6; i++)
+    if (m->spare[i].p && m->spare[i].n >= n && (best < 0 || m->spare[i].n < m->spare[best].n))
+      best = i;
+  if (best >= 0) {
+    void *p = m->spare[best].p;
+    *got = m->spare[best].n;
+    m->spare[best].p = NULL;
+    m->spare[best].n = 0;
+    return p;
+  }
+  *got = n;
+  return malloc(n ? n : 1);
+}
+
+void ct_scratch_put(ct_model *m, void *p, size_t n) {
+  if (!p) return;
+  int slot = -1;
+  for (int i = 0; i < 6 && slot < 0; i++)
+    if (!m->spare[i].p) slot = i;
+  if (slot < 0) { /* full: replace the smallest if this one is larger */
+    slot = 0;
+    for (int i = 1; i < 6; i++)
+      if (m->spare[i].n < m->spare[slot].n) slot = i;
+    if (m->spare[slot].n >= n) {
+      free(p);
+      return;
+    }
+    free(m->spare[slot].p);
+  }
+  m->spare[slot].p = p;
+  m->spare[slot].n = n;
+}
+
 void ct_model_free(ct_model *m) {
   if (!m) return;
+  for (int i = 0; i < 6; i++) free(m->spare[i].p);
   if (m->params)
     for (int i = 0; i < m->nparams; i++) {
       if (m->params[i].owned) free(m->params[i].data);

@@ -58,7 +58,15 @@ typedef struct ct_model {
   float *cls_emb, *patch_w, *vpos_emb, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b,
       *vis_proj, *logit_scale;
   ct_block_w *tblocks, *vblocks;
+  /* recycled scratch blocks (training tapes, backward buffers), so a training
+   * loop does not page-fault fresh memory every step */
+  struct { void *p; size_t n; } spare[6];
 } ct_model;
+
+/* Take a block of at least n bytes (recycled or malloc'd; contents undefined). */
+void *ct_scratch_get(ct_model *m, size_t n, size_t *got);
+/* Give a block back (kept for reuse, or freed). */
+void ct_scratch_put(ct_model *m, void *p, size_t n);
 
 /* Paths found in a model directory (HF layout, or sentence-transformers with
  * modules.json naming a CLIPModel at "0_CLIPModel" or ""). */

@@ -60,6 +60,13 @@ void ct_model_zero_grads(ct_model *m) {
   }
 }
 
+void ct_tape_release(ct_model *m, ct_tape *t) {
+  if (!t) return;
+  ct_scratch_put(m, t->mem, t->mem_bytes);
+  t->mem = NULL;
+  ct_tape_free(t);
+}
+
 void ct_tape_free(ct_tape *t) {
   if (!t) return;
   free(t->mem);
@@ -148,7 +155,7 @@ static void block_fwd_save(ct_layer_acts *s, float *out, const ct_block_w *b,
   for (size_t i = 0; i < ND; i++) out[i] += s->mid[i];
 }
 
-int ct_forward_train(const ct_model *m, int vision, const float *pixels, const int32_t *ids,
+int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *t, ct_err *e) {
   memset(t, 0, sizeof *t);
   const ct_tower_cfg *c = vision ? &m->cfg.vision : &m->cfg.text;
@@ -198,7 +205,7 @@ int ct_forward_train(const ct_model *m, int vision, const float *pixels, const i
   size_t scratch = 6 * N * D + N * (size_t)c->inter + (size_t)Tt * Tt;
   if (vision) scratch += (size_t)B * NP * K;
   size_t total = a.used + scratch + 16;
-  t->mem = malloc(total * sizeof(float));
+  t->mem = ct_scratch_get(m, total * sizeof(float), &t->mem_bytes);
   if (!t->mem) {
     ct_tape_free(t);
     return ct_errf(e, "out of memory: training forward needs %zu MB", total * sizeof(float) >> 20);
@@ -306,8 +313,10 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
   }
   size_t N = (size_t)B * Tt, ND = N * D, NI = N * (size_t)I;
   size_t total = 8 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
-  float *mem = calloc(total, sizeof(float));
+  size_t mem_bytes;
+  float *mem = ct_scratch_get(m, total * sizeof(float), &mem_bytes);
   if (!mem) return ct_errf(e, "out of memory: backward needs %zu MB", total * sizeof(float) >> 20);
+  memset(mem, 0, total * sizeof(float));
   float *dh = mem, *dmid = dh + ND, *dln = dmid + ND, *datt = dln + ND, *dq = datt + ND,
         *dk = dq + ND, *dv = dk + ND, *dtmp = dv + ND, *dact = dtmp + ND, *dfc1 = dact + NI,
         *scratch = dfc1 + NI, *dpooled = scratch + (size_t)Tt * Tt, *dpin = dpooled + (size_t)B * D;
@@ -320,7 +329,7 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
                      dpooled, t->pool_in, vision ? m->post_ln_w : m->final_ln_w, t->pool_mean,
                      t->pool_rstd, B, D);
   if (t->first >= t->L && !t->emb) {
-    free(mem);
+    ct_scratch_put(m, mem, mem_bytes);
     return 0;
   }
   for (int b = 0; b < B; b++) {
@@ -395,6 +404,6 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
         }
     }
   }
-  free(mem);
+  ct_scratch_put(m, mem, mem_bytes);
   return 0;
 }

@@ -17,6 +17,7 @@ typedef struct ct_tape {
   int emb;              /* embedding parameters trainable: their inputs saved */
   int need_pool;        /* something below the projection is trainable */
   float *mem;           /* every saved buffer lives in this one block */
+  size_t mem_bytes;
   ct_layer_acts *la;    /* [L - first] */
   float *pool_in, *pool_mean, *pool_rstd, *pooled; /* [B,D], [B], [B], [B,D] */
   float *x, *pre_mean, *pre_rstd;                  /* vision: pre-LN input [N,D], stats [N] */
@@ -38,10 +39,12 @@ void ct_model_zero_grads(ct_model *m);
 
 /* Forward one tower, keeping what backward needs. pixels [B,3,S,S] (vision)
  * or ids [B,T] (text). embeds [B,E] is written. */
-int ct_forward_train(const ct_model *m, int vision, const float *pixels, const int32_t *ids,
+int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *tape, ct_err *e);
 /* Accumulate parameter gradients from dembeds [B,E]. Grads must be allocated. */
 int ct_backward(ct_model *m, const ct_tape *tape, const float *dembeds, ct_err *e);
 void ct_tape_free(ct_tape *t);
+/* Free a tape, giving its memory back to the model for reuse. */
+void ct_tape_release(ct_model *m, ct_tape *t);
 
 #endif

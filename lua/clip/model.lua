@@ -46,6 +46,59 @@ function M.load(dir, opts)
   return setmetatable(self, Model)
 end
 
+-- transformers' CLIPPreTrainedModel._init_weights (initializer_factor 1,
+-- initializer_range 0.02): the std of each parameter's normal init, or a
+-- constant.
+local function init_rule(name, cfg)
+  local tc, vc = cfg.text_config, cfg.vision_config
+  local tower = name:match("^vision_model") and vc or tc
+  local D, L = tower.hidden_size, tower.num_hidden_layers
+  if name:match("layer_?norm%d?%.weight$") or name:match("layrnorm%.weight$") then return "const", 1 end
+  if name:match("%.bias$") then return "const", 0 end
+  if name == "logit_scale" then return "const", cfg.logit_scale_init_value end
+  if name == "visual_projection.weight" then return "normal", vc.hidden_size ^ -0.5 end
+  if name == "text_projection.weight" then return "normal", tc.hidden_size ^ -0.5 end
+  if name:match("class_embedding$") then return "normal", D ^ -0.5 end
+  if name:match("embeddings%.") then return "normal", 0.02 end
+  local in_std = D ^ -0.5 * (2 * L) ^ -0.5
+  if name:match("self_attn%.[qkv]_proj%.weight$") then return "normal", in_std end
+  if name:match("self_attn%.out_proj%.weight$") then return "normal", D ^ -0.5 end
+  if name:match("mlp%.fc1%.weight$") then return "normal", (2 * D) ^ -0.5 end
+  if name:match("mlp%.fc2%.weight$") then return "normal", in_std end
+  error("init: no rule for " .. name)
+end
+
+--- A new model with random weights, initialized as transformers'
+-- CLIPModel._init_weights does. config: a table in config.json's layout
+-- (missing keys take transformers' defaults). opts: seed (default 0),
+-- tokenizer_dir (vocab.json + merges.txt to attach a tokenizer),
+-- preprocessor (a preprocessor_config table or path).
+function M.new(config, opts)
+  opts = opts or {}
+  local mc = core.model_new(core.json_encode(config))
+  local self = { core = mc, config = mc:config() }
+  setmetatable(self, Model)
+  local seed = opts.seed or 0
+  for i, it in ipairs(mc:param_info()) do
+    local kind, v = init_rule(it.name, self.config)
+    local t = mc:param(it.name)
+    if kind == "const" then
+      t:fill(v)
+    else
+      t:copy(core.randn(it.shape, seed * 1000003 + i) * v)
+    end
+  end
+  if opts.tokenizer_dir then
+    self.tokenizer = require("clip.tokenizer").load(opts.tokenizer_dir)
+    self.paths = { root = opts.tokenizer_dir }
+  end
+  local s = self.config.vision_config.image_size
+  self.processor = require("clip.image").processor(opts.preprocessor or
+    { size = { shortest_edge = s }, crop_size = { height = s, width = s } })
+  self.preprocessor_config = type(opts.preprocessor) == "table" and opts.preprocessor or nil
+  return self
+end
+
 --- Wrap an existing core model (used by training/building code).
 function M.wrap(mc, extra)
   local self = extra or {}

@@ -65,6 +65,7 @@ function M.save_model(model, dir, opts)
     local s = model.config.vision_config.image_size
     d.crop_size = { height = s, width = s }
     d.size = { shortest_edge = s }
+    for k, v in pairs(model.preprocessor_config or {}) do d[k] = v end
     check(core.write_file(join(dir, "preprocessor_config.json"), core.json_encode(d, true) .. "\n"))
   end
   -- tokenizer files
