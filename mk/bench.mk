@@ -1,0 +1,31 @@
+# mk/bench.mk - benchmarks (bench/, docs/performance.md). Not tests: nothing here fails on speed.
+#   make bench             peak, B/32 image and text towers, load, peak RSS, fine-tuning workload
+#   make bench-all         the same plus ViT-L/14 (bench/models/l14, ~1.7 GB, minutes per round)
+#   make bench-models      random-weight B/32 (and bench-models-l14: L/14) checkpoints, git-ignored
+#   make bench-ort         npm onnxruntime-node into bench/node_modules (git-ignored)
+#   BENCH_ROUNDS=N, BENCH_ARGS="--only ours,ort image" to narrow a run.
+BENCH_ROUNDS ?= 3
+BENCH_ARGS   ?=
+BENCH_ENV    := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+
+.PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak
+
+bench: all bench-models
+	$(BENCH_ENV) $(LUA) bench/run.lua --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
+
+bench-all: all bench-models bench-models-l14
+	$(BENCH_ENV) $(LUA) bench/run.lua --rounds $(BENCH_ROUNDS) $(BENCH_ARGS) all
+
+bench-models: all
+	$(BENCH_ENV) $(LUA) bench/make_models.lua bench/models b32
+
+bench-models-l14: all
+	$(BENCH_ENV) $(LUA) bench/make_models.lua bench/models l14
+
+bench-ort:
+	cd bench && npm install --no-audit --no-fund --ignore-scripts
+
+bench-peak:
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -pthread bench/peak.c -o $(BUILD)/bench/peak
+	$(BUILD)/bench/peak
