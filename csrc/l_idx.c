@@ -4,8 +4,9 @@
  *
  *   core.read_idx(path) -> Tensor (float32 values of the u8 data), shape = the
  *                          file's dims
- *   core.gray_pixels(images {N,H,W}, rows (1-based list), mean, std)
+ *   core.gray_pixels(images {N,H,W}, rows (1-based list), mean, std [, flips])
  *        -> Tensor {B,3,H,W}: x = float32(u8 * (1/255)); (x - mean) / std,
+ *           each image mirrored left-right where flips[b] is true (augmentation),
  *           replicated to three channels - what CLIPImageProcessor gives for a
  *           grayscale image whose size already equals the crop.
  *
@@ -79,6 +80,7 @@ static int l_gray_pixels(lua_State *L) {
   if (src->ndim != 3) return luaL_error(L, "gray_pixels: expected images {N,H,W}");
   int64_t N = src->shape[0], H = src->shape[1], W = src->shape[2];
   int B = (int)luaL_len(L, 2);
+  int has_flips = lua_istable(L, 5);
   if (B == 0) return luaL_error(L, "gray_pixels: empty batch");
   int64_t shape[4] = {B, 3, H, W};
   l_tensor *o = l_tensor_new(L, 4, shape);
@@ -89,12 +91,19 @@ static int l_gray_pixels(lua_State *L) {
     lua_Integer r = luaL_checkinteger(L, -1);
     lua_pop(L, 1);
     if (r < 1 || r > N) return luaL_error(L, "gray_pixels: row %d out of range 1..%d", (int)r, (int)N);
+    int flip = 0;
+    if (has_flips) {
+      lua_geti(L, 5, b + 1);
+      flip = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
     const float *s = src->data + (size_t)(r - 1) * plane;
     float *d = o->data + (size_t)b * 3 * plane;
-    for (size_t i = 0; i < plane; i++) {
-      float x = (float)((double)s[i] * rescale);
-      d[i] = (x - mean) / std;
-    }
+    for (int64_t y = 0; y < H; y++)
+      for (int64_t x0 = 0; x0 < W; x0++) {
+        float x = (float)((double)s[y * W + (flip ? W - 1 - x0 : x0)] * rescale);
+        d[y * W + x0] = (x - mean) / std;
+      }
     memcpy(d + plane, d, plane * sizeof(float));
     memcpy(d + 2 * plane, d, plane * sizeof(float));
   }

@@ -112,14 +112,15 @@ for epoch = 1, opts.epochs do
   end
   local sum, n = 0, 0
   for s = 1, steps_per_epoch do
-    local rows, ids = {}, {}
+    local rows, ids, flips = {}, {}, {}
     for b = 1, opts.batch do
       local r = order[(s - 1) * opts.batch + b]
       rows[b] = r
+      flips[b] = math.random() < 0.5
       local caps = captions[math.tointeger(labels[r]) + 1]
       ids[b] = caps[math.random(#caps)]
     end
-    local px = core.gray_pixels(images, rows, fashion.mean, fashion.std)
+    local px = core.gray_pixels(images, rows, fashion.mean, fashion.std, flips)
     local v = loss:backward({ px, ids })
     if v ~= v then error(("pretrain: loss is NaN at step %d"):format(step + 1)) end
     clip.optim.clip_grad_norm(opt, 1.0)
