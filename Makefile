@@ -66,7 +66,7 @@ test: deps
 
 test-slow: all
 	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" \
-	  $(BUSTED) --lua=$(LUA) --tags=slow spec
+	  $(BUSTED) --lua=$(LUA) --run=slow
 
 demo:
 	$(MAKE) deps EXTRA_DEBS="$(DEMO_DEBS)"
