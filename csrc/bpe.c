@@ -968,6 +968,7 @@ static int split(ct_bpe *t, const uint32_t *s, size_t n, int mode, piece_cb cb, 
  * first (Aho-Corasick, leftmost-longest; the two never overlap), and the
  * split runs on the text between them. */
 static int pre_tokenize(ct_bpe *t, const uint32_t *s, size_t n, int mode, piece_cb cb, void *ud) {
+  if (n == 0) return 0; /* s may be NULL: no pointer arithmetic on it */
   if (mode != CT_BPE_HF) return split(t, s, n, mode, cb, ud);
   size_t start = 0;
   for (size_t i = 0; i < n; i++) {

@@ -94,8 +94,31 @@ static int parse_tower(const cJSON *o, ct_tower_cfg *t, int vision, const char *
   return 0;
 }
 
+/* Upper bounds on sizes read from config.json: far above any CLIP checkpoint
+ * (ViT-bigG: 48 layers, width 1664), low enough that every parameter's
+ * element count fits int64 and a hostile config cannot make the parameter
+ * table itself exhaust memory. */
+#define CT_CFG_MAX_LAYERS 1024
+#define CT_CFG_MAX_WIDTH 65536
+#define CT_CFG_MAX_INTER (1 << 20)
+#define CT_CFG_MAX_VOCAB (1 << 24)
+
+static int check_max(int v, int maxv, const char *w, const char *key, const char *name,
+                     ct_err *e) {
+  if (v > maxv)
+    return ct_errf(e, "%s: %s%s%s %d is too large (at most %d)", name, w, *w ? "." : "", key, v,
+                   maxv);
+  return 0;
+}
+
 static int check_tower(const ct_tower_cfg *t, int vision, const char *name, ct_err *e) {
   const char *w = vision ? "vision_config" : "text_config";
+  if (check_max(t->layers, CT_CFG_MAX_LAYERS, w, "num_hidden_layers", name, e) ||
+      check_max(t->hidden, CT_CFG_MAX_WIDTH, w, "hidden_size", name, e) ||
+      check_max(t->inter, CT_CFG_MAX_INTER, w, "intermediate_size", name, e) ||
+      (vision && check_max(t->image_size, CT_CFG_MAX_WIDTH, w, "image_size", name, e)) ||
+      (!vision && check_max(t->vocab, CT_CFG_MAX_VOCAB, w, "vocab_size", name, e)))
+    return -1;
   if (t->hidden % t->heads)
     return ct_errf(e, "%s: %s.hidden_size %d is not divisible by num_attention_heads %d", name,
                    w, t->hidden, t->heads);
@@ -148,7 +171,8 @@ int ct_config_parse(const char *json, size_t len, const char *name, ct_config *c
                   "vision_config", name, e) ||
       parse_tower(cJSON_GetObjectItemCaseSensitive(root, "vision_config_dict"), &c->vision, 1,
                   "vision_config_dict", name, e) ||
-      check_tower(&c->text, 0, name, e) || check_tower(&c->vision, 1, name, e)) {
+      check_tower(&c->text, 0, name, e) || check_tower(&c->vision, 1, name, e) ||
+      check_max(c->projection_dim, CT_CFG_MAX_WIDTH, "", "projection_dim", name, e)) {
     rc = -1;
     goto done;
   }
