@@ -32,4 +32,33 @@ M.eval_templates = {
   "this is a {}.", "an item of clothing: the {}.",
 }
 
+-- folder names for the exported image folders (one per class, sorted = class order)
+M.folders = { "0_t-shirt", "1_trousers", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
+  "7_sneaker", "8_bag", "9_ankle_boot" }
+
+-- product-listing titles, a wording never used in pretraining: the fine-tuning
+-- demo learns to match them (the seed's title/thumbnail task)
+M.titles = {
+  { "Essential crew neck cotton tee", "Graphic print short sleeve tee", "Relaxed fit everyday tee",
+    "Soft jersey basic tee for summer" },
+  { "Slim fit chino trousers", "High waisted wide leg trousers", "Classic straight leg denim",
+    "Tailored pleated office trousers" },
+  { "Chunky cable knit jumper", "Cozy crew neck wool pullover", "Fine knit merino sweater",
+    "Oversized ribbed knit jumper" },
+  { "Floral wrap midi dress", "Sleeveless evening cocktail dress", "Flowy maxi dress for summer",
+    "Little black party dress" },
+  { "Double breasted wool overcoat", "Quilted puffer coat with hood", "Classic trench coat",
+    "Warm padded parka for winter" },
+  { "Strappy leather summer sandals", "Beach slides with cushioned sole", "Flat gladiator sandals",
+    "Open toe platform sandals" },
+  { "Oxford button down office shirt", "Slim fit poplin dress shirt", "Checked flannel shirt",
+    "Linen shirt with long sleeves" },
+  { "Lightweight mesh running trainers", "Classic white leather sneakers", "Retro low top court shoes",
+    "Breathable knit sports trainers" },
+  { "Leather crossbody handbag", "Canvas shopper tote", "Quilted chain shoulder bag",
+    "Compact clutch purse" },
+  { "Chelsea ankle boots in suede", "Lace up leather ankle boots", "Block heel ankle booties",
+    "Zip side ankle boots" },
+}
+
 return M

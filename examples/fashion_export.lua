@@ -1,0 +1,98 @@
+#!/usr/bin/env lua5.4
+--- Export Fashion-MNIST (the Debian package's idx files) as image folders
+-- (OUT/<split>/<class>/<index>.png) and a title-style triplet dataset
+-- (OUT/titles.csv: image,title,negative,split), so the demo runs the same
+-- scripts a user runs on their own photos.
+--
+--   lua5.4 examples/fashion_export.lua [--out models/fashion-data] [--per-class N]
+local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
+if root and io.open(root .. "lua/clip/init.lua") then
+  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
+  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
+end
+local clip = require "clip"
+local core = clip.core
+local fashion = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "fashion_classes.lua")
+
+local opts = { out = "models/fashion-data", data = "/usr/share/datasets/fashion-mnist", ["per-class"] = 20,
+  ["title-rows"] = 300, seed = 0 }
+for i = 1, #arg, 2 do
+  local k = (arg[i] or ""):match("^%-%-(.+)$")
+  if arg[i] == "--help" or not k or opts[k] == nil or not arg[i + 1] then
+    io.stderr:write("usage: lua5.4 examples/fashion_export.lua [--out DIR] [--data DIR] [--per-class N] [--title-rows N] [--seed N]\n")
+    os.exit(arg[i] == "--help" and 0 or 2)
+  end
+  opts[k] = tonumber(arg[i + 1]) or arg[i + 1]
+end
+
+local function export(split, images, labels, picks)
+  local n = 0
+  for _, f in ipairs(fashion.folders) do assert(core.mkdir_p(opts.out .. "/" .. split .. "/" .. f)) end
+  local H, W = images:size(2), images:size(3)
+  for _, r in ipairs(picks) do
+    local img = images[r]
+    local gray = img:totable()
+    local buf = {}
+    for y = 1, H do
+      for x = 1, W do
+        local v = string.char(math.tointeger(gray[y][x]))
+        buf[#buf + 1] = v .. v .. v
+      end
+    end
+    local c = math.tointeger(labels[r]) + 1
+    local path = ("%s/%s/%s/%05d.png"):format(opts.out, split, fashion.folders[c], r)
+    assert(core.png_write(path, W, H, table.concat(buf)))
+    n = n + 1
+  end
+  return n
+end
+
+local t0 = os.time()
+local rng = clip.data.rng(opts.seed)
+-- test split: all 10,000 images
+local timg = core.read_idx(opts.data .. "/t10k-images-idx3-ubyte.gz")
+local tlab = core.read_idx(opts.data .. "/t10k-labels-idx1-ubyte.gz")
+local all = {}
+for i = 1, timg:size(1) do all[i] = i end
+local n_test = export("test", timg, tlab, all)
+-- few-shot / probe pool: per-class picks from the training images
+local img = core.read_idx(opts.data .. "/train-images-idx3-ubyte.gz")
+local lab = core.read_idx(opts.data .. "/train-labels-idx1-ubyte.gz")
+local by_class = {}
+for i = 1, img:size(1) do
+  local c = math.tointeger(lab[i]) + 1
+  by_class[c] = by_class[c] or {}
+  table.insert(by_class[c], i)
+end
+local picks = {}
+local used = {}
+for c = 1, 10 do
+  local list = table.move(by_class[c], 1, #by_class[c], 1, {})
+  rng:shuffle(list)
+  for k = 1, math.min(opts["per-class"], #list) do
+    picks[#picks + 1] = list[k]
+    used[list[k]] = true
+  end
+end
+local n_train = export("train", img, lab, picks)
+-- title triplets: images from the training pool, a title of their class and
+-- one of another class; 70% train, 15% valid, 15% test
+local rows = { "image,title,negative,split" }
+local title_imgs = {}
+for k = 1, opts["title-rows"] do
+  local c = (k - 1) % 10 + 1
+  local r
+  repeat r = by_class[c][rng:random(#by_class[c])] until not used[r]
+  used[r] = true
+  title_imgs[#title_imgs + 1] = r
+  local t = fashion.titles[c][rng:random(#fashion.titles[c])]
+  local oc = rng:random(9)
+  if oc >= c then oc = oc + 1 end
+  local neg = fashion.titles[oc][rng:random(#fashion.titles[oc])]
+  local split = k <= opts["title-rows"] * 0.7 and "train" or (k <= opts["title-rows"] * 0.85 and "valid" or "test")
+  rows[#rows + 1] = ('titles/%s/%05d.png,"%s","%s",%s'):format(fashion.folders[c], r, t, neg, split)
+end
+export("titles", img, lab, title_imgs)
+assert(core.write_file(opts.out .. "/titles.csv", table.concat(rows, "\n") .. "\n"))
+io.stderr:write(("exported %d test images, %d training images, %d title rows to %s in %ds\n"):format(
+  n_test, n_train, #rows - 1, opts.out, os.time() - t0))
