@@ -1,7 +1,22 @@
-/* blas.c - OpenBLAS behind one function, plus its naive twin. */
+/* blas.c - the single GEMM door: our NT kernel (gemm.c) or OpenBLAS, split over the
+ * calling thread's pool (pool.h), plus the naive twin.
+ *
+ * Dispatch (docs/performance.md has the measurements behind it):
+ * - C = A B^T with M <= GEMM_OWN_MAX_M rows on an AVX2/FMA CPU: gemm.c's kernel, which reads
+ *   each weight once and packs nothing; OpenBLAS everywhere else ("stays where it wins").
+ * - With a pool of n > 1 threads current, the GEMM is cut into n slices of C's columns (or of
+ *   its rows, when N is small and M is not), each slice run by one pool thread; OpenBLAS is
+ *   then set to one thread so that the pool is the only set of working threads.
+ * - Without a pool, one call in the calling thread: our kernel, or OpenBLAS with the thread
+ *   count the host gave it. */
 #include "blas.h"
 
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+#include "pool.h"
 
 /* The CBLAS ABI is declared here rather than through cblas.h, whose
  * location differs between distributions (Debian keeps OpenBLAS's under
@@ -14,17 +29,95 @@ void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
 void openblas_set_num_threads(int n);
 int openblas_get_num_threads(void);
 
-void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A,
-              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+/* measured on the bench machine (docs/performance.md): OpenBLAS's AVX-512 kernel ties ours at
+ * M = 50..77 and wins above; ours wins clearly only on small M (pooled rows, projections) */
+enum { GEMM_OWN_MAX_M = 16 };
+
+typedef struct {
+  int ta, tb, M, N, K, lda, ldb, ldc, own, by_rows;
+  float alpha, beta;
+  const float *A, *B;
+  float *C;
+} gemm_job;
+
+static void run_range(const gemm_job *g, int r0, int r1) {
+  if (r1 <= r0) return;
+  if (g->by_rows) { /* rows r0..r1 of C */
+    const float *A = g->ta ? g->A + r0 : g->A + (size_t)r0 * g->lda;
+    float *C = g->C + (size_t)r0 * g->ldc;
+    if (g->own)
+      ct_gemm_nt(r1 - r0, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc, 0, g->N);
+    else
+      cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans,
+                  r1 - r0, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
+  } else { /* columns r0..r1 of C */
+    if (g->own) {
+      ct_gemm_nt(g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc, r0, r1);
+    } else {
+      const float *B = g->tb ? g->B + (size_t)r0 * g->ldb : g->B + r0;
+      cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans,
+                  g->M, r1 - r0, g->K, g->alpha, g->A, g->lda, B, g->ldb, g->beta, g->C + r0, g->ldc);
+    }
+  }
+}
+
+static void gemm_part(void *ctx, int tid, int nt) {
+  const gemm_job *g = ctx;
+  int total = g->by_rows ? g->M : g->N, q = g->own && !g->by_rows ? 4 : 16;
+  /* slices in units of q columns (the kernels' block widths) */
+  int units = (total + q - 1) / q;
+  int u0 = (int)((long)units * tid / nt), u1 = (int)((long)units * (tid + 1) / nt);
+  int r0 = u0 * q, r1 = u1 * q < total ? u1 * q : total;
+  if (g->by_rows) { /* rows need no alignment */
+    r0 = (int)((long)total * tid / nt);
+    r1 = (int)((long)total * (tid + 1) / nt);
+  }
+  run_range(g, r0, r1);
+}
+
+static int blas_single; /* OpenBLAS was set to one thread by us */
+
+/* CLIP_GEMM=openblas in the environment (read once) sends every GEMM to OpenBLAS: for
+ * benchmarks comparing the two (bench/, docs/performance.md). */
+static int own_allowed(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("CLIP_GEMM");
+    v = !(e && !strcmp(e, "openblas")) && ct_gemm_available();
+  }
+  return v;
+}
+
+void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     for (int i = 0; i < M; i++)
-      for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+      for (int j = 0; j < N; j++) {
+        float *c = &C[(size_t)i * ldc + j];
+        *c = beta == 0.0f ? 0.0f : beta * *c;
+      }
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-              tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
-              beta, C, ldc);
+  gemm_job g = {ta, tb, M, N, K, lda, ldb, ldc, 0, 0, alpha, beta, A, B, C};
+  g.own = !ta && tb && M <= GEMM_OWN_MAX_M && own_allowed();
+  ct_pool *p = ct_pool_current();
+  int nt = ct_pool_size(p);
+  double flops = 2.0 * M * N * K;
+  if (nt > 1 && flops >= 2e5) {
+    if (!blas_single) {
+      openblas_set_num_threads(1);
+      blas_single = 1;
+    }
+    g.by_rows = N < 64 * nt && M >= 2 * N;
+    ct_pool_run(p, gemm_part, &g);
+  } else {
+    if (nt > 1 && !blas_single) {
+      openblas_set_num_threads(1);
+      blas_single = 1;
+    }
+    run_range(&g, 0, N);
+  }
 }
 
 void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
@@ -43,9 +136,19 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
     }
 }
 
+/* Without a pool these set OpenBLAS's own threads (a C host's choice); the Lua module's
+ * clip.set_num_threads resizes its pool instead (l_kernels.c). */
 void ct_set_num_threads(int n) {
   if (n < 1) n = 1;
   openblas_set_num_threads(n);
+  blas_single = n == 1;
 }
 
 int ct_get_num_threads(void) { return openblas_get_num_threads(); }
+
+void ct_blas_single_thread(void) {
+  if (!blas_single) {
+    openblas_set_num_threads(1);
+    blas_single = 1;
+  }
+}

@@ -12,7 +12,10 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta,
                   float *C, int ldc);
 
+/* OpenBLAS's own thread count (for a C host without a pool; see pool.h). */
 void ct_set_num_threads(int n);
 int ct_get_num_threads(void);
+/* Ask OpenBLAS for one thread (done by ct_sgemm whenever a pool is in use). */
+void ct_blas_single_thread(void);
 
 #endif

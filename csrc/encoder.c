@@ -2,6 +2,7 @@
  * Matches transformers' CLIPVisionTransformer / CLIPTextTransformer
  * (models/clip/modeling_clip.py): pre-LN blocks
  *   h = h + out_proj(attn(LN1(h))); h = h + fc2(act(fc1(LN2(h)))). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,6 +41,59 @@ static void block_forward(workspace *w, const ct_block_w *b, const ct_tower_cfg 
   act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
   linear_forward(w->x, w->mlp, b->fc2_w, b->fc2_b, N, I, D);
   for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
+}
+
+/* The last block when only one row per sequence is wanted (the vision CLS row, the text
+ * end-of-text row): LN1, K and V over every row (attention reads them), the rest only for the
+ * pooled rows. rows[b]: the pooled row of sequence b; writes hp [B, D], the block's output at
+ * those rows (hp holds B * (D + I) floats: the tail is scratch). Same operations as block_forward on those rows (the causal row attends to keys
+ * 0..rows[b]); scratch: w->q, w->att, w->mlp (B rows each), w->probs (T floats). */
+static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
+                                 const ct_tower_cfg *c, int B, int T, const int *rows,
+                                 int causal) {
+  int D = c->hidden, I = c->inter, N = B * T, NH = c->heads, hs = D / NH;
+  float scale = 1.0f / sqrtf((float)hs);
+  layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
+  linear_forward(w->k, w->x, b->k_w, b->k_b, N, D, D);
+  linear_forward(w->v, w->x, b->v_w, b->v_b, N, D, D);
+  float *xq = w->att, *q = w->q, *att = w->mlp; /* [B, D] each, then reused */
+  for (int bb = 0; bb < B; bb++)
+    memcpy(xq + (size_t)bb * D, w->x + ((size_t)bb * T + rows[bb]) * D, sizeof(float) * D);
+  linear_forward(q, xq, b->q_w, b->q_b, B, D, D);
+  for (int bb = 0; bb < B; bb++)
+    for (int h = 0; h < NH; h++) {
+      const float *qi = q + (size_t)bb * D + h * hs;
+      const float *kb = w->k + (size_t)bb * T * D + h * hs, *vb = w->v + (size_t)bb * T * D + h * hs;
+      int n = causal ? rows[bb] + 1 : T;
+      float *p = w->probs, mx = -INFINITY, sum = 0;
+      for (int j = 0; j < n; j++) {
+        float d = 0;
+        for (int x = 0; x < hs; x++) d += qi[x] * kb[(size_t)j * D + x];
+        p[j] = scale * d;
+        if (p[j] > mx) mx = p[j];
+      }
+      for (int j = 0; j < n; j++) {
+        p[j] = expf(p[j] - mx);
+        sum += p[j];
+      }
+      float inv = 1.0f / sum, *o = att + (size_t)bb * D + h * hs;
+      for (int x = 0; x < hs; x++) o[x] = 0;
+      for (int j = 0; j < n; j++) {
+        float pj = p[j] * inv;
+        for (int x = 0; x < hs; x++) o[x] += pj * vb[(size_t)j * D + x];
+      }
+    }
+  linear_forward(xq, att, b->o_w, b->o_b, B, D, D);
+  for (int bb = 0; bb < B; bb++) {
+    const float *hr = w->h + ((size_t)bb * T + rows[bb]) * D;
+    for (int j = 0; j < D; j++) hp[(size_t)bb * D + j] = hr[j] + xq[(size_t)bb * D + j];
+  }
+  layernorm_forward(xq, NULL, NULL, hp, b->ln2_w, b->ln2_b, B, D, c->eps);
+  float *mlp = hp + (size_t)B * D; /* hp has room for [B, D] + [B, I] */
+  linear_forward(mlp, xq, b->fc1_w, b->fc1_b, B, D, I);
+  act_forward(mlp, mlp, (int64_t)B * I, c->act);
+  linear_forward(att, mlp, b->fc2_w, b->fc2_b, B, I, D);
+  for (size_t i = 0; i < (size_t)B * D; i++) hp[i] += att[i];
 }
 
 int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o, ct_err *e) {
@@ -88,7 +142,26 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
     }
   }
   layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
-  for (int l = 0; l < c->layers; l++) {
+  /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
+   * last hidden state is asked for */
+  int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
+  int *rows = NULL;
+  float *hp = NULL;
+  if (shortcut) {
+    rows = calloc((size_t)B, sizeof(int)); /* all 0: the CLS row */
+    hp = malloc(sizeof(float) * (size_t)B * (D + c->inter));
+    if (!rows || !hp) {
+      free(rows);
+      free(hp);
+      free(w.mem);
+      return ct_errf(e, "out of memory");
+    }
+  }
+  for (int l = 0; l < L; l++) {
+    if (shortcut && l == L - 1) {
+      block_forward_pooled(&w, hp, &m->vblocks[l], c, B, T, rows, 0);
+      break;
+    }
     block_forward(&w, &m->vblocks[l], c, B, T, 0);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
@@ -96,8 +169,11 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   /* pooled = post_layernorm(h[:, 0]) */
   float *pooled = w.q;
   for (int b = 0; b < B; b++)
-    layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + (size_t)b * T * D, m->post_ln_w,
+    layernorm_forward(pooled + (size_t)b * D, NULL, NULL,
+                      shortcut ? hp + (size_t)b * D : w.h + (size_t)b * T * D, m->post_ln_w,
                       m->post_ln_b, 1, D, c->eps);
+  free(rows);
+  free(hp);
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
   if (o->embeds) linear_forward(o->embeds, pooled, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
   free(w.mem);
@@ -152,12 +228,27 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
       float *dst = w.h + ((size_t)b * Te + t) * D;
       for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
     }
-  for (int l = 0; l < c->layers; l++) {
+  /* the last block only for the pooled (end-of-text) rows, unless all rows are asked for */
+  int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
+  float *hp = shortcut ? malloc(sizeof(float) * (size_t)B * (D + c->inter)) : NULL;
+  if (shortcut && !hp) {
+    free(w.mem);
+    free(eos);
+    return ct_errf(e, "out of memory");
+  }
+  for (int l = 0; l < L; l++) {
+    if (shortcut && l == L - 1) {
+      block_forward_pooled(&w, hp, &m->tblocks[l], c, B, Te, eos, 1);
+      break;
+    }
     block_forward(&w, &m->tblocks[l], c, B, Te, 1);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   float *pooled = w.q;
-  if (o->last_hidden) {
+  if (shortcut) {
+    layernorm_forward(pooled, NULL, NULL, hp, m->final_ln_w, m->final_ln_b, B, D, c->eps);
+    free(hp);
+  } else if (o->last_hidden) {
     layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->final_ln_w, m->final_ln_b, N, D, c->eps);
     for (int b = 0; b < B; b++)
       memcpy(pooled + (size_t)b * D, o->last_hidden + ((size_t)b * Te + eos[b]) * D,

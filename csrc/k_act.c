@@ -13,8 +13,9 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "pool.h"
 
-void act_forward(float *out, const float *inp, int64_t n, int act) {
+static void act_range(float *out, const float *inp, int64_t n, int act) {
   switch (act) {
   case CT_ACT_QUICK_GELU:
     for (int64_t i = 0; i < n; i++) {
@@ -37,6 +38,28 @@ void act_forward(float *out, const float *inp, int64_t n, int act) {
   default:
     for (int64_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : 0.0f;
   }
+}
+
+/* With a pool (pool.h), contiguous chunks of the n elements, one per thread. */
+typedef struct {
+  float *out;
+  const float *inp;
+  int64_t n;
+  int act;
+} act_job;
+
+static void act_part(void *ctx, int tid, int nt) {
+  const act_job *j = ctx;
+  int64_t a = j->n * tid / nt, b = j->n * (tid + 1) / nt;
+  act_range(j->out + a, j->inp + a, b - a, j->act);
+}
+
+void act_forward(float *out, const float *inp, int64_t n, int act) {
+  act_job j = {out, inp, n, act};
+  if (ct_pool_threads() > 1 && n >= 16384)
+    ct_pool_run(ct_pool_current(), act_part, &j);
+  else
+    act_range(out, inp, n, act);
 }
 
 void act_forward_ref(float *out, const float *inp, int64_t n, int act) {

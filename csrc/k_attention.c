@@ -17,37 +17,57 @@
 
 #include "blas.h"
 #include "kernels.h"
+#include "pool.h"
 
-static void softmax_rows(float *p, int T, int causal) {
-  for (int i = 0; i < T; i++) {
-    float *r = p + (size_t)i * T;
-    int n = causal ? i + 1 : T;
-    float m = r[0];
-    for (int j = 1; j < n; j++) if (r[j] > m) m = r[j];
-    float s = 0;
-    for (int j = 0; j < n; j++) {
-      r[j] = expf(r[j] - m);
-      s += r[j];
+/* The forward is row-separable: row i of the scores, its softmax and row i of the output
+ * need only q_i. With a pool (pool.h) each thread takes a contiguous range of rows of every
+ * (b, h) and uses only those rows of probs, so one [T,T] scratch serves all threads. */
+typedef struct {
+  float *out, *probs;
+  const float *q, *k, *v;
+  int B, T, C, NH, causal, save_probs;
+} att_job;
+
+static void att_rows(void *ctx, int tid, int nt) {
+  const att_job *a = ctx;
+  int T = a->T, C = a->C, hs = C / a->NH;
+  int i0 = (int)((long)T * tid / nt), i1 = (int)((long)T * (tid + 1) / nt), n = i1 - i0;
+  if (n <= 0) return;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (int b = 0; b < a->B; b++)
+    for (int h = 0; h < a->NH; h++) {
+      size_t base = (size_t)b * T * C + (size_t)h * hs, rows = base + (size_t)i0 * C;
+      float *p = (a->save_probs ? a->probs + ((size_t)b * a->NH + h) * T * T : a->probs) +
+                 (size_t)i0 * T;
+      /* causal: row i needs keys 0..i only; the scores of later keys are never read */
+      int nk = a->causal ? i1 : T;
+      ct_sgemm(0, 1, n, nk, hs, scale, a->q + rows, C, a->k + base, C, 0.0f, p, T);
+      for (int i = 0; i < n; i++) {
+        float *r = p + (size_t)i * T;
+        int m = a->causal ? i0 + i + 1 : T;
+        float mx = r[0];
+        for (int j = 1; j < m; j++) if (r[j] > mx) mx = r[j];
+        float sum = 0;
+        for (int j = 0; j < m; j++) {
+          r[j] = expf(r[j] - mx);
+          sum += r[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < m; j++) r[j] *= inv;
+        for (int j = m; j < T; j++) r[j] = 0.0f;
+      }
+      ct_sgemm(0, 0, n, hs, nk, 1.0f, p, T, a->v + base, C, 0.0f, a->out + rows, C);
     }
-    float inv = 1.0f / s;
-    for (int j = 0; j < n; j++) r[j] *= inv;
-    for (int j = n; j < T; j++) r[j] = 0.0f;
-  }
 }
 
 void attention_forward(float *out, float *probs, const float *q, const float *k,
                        const float *v, int B, int T, int C, int NH, int causal,
                        int save_probs) {
-  int hs = C / NH;
-  float scale = 1.0f / sqrtf((float)hs);
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++) {
-      size_t base = (size_t)b * T * C + (size_t)h * hs;
-      float *p = save_probs ? probs + ((size_t)b * NH + h) * T * T : probs;
-      ct_sgemm(0, 1, T, T, hs, scale, q + base, C, k + base, C, 0.0f, p, T);
-      softmax_rows(p, T, causal);
-      ct_sgemm(0, 0, T, hs, T, 1.0f, p, T, v + base, C, 0.0f, out + base, C);
-    }
+  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs};
+  if (ct_pool_threads() > 1 && T >= 8)
+    ct_pool_run(ct_pool_current(), att_rows, &a);
+  else
+    att_rows(&a, 0, 1);
 }
 
 void attention_forward_ref(float *out, const float *q, const float *k,

@@ -9,11 +9,13 @@
  *   dinp    += rstd * (dn - mean_j(dn) - n * mean_j(dn * n))
  * dinp, dout: [N, C]; dweight, dbias: [C]; any gradient may be NULL (skipped). */
 #include <math.h>
+#include <stddef.h>
 
 #include "kernels.h"
+#include "pool.h"
 
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int64_t N, int C, float eps) {
+static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
+                    const float *w, const float *b, int64_t N, int C, float eps) {
   for (int64_t i = 0; i < N; i++) {
     const float *x = inp + i * C;
     float *o = out + i * C;
@@ -30,6 +32,31 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
     if (mean) mean[i] = m;
     if (rstd) rstd[i] = r;
   }
+}
+
+/* With a pool (pool.h), contiguous row ranges, one per thread. */
+typedef struct {
+  float *out, *mean, *rstd;
+  const float *inp, *w, *b;
+  int64_t N;
+  int C;
+  float eps;
+} ln_job;
+
+static void ln_part(void *ctx, int tid, int nt) {
+  const ln_job *j = ctx;
+  int64_t a = j->N * tid / nt, e = j->N * (tid + 1) / nt;
+  ln_rows(j->out + a * j->C, j->mean ? j->mean + a : NULL, j->rstd ? j->rstd + a : NULL,
+          j->inp + a * j->C, j->w, j->b, e - a, j->C, j->eps);
+}
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int64_t N, int C, float eps) {
+  ln_job j = {out, mean, rstd, inp, w, b, N, C, eps};
+  if (ct_pool_threads() > 1 && N * C >= 32768)
+    ct_pool_run(ct_pool_current(), ln_part, &j);
+  else
+    ln_rows(out, mean, rstd, inp, w, b, N, C, eps);
 }
 
 void layernorm_forward_ref(float *out, const float *inp, const float *w,

@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "blas.h"
+#include "gemm.h"
+#include "pool.h"
 #include "kernels.h"
 #include "l_tensor.h"
 #include "lclip.h"
@@ -475,12 +479,100 @@ static int k_sgemm(lua_State *L) {
   return 1;
 }
 
+/* The module's thread pool: one per lua_State, a "clip.Pool" userdata in the registry,
+ * made current (pool.h) for the OS thread that opened the module or last called
+ * set_num_threads. Default size: the online CPUs. */
+#define POOL_MT "clip.Pool"
+#define POOL_KEY "clip.pool"
+
+static int pool_gc(lua_State *L) {
+  ct_pool **pp = luaL_checkudata(L, 1, POOL_MT);
+  if (*pp) {
+    ct_pool_free(*pp);
+    *pp = NULL;
+  }
+  return 0;
+}
+
+static ct_pool *pool_install(lua_State *L, int n) {
+  ct_pool **pp = lua_newuserdatauv(L, sizeof(ct_pool *), 0); /* before the threads exist */
+  *pp = NULL;
+  if (luaL_newmetatable(L, POOL_MT)) {
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  /* the old pool stops now rather than at the next collection */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_KEY) == LUA_TUSERDATA) {
+    ct_pool **old = luaL_testudata(L, -1, POOL_MT);
+    if (old && *old) {
+      ct_pool_free(*old);
+      *old = NULL;
+    }
+  }
+  lua_pop(L, 1);
+  *pp = ct_pool_new(n);
+  lua_setfield(L, LUA_REGISTRYINDEX, POOL_KEY);
+  ct_pool_make_current(*pp);
+  return *pp;
+}
+
+static ct_pool *pool_get(lua_State *L) {
+  ct_pool *p = NULL;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_KEY) == LUA_TUSERDATA) {
+    ct_pool **pp = luaL_testudata(L, -1, POOL_MT);
+    if (pp) p = *pp;
+  }
+  lua_pop(L, 1);
+  return p;
+}
+
+/* clip.set_num_threads(n): the pool's size (n >= 1; 1 runs everything in the caller) */
+/* kernels.gemm_nt(a, b [, ref [, c, alpha, beta]]) -> alpha a b^T + beta c with gemm.c's kernel
+ * in the calling thread (ref: its naive twin); a {M,K}, b {N,K}, c {M,N} (a new tensor when
+ * nil). kernels.gemm_available() says whether this CPU runs the kernel. */
+static int k_gemm_nt(lua_State *L) {
+  l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
+  int ref = lua_toboolean(L, 3);
+  need2(L, a, "gemm_nt");
+  need2(L, b, "gemm_nt");
+  int M = (int)a->shape[0], K = (int)a->shape[1], N = (int)b->shape[0];
+  if (b->shape[1] != K)
+    return luaL_error(L, "gemm_nt: inner dims differ: (%d,%d) x (%d,%d)^T", M, K, N,
+                      (int)b->shape[1]);
+  float alpha = (float)luaL_optnumber(L, 5, 1.0), beta = (float)luaL_optnumber(L, 6, 0.0);
+  l_tensor *c;
+  if (lua_isnoneornil(L, 4)) {
+    int64_t s[2] = {M, N};
+    c = l_tensor_new(L, 2, s);
+  } else {
+    c = l_checktensor(L, 4);
+    if (c->ndim != 2 || c->shape[0] != M || c->shape[1] != N)
+      return luaL_error(L, "gemm_nt: c must be {%d,%d}", M, N);
+    lua_pushvalue(L, 4);
+  }
+  if (ref) {
+    ct_gemm_nt_ref(M, N, K, alpha, a->data, K, b->data, K, beta, c->data, N);
+  } else {
+    if (!ct_gemm_available()) return luaL_error(L, "gemm_nt: this CPU has no AVX2/FMA");
+    ct_gemm_nt(M, N, K, alpha, a->data, K, b->data, K, beta, c->data, N, 0, N);
+  }
+  return 1;
+}
+static int k_gemm_available(lua_State *L) {
+  lua_pushboolean(L, ct_gemm_available());
+  return 1;
+}
+
 static int l_set_threads(lua_State *L) {
-  ct_set_num_threads((int)luaL_checkinteger(L, 1));
+  lua_Integer n = luaL_checkinteger(L, 1);
+  if (n < 1 || n > 256) return luaL_error(L, "set_num_threads: %d threads (1 to 256)", (int)n);
+  pool_install(L, (int)n);
   return 0;
 }
 static int l_get_threads(lua_State *L) {
-  lua_pushinteger(L, ct_get_num_threads());
+  ct_pool *p = pool_get(L);
+  lua_pushinteger(L, p ? ct_pool_size(p) : 1);
   return 1;
 }
 
@@ -490,6 +582,8 @@ void l_kernels_open(lua_State *L) {
                                 {"act", k_act},
                                 {"attention", k_attention},
                                 {"sgemm", k_sgemm},
+                                {"gemm_nt", k_gemm_nt},
+                                {"gemm_available", k_gemm_available},
                                 {"layernorm_stats", k_layernorm_stats},
                                 {"layernorm_backward", k_layernorm_backward},
                                 {"linear_backward", k_linear_backward},
@@ -501,6 +595,10 @@ void l_kernels_open(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, fs, 0);
   lua_setfield(L, -2, "kernels");
+  {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    pool_install(L, n < 1 ? 1 : n > 256 ? 256 : (int)n);
+  }
   lua_pushcfunction(L, l_set_threads);
   lua_setfield(L, -2, "set_num_threads");
   lua_pushcfunction(L, l_get_threads);
