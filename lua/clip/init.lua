@@ -43,7 +43,7 @@ M.json = { decode = core.json_decode, encode = core.json_encode, null = core.jso
 
 -- Submodules, loaded on first use ------------------------------------------
 local lazy = { tokenizer = "clip.tokenizer", image = "clip.image", model = "clip.model",
-  loss = "clip.loss", optim = "clip.optim" }
+  loss = "clip.loss", optim = "clip.optim", data = "clip.data", eval = "clip.eval", search = "clip.search" }
 setmetatable(M, {
   __index = function(t, k)
     local name = lazy[k]
