@@ -814,6 +814,15 @@ int ct_preproc_check(const ct_preproc *p, const char *name, ct_err *e) {
                             p->crop_h > MAX_CFG_SIDE))
     return ct_errf(e, "%s: crop_size %dx%d is out of range (1..%d)", name, p->crop_w,
                    p->crop_h, MAX_CFG_SIDE);
+  /* each side may be in range while the area is not: refuse before a
+   * preprocess allocates the output */
+  if (p->do_center_crop && (int64_t)p->crop_w * p->crop_h > CT_IMAGE_MAX_PIXELS)
+    return ct_errf(e, "%s: crop_size %dx%d is over the limit of %lld pixels", name, p->crop_w,
+                   p->crop_h, (long long)CT_IMAGE_MAX_PIXELS);
+  if (p->do_resize && p->shortest_edge <= 0 &&
+      (int64_t)p->size_w * p->size_h > CT_IMAGE_MAX_PIXELS)
+    return ct_errf(e, "%s: size %dx%d is over the limit of %lld pixels", name, p->size_w,
+                   p->size_h, (long long)CT_IMAGE_MAX_PIXELS);
   if (p->do_rescale && !isfinite(p->rescale_factor))
     return ct_errf(e, "%s: rescale_factor is not a finite number", name);
   if (p->do_normalize)

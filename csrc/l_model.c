@@ -30,6 +30,14 @@ static l_model *check_model(lua_State *L, int idx) {
   return m;
 }
 
+/* Re-check just before the core uses the weights: reading options, building
+ * output tensors and reading id lists can run Lua code (metamethods, __gc
+ * finalizers at an allocation) that closes the model in the middle of the
+ * call; the weights may then be gone. */
+static void still_open(lua_State *L, l_model *m) {
+  if (m->closed || !m->live) luaL_error(L, "model is closed");
+}
+
 static int mc_gc(lua_State *L) {
   l_model *m = luaL_checkudata(L, 1, MODEL_MT);
   if (m->live) ct_model_free(&m->m);
@@ -221,16 +229,17 @@ static int mc_param_info(lua_State *L) {
   l_model *m = check_model(L, 1);
   lua_createtable(L, m->m.nparams, 0);
   for (int i = 0; i < m->m.nparams; i++) {
-    ct_param *p = &m->m.params[i];
+    still_open(L, m);
+    const ct_param p = m->m.params[i]; /* a copy: the loop allocates (see still_open) */
     lua_createtable(L, 0, 4);
-    set_str(L, "name", p->name);
-    set_int(L, "numel", p->numel);
-    set_str(L, "dtype", ct_dtype_name((ct_dtype)p->dtype));
-    lua_pushboolean(L, !p->owned);
+    set_str(L, "name", p.name);
+    set_int(L, "numel", p.numel);
+    set_str(L, "dtype", ct_dtype_name((ct_dtype)p.dtype));
+    lua_pushboolean(L, !p.owned);
     lua_setfield(L, -2, "mapped");
-    lua_createtable(L, p->ndim, 0);
-    for (int d = 0; d < p->ndim; d++) {
-      lua_pushinteger(L, p->shape[d]);
+    lua_createtable(L, p.ndim, 0);
+    for (int d = 0; d < p.ndim; d++) {
+      lua_pushinteger(L, p.shape[d]);
       lua_rawseti(L, -2, d + 1);
     }
     lua_setfield(L, -2, "shape");
@@ -280,6 +289,7 @@ static int mc_encode_pixels(lua_State *L) {
     cap = (int)luaL_optinteger(L, -1, -1);
     lua_pop(L, 3);
   }
+  still_open(L, m); /* the options table may have metamethods */
   int T = (c->image_size / c->patch_size) * (c->image_size / c->patch_size) + 1;
   int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden},
           sh[3] = {B, T, c->hidden};
@@ -301,6 +311,7 @@ static int mc_encode_pixels(lua_State *L) {
     lua_setfield(L, out + 1, "captured");
   }
   ct_err e;
+  still_open(L, m);
   if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -330,6 +341,7 @@ static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp) {
     for (int t = 0; t < T; t++) {
       if (t < n) {
         lua_geti(L, -1, t + 1);
+        still_open(L, m); /* a metamethod may have closed the model */
         int ok;
         lua_Integer v = lua_tointegerx(L, -1, &ok);
         if (!ok) return (luaL_error(L, "encode_texts: item %d, position %d is not an integer", b + 1, t + 1), (int32_t *)NULL);
@@ -367,6 +379,7 @@ static int mc_encode_ids(lua_State *L) {
     cap = (int)luaL_optinteger(L, -1, -1);
     lua_pop(L, 3);
   }
+  still_open(L, m); /* the id lists and options may have metamethods */
   int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden}, sh[3] = {B, T, c->hidden};
   ct_fwd_out o = {0};
   o.embeds = l_tensor_new(L, 2, se)->data;
@@ -392,6 +405,7 @@ static int mc_encode_ids(lua_State *L) {
   }
   lua_setfield(L, out + 1, "eos_index");
   ct_err e;
+  still_open(L, m);
   if (ct_encode_text(&m->m, ids, B, T, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -509,6 +523,7 @@ static int mc_forward_train(lua_State *L) {
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, TAPE_MT);
   ct_err e;
+  still_open(L, m);
   if (ct_forward_train(&m->m, vision, vision ? px->data : NULL, ids, B, T, emb->data, t, &e) != 0)
     return luaL_error(L, "%s", e.msg);
   return 2;
@@ -541,6 +556,7 @@ static int mc_project(lua_State *L) {
     return luaL_error(L, "project: expected pooled features {n,%d}", D);
   int64_t s[2] = {x->shape[0], E};
   l_tensor *o = l_tensor_new(L, 2, s);
+  still_open(L, m);
   linear_forward(o->data, x->data, vision ? m->m.vis_proj : m->m.text_proj, NULL, (int)x->shape[0], D, E);
   return 1;
 }

@@ -49,6 +49,8 @@ static l_box *push_box(lua_State *L) {
   return b;
 }
 
+/* Methods call this again after their last allocation, just before the core
+ * call: an allocation can run a __gc finalizer that closes the tokenizer. */
 static ct_bpe *check_tok(lua_State *L) {
   l_tok *u = luaL_checkudata(L, 1, L_TOKENIZER_MT);
   if (!u->t) luaL_error(L, "tokenizer: attempt to use a closed tokenizer");
@@ -92,6 +94,7 @@ static int t_encode(lua_State *L) {
   const char *s = check_text(L, 2, &len);
   int mode = opt_mode(L, 3);
   l_box *b = push_box(L);
+  t = check_tok(L);
   int32_t *ids = NULL;
   size_t n = 0;
   ct_err e;
@@ -112,6 +115,7 @@ static int t_encode_ctx(lua_State *L) {
   if (ctx < 2 || ctx > 1000000)
     return luaL_error(L, "tokenizer: context_length must be in [2, 1000000], got %d", (int)ctx);
   int32_t *out = lua_newuserdatauv(L, (size_t)ctx * sizeof *out, 0);
+  t = check_tok(L);
   int n = 0;
   ct_err e;
   if (ct_bpe_encode_ctx(t, s, len, mode, (int)ctx, out, &n, &e)) return luaL_error(L, "%s", e.msg);
@@ -131,11 +135,13 @@ static int t_decode(lua_State *L) {
     lua_Integer v = lua_tointegerx(L, -1, &isint);
     if (!isint || v < 0 || v > INT32_MAX)
       return luaL_error(L, "decode: ids[%d] is %s, expected a token id (integer 0..%d)", (int)i,
-                        isint ? "out of range" : luaL_typename(L, -1), (int)ct_bpe_vocab_size(t) - 1);
+                        isint ? "out of range" : luaL_typename(L, -1),
+                        (int)ct_bpe_vocab_size(check_tok(L)) - 1);
     ids[i - 1] = (int32_t)v;
     lua_pop(L, 1);
   }
   l_box *b = push_box(L);
+  t = check_tok(L);
   size_t len = 0;
   ct_err e;
   char *s = ct_bpe_decode_ex(t, ids, (size_t)n, skip, &len, &e);
@@ -153,6 +159,7 @@ static int t_normalize(lua_State *L) {
   const char *s = check_text(L, 2, &len);
   int mode = opt_mode(L, 3);
   l_box *b = push_box(L);
+  t = check_tok(L);
   size_t out_len = 0;
   ct_err e;
   char *out = ct_bpe_normalize(t, s, len, mode, &out_len, &e);
@@ -196,6 +203,7 @@ static int t_pre_tokenize(lua_State *L) {
   const char *s = check_text(L, 2, &len);
   int mode = opt_mode(L, 3);
   l_box *b = push_box(L);
+  t = check_tok(L);
   piece_list pl = {0};
   ct_err e;
   int r = ct_bpe_pre_tokenize(t, s, len, mode, gather_piece, &pl, &e);

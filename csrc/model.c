@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "kernels.h"
 
@@ -465,6 +466,9 @@ int ct_model_find(const char *dir, ct_model_paths *p, ct_err *e) {
   memset(p, 0, sizeof *p);
   char mod[1100];
   if (strlen(dir) >= sizeof p->root) return ct_errf(e, "%s: path too long", dir);
+  struct stat st;
+  if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+    return ct_errf(e, "%s: not a directory (expected a model directory holding config.json)", dir);
   snprintf(p->root, sizeof p->root, "%s", dir);
   if (ct_path_join(mod, sizeof mod, dir, "modules.json") == 0 && ct_file_exists(mod)) {
     cJSON *mj;
@@ -497,10 +501,14 @@ int ct_model_find(const char *dir, ct_model_paths *p, ct_err *e) {
       ct_path_join(p->vocab, sizeof p->vocab, p->root, "vocab.json") ||
       ct_path_join(p->merges, sizeof p->merges, p->root, "merges.txt"))
     return ct_errf(e, "%s: path too long", dir);
+  if (stat(p->config, &st) == 0 && S_ISDIR(st.st_mode))
+    return ct_errf(e, "%s: is a directory, expected a file", p->config);
   if (!ct_file_exists(p->config))
     return ct_errf(e, "%s: missing config.json (expected a Hugging Face CLIP directory or a sentence-transformers directory with modules.json)",
                    p->root);
   ct_path_join(p->weights, sizeof p->weights, p->root, "model.safetensors");
+  if (stat(p->weights, &st) == 0 && S_ISDIR(st.st_mode))
+    return ct_errf(e, "%s: is a directory, expected a file", p->weights);
   if (!ct_file_exists(p->weights)) {
     ct_path_join(p->weights, sizeof p->weights, p->root, "model.safetensors.index.json");
     if (!ct_file_exists(p->weights)) {

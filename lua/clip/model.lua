@@ -131,6 +131,7 @@ end
 
 --- Tokenize one text -> id list (with start/end tokens, truncated to the context length).
 function Model:tokenize(text)
+  if self.core:is_closed() then error("model is closed", 2) end
   if not self.tokenizer then error("model was loaded without a tokenizer", 2) end
   return self.tokenizer:encode(text, { context_length = self.config.text_config.max_position_embeddings })
 end
@@ -154,6 +155,7 @@ end
 --- Embed images: a list of paths or clip.Image, or a preprocessed {n,3,N,N} Tensor.
 -- opts: normalize (false), batch_size (32). Returns Tensor {n, projection_dim}.
 function Model:encode_images(images, opts)
+  if self.core:is_closed() then error("encode_images: model is closed", 2) end
   opts = opts or {}
   local bs = opts.batch_size or 32
   if is_tensor(images) then
@@ -190,6 +192,7 @@ end
 --- Embed texts: a list of strings or of token-id lists.
 -- opts: normalize (false), batch_size (32). Returns Tensor {n, projection_dim}.
 function Model:encode_texts(texts, opts)
+  if self.core:is_closed() then error("encode_texts: model is closed", 2) end
   opts = opts or {}
   local bs = opts.batch_size or 32
   if type(texts) == "string" then texts = { texts } end
