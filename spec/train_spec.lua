@@ -252,3 +252,20 @@ describe("saving", function()
     m:close()
   end)
 end)
+
+describe("losses on raw strings", function()
+  it("tokenizes texts when the text tower is trainable below the projection", function()
+    local m = clip.load(H.fixtures .. "models/tiny")
+    local ref = clip.load_safetensors(H.fixtures .. "models/tiny/reference.safetensors")
+    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
+    local texts = { "a photo of a cat", "a dog", "a red car" }
+    local v1 = loss:backward({ anchor = ref.pixel_values, positive = texts })
+    local ids = {}
+    for i, t in ipairs(texts) do ids[i] = m:tokenize(t) end
+    m:zero_grad()
+    local v2 = loss:backward({ anchor = ref.pixel_values, positive = ids })
+    assert.equal(v1, v2)
+    assert.is_not_nil(m.core:grad("text_model.encoder.layers.0.mlp.fc1.weight"))
+    m:close()
+  end)
+end)

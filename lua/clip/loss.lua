@@ -92,7 +92,19 @@ function Loss:_encode(kind, items, want_grad)
   if want_grad and tr.below_projection then
     self.cache[kind] = {} -- weights below change: nothing cached is valid
     local input = items
-    if vision and not is_tensor(items) then input = model.processor:preprocess_batch(items) end
+    if vision and not is_tensor(items) then
+      input = model.processor:preprocess_batch(items)
+    elseif not vision then
+      input = {}
+      for i, x in ipairs(items) do
+        if type(x) == "string" then
+          if not model.tokenizer then error("loss: texts given but the model has no tokenizer; pass id lists", 4) end
+          input[i] = model:tokenize(x)
+        else
+          input[i] = x
+        end
+      end
+    end
     local emb, tape = mc:forward_train(input)
     return emb, function(d) mc:backward(tape, d) end
   end
