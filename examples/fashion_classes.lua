@@ -36,29 +36,25 @@ M.eval_templates = {
 M.folders = { "0_t-shirt", "1_trousers", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
   "7_sneaker", "8_bag", "9_ankle_boot" }
 
--- product-listing titles, a wording never used in pretraining: the fine-tuning
--- demo learns to match them (the seed's title/thumbnail task)
-M.titles = {
-  { "Essential crew neck cotton tee", "Graphic print short sleeve tee", "Relaxed fit everyday tee",
-    "Soft jersey basic tee for summer" },
-  { "Slim fit chino trousers", "High waisted wide leg trousers", "Classic straight leg denim",
-    "Tailored pleated office trousers" },
-  { "Chunky cable knit jumper", "Cozy crew neck wool pullover", "Fine knit merino sweater",
-    "Oversized ribbed knit jumper" },
-  { "Floral wrap midi dress", "Sleeveless evening cocktail dress", "Flowy maxi dress for summer",
-    "Little black party dress" },
-  { "Double breasted wool overcoat", "Quilted puffer coat with hood", "Classic trench coat",
-    "Warm padded parka for winter" },
-  { "Strappy leather summer sandals", "Beach slides with cushioned sole", "Flat gladiator sandals",
-    "Open toe platform sandals" },
-  { "Oxford button down office shirt", "Slim fit poplin dress shirt", "Checked flannel shirt",
-    "Linen shirt with long sleeves" },
-  { "Lightweight mesh running trainers", "Classic white leather sneakers", "Retro low top court shoes",
-    "Breathable knit sports trainers" },
-  { "Leather crossbody handbag", "Canvas shopper tote", "Quilted chain shoulder bag",
-    "Compact clutch purse" },
-  { "Chelsea ankle boots in suede", "Lace up leather ankle boots", "Block heel ankle booties",
-    "Zip side ankle boots" },
-}
+-- Product-listing titles for the fine-tuning demo: "{shade} {word}{detail}".
+-- The shade is read off the image (its mean brightness), so it is grounded:
+-- pretraining used shade words at random ("a dark {}"), the fine-tuning data
+-- teaches what they mean. Half the negatives are the same item in another
+-- shade, so the model must learn the attribute to tell them apart.
+M.shades = { "black", "dark grey", "light grey", "white" }
+M.title_details = { "", ", size M", ", size S", " for women", " for men", " (new season)", " - bestseller",
+  ", free delivery", ", slim fit", ", classic cut" }
+
+--- shade index (1..4) of a 28x28 image from its mean pixel value (0..255),
+-- thresholds at the quartiles of the training set's item brightness
+function M.shade_of(mean, q)
+  if mean < q[1] then return 1 elseif mean < q[2] then return 2 elseif mean < q[3] then return 3 end
+  return 4
+end
+
+function M.title(c, shade, rng)
+  local words = M.train_words[c]
+  return M.shades[shade] .. " " .. words[rng:random(#words)] .. M.title_details[rng:random(#M.title_details)]
+end
 
 return M

@@ -75,23 +75,47 @@ for c = 1, 10 do
   end
 end
 local n_train = export("train", img, lab, picks)
--- title triplets: images from the training pool, a title of their class and
--- one of another class; 70% train, 15% valid, 15% test
+-- title triplets: images from the training pool; the title names the item's
+-- class and its shade (read off the pixels); the negative is the same kind of
+-- item in another shade (half the rows) or another item; 70/15/15 split
+local H, W = img:size(2), img:size(3)
+local function brightness(r) -- mean over the item's own pixels (non-zero)
+  local s, n = 0, 0
+  for _, row in ipairs(img[r]:totable()) do
+    for _, v in ipairs(row) do if v > 0 then s, n = s + v, n + 1 end end
+  end
+  return n > 0 and s / n or 0
+end
+local sample = {}
+for k = 1, 2000 do sample[k] = brightness(rng:random(img:size(1))) end
+table.sort(sample)
+local q = { sample[500], sample[1000], sample[1500] }
 local rows = { "image,title,negative,split" }
-local title_imgs = {}
+local title_imgs, used_titles = {}, {}
 for k = 1, opts["title-rows"] do
   local c = (k - 1) % 10 + 1
   local r
   repeat r = by_class[c][rng:random(#by_class[c])] until not used[r]
   used[r] = true
   title_imgs[#title_imgs + 1] = r
-  local t = fashion.titles[c][rng:random(#fashion.titles[c])]
-  local oc = rng:random(9)
-  if oc >= c then oc = oc + 1 end
-  local neg = fashion.titles[oc][rng:random(#fashion.titles[oc])]
+  local shade = fashion.shade_of(brightness(r), q)
+  local t
+  repeat t = fashion.title(c, shade, rng) until not used_titles[t]
+  used_titles[t] = true
+  local neg
+  if k % 2 == 0 then
+    local other = rng:random(3)
+    if other >= shade then other = other + 1 end
+    neg = fashion.title(c, other, rng)
+  else
+    local oc = rng:random(9)
+    if oc >= c then oc = oc + 1 end
+    neg = fashion.title(oc, rng:random(4), rng)
+  end
   local split = k <= opts["title-rows"] * 0.7 and "train" or (k <= opts["title-rows"] * 0.85 and "valid" or "test")
   rows[#rows + 1] = ('titles/%s/%05d.png,"%s","%s",%s'):format(fashion.folders[c], r, t, neg, split)
 end
+local _ = W + H
 export("titles", img, lab, title_imgs)
 assert(core.write_file(opts.out .. "/titles.csv", table.concat(rows, "\n") .. "\n"))
 io.stderr:write(("exported %d test images, %d training images, %d title rows to %s in %ds\n"):format(
