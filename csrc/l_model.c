@@ -580,7 +580,32 @@ static int mc_project_backward(lua_State *L) {
   return 0;
 }
 
+/* m:encode_ref(pixels | id lists) -> embeds from the naive twin of the tower */
+static int mc_encode_ref(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  l_tensor *px = l_totensor(L, 2);
+  ct_err e;
+  int64_t se[2] = {0, m->m.cfg.projection_dim};
+  if (px) {
+    const ct_tower_cfg *c = &m->m.cfg.vision;
+    if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
+        px->shape[3] != c->image_size || px->shape[0] < 1)
+      return luaL_error(L, "encode_ref: expected pixels {n,%d,%d,%d}", c->channels, c->image_size, c->image_size);
+    se[0] = px->shape[0];
+    l_tensor *o = l_tensor_new(L, 2, se);
+    if (ct_encode_image_ref(&m->m, px->data, (int)se[0], o->data, &e) != 0) return luaL_error(L, "%s", e.msg);
+    return 1;
+  }
+  int B, T;
+  int32_t *ids = check_ids(L, m, 2, &B, &T);
+  se[0] = B;
+  l_tensor *o = l_tensor_new(L, 2, se);
+  if (ct_encode_text_ref(&m->m, ids, B, T, o->data, &e) != 0) return luaL_error(L, "%s", e.msg);
+  return 1;
+}
+
 static const luaL_Reg methods[] = {
+    {"encode_ref", mc_encode_ref},
     {"close", mc_close},           {"is_closed", mc_is_closed},
     {"config", mc_config},         {"config_json", mc_config_json},
     {"param_info", mc_param_info}, {"param", mc_param},

@@ -110,6 +110,9 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
 /* ids: [B, T] int32 (padded); every id must be < vocab. */
 int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
                    ct_err *e);
+/* Naive twins of the two towers (encoder_ref.c): embeddings only, T <= 1024. */
+int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e);
+int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, float *embeds, ct_err *e);
 /* Index of the pooled (EOS) token of one sequence, as transformers does. */
 int ct_text_eos_index(const ct_config *c, const int32_t *ids, int T);
 

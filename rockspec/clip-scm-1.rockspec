@@ -35,6 +35,7 @@ build = {
             "csrc/bpe.c",
             "csrc/capi.c",
             "csrc/encoder.c",
+            "csrc/encoder_ref.c",
             "csrc/gemm.c",
             "csrc/image.c",
             "csrc/k_act.c",

@@ -50,6 +50,13 @@ describe("model parity with PyTorch", function()
         H.assert_close(ex.captured, ref.vision_hidden_1, { atol = ATOL, label = "vision_hidden_1" })
       end)
 
+      it("equals the naive twin of both towers (encoder_ref.c)", function()
+        H.assert_close(model.core:encode_pixels(ref.pixel_values), model.core:encode_ref(ref.pixel_values),
+          { atol = 2e-5, label = "fast vs naive image tower" })
+        H.assert_close(model.core:encode_ids(js.input_ids), model.core:encode_ref(js.input_ids),
+          { atol = 2e-5, label = "fast vs naive text tower" })
+      end)
+
       it("embeds token ids (projection, pooled, hidden states)", function()
         local emb = model:encode_texts(js.input_ids)
         H.assert_close(emb, ref.text_embeds, { atol = ATOL, label = name .. " text_embeds" })
@@ -251,26 +258,28 @@ describe("model loading", function()
 end)
 
 describe("ViT-B/32 shapes #slow", function()
-  it("runs the full-size towers and matches the naive kernels on one block", function()
-    local cfg = { projection_dim = 512, text_config = {}, vision_config = {} }
-    local m = clip.model.wrap(clip.core.model_new(clip.json.encode(cfg)))
-    -- random weights
+  it("the fast towers equal their naive twins at ViT-B/32 shapes (224px, 50 tokens, 77-token text)", function()
+    local m = clip.model.new({ projection_dim = 512, text_config = {}, vision_config = {} }, { seed = 1 })
+    -- non-trivial LayerNorm and bias values, as the fixtures use
     for _, p in ipairs(m:parameter_info()) do
       local t = m:param(p.name)
-      t:copy(clip.randn(p.shape, #p.name) * 0.02)
-      if p.name:match("layer_?norm%d?%.weight$") or p.name:match("layrnorm%.weight$") then t:fill(1) end
+      if p.name:match("norm%d?%.weight$") or p.name:match("layrnorm%.weight$") then
+        t:copy(clip.randn(p.shape, 7) * 0.1 + 1)
+      elseif p.name:match("%.bias$") then
+        t:copy(clip.randn(p.shape, 8) * 0.05)
+      end
     end
     local px = clip.randn({ 2, 3, 224, 224 }, 1)
-    local e = m:encode_images(px)
-    assert.same({ 2, 512 }, e:shape())
-    local t = m:encode_texts({ { 49406, 320, 1125, 539, 320, 2368, 49407 } })
-    assert.same({ 1, 512 }, t:shape())
-    -- check a block at these shapes: linear of the real fc1 against its twin
-    local K = clip.core.kernels
-    local x = clip.randn({ 50, 768 }, 2)
-    local w = m:param("vision_model.encoder.layers.0.mlp.fc1.weight")
-    local b = m:param("vision_model.encoder.layers.0.mlp.fc1.bias")
-    H.assert_close(K.linear(x, w, b), K.linear(x, w, b, true), { atol = 1e-4 })
+    local fast = m.core:encode_pixels(px)
+    local naive = m.core:encode_ref(px)
+    assert.same({ 2, 512 }, fast:shape())
+    H.assert_close(fast, naive, { atol = 1e-4, rtol = 1e-4, label = "B/32 image tower" })
+    local ids = { 49406 }
+    for i = 2, 76 do ids[i] = (i * 7919) % 49000 + 1 end
+    ids[77] = 49407
+    local short = { 49406, 320, 1125, 539, 320, 2368, 49407 }
+    H.assert_close(m.core:encode_ids({ ids, short }), m.core:encode_ref({ ids, short }),
+      { atol = 1e-4, rtol = 1e-4, label = "B/32 text tower" })
     m:close()
   end)
 end)

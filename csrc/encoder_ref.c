@@ -1,0 +1,98 @@
+/* encoder_ref.c - the naive twin of the two towers (encoder.c): the same
+ * forward built only from the kernels' *_ref twins (plain loops, double
+ * accumulation), full sequence length, no threads, no shortcuts. The specs
+ * compare the fast towers against it (spec/model_spec.lua, and at ViT-B/32
+ * shapes in the slow check). T <= 1024. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "model.h"
+
+static void block_ref(float *h, float *x, float *q, float *k, float *v, float *att, float *mlp,
+                      const ct_block_w *b, const ct_tower_cfg *c, int B, int T, int causal) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  layernorm_forward_ref(x, h, b->ln1_w, b->ln1_b, N, D, c->eps);
+  linear_forward_ref(q, x, b->q_w, b->q_b, N, D, D);
+  linear_forward_ref(k, x, b->k_w, b->k_b, N, D, D);
+  linear_forward_ref(v, x, b->v_w, b->v_b, N, D, D);
+  attention_forward_ref(att, q, k, v, B, T, D, c->heads, causal);
+  linear_forward_ref(x, att, b->o_w, b->o_b, N, D, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
+  layernorm_forward_ref(x, h, b->ln2_w, b->ln2_b, N, D, c->eps);
+  linear_forward_ref(mlp, x, b->fc1_w, b->fc1_b, N, D, I);
+  act_forward_ref(mlp, mlp, (int64_t)N * I, c->act);
+  linear_forward_ref(x, mlp, b->fc2_w, b->fc2_b, N, I, D);
+  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
+}
+
+static float *alloc_ws(size_t N, int D, int I, float **h, float **x, float **q, float **k,
+                       float **v, float **att, float **mlp) {
+  size_t nd = N * (size_t)D;
+  float *m = malloc((6 * nd + N * (size_t)I) * sizeof(float));
+  if (!m) return NULL;
+  *h = m; *x = m + nd; *q = m + 2 * nd; *k = m + 3 * nd; *v = m + 4 * nd; *att = m + 5 * nd;
+  *mlp = m + 6 * nd;
+  return m;
+}
+
+int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e) {
+  const ct_tower_cfg *c = &m->cfg.vision;
+  int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
+  int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
+  if (T > 1024) return ct_errf(e, "encode_image_ref: %d tokens (the twin handles <= 1024)", T);
+  float *h, *x, *q, *k, *v, *att, *mlp;
+  size_t N = (size_t)B * T;
+  float *mem = alloc_ws(N, D, c->inter, &h, &x, &q, &k, &v, &att, &mlp);
+  float *cols = malloc(sizeof(float) * (size_t)NP * K), *pe = malloc(sizeof(float) * (size_t)NP * D);
+  if (!mem || !cols || !pe) {
+    free(mem); free(cols); free(pe);
+    return ct_errf(e, "out of memory");
+  }
+  for (int b = 0; b < B; b++) {
+    for (int gi = 0; gi < g; gi++)
+      for (int gj = 0; gj < g; gj++)
+        for (int ch = 0; ch < C; ch++)
+          for (int u = 0; u < p; u++)
+            for (int w = 0; w < p; w++)
+              cols[((size_t)gi * g + gj) * K + (ch * p + u) * p + w] =
+                  pixels[(((size_t)b * C + ch) * S + gi * p + u) * S + gj * p + w];
+    linear_forward_ref(pe, cols, m->patch_w, NULL, NP, K, D);
+    float *hb = h + (size_t)b * T * D;
+    for (int j = 0; j < D; j++) hb[j] = m->cls_emb[j] + m->vpos_emb[j];
+    for (int t = 1; t < T; t++)
+      for (int j = 0; j < D; j++)
+        hb[(size_t)t * D + j] = pe[(size_t)(t - 1) * D + j] + m->vpos_emb[(size_t)t * D + j];
+  }
+  memcpy(x, h, sizeof(float) * N * D);
+  layernorm_forward_ref(h, x, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
+  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->vblocks[l], c, B, T, 0);
+  for (int b = 0; b < B; b++)
+    layernorm_forward_ref(q + (size_t)b * D, h + (size_t)b * T * D, m->post_ln_w, m->post_ln_b, 1, D, c->eps);
+  linear_forward_ref(embeds, q, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
+  free(mem); free(cols); free(pe);
+  return 0;
+}
+
+int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, float *embeds, ct_err *e) {
+  const ct_tower_cfg *c = &m->cfg.text;
+  int D = c->hidden;
+  if (T > c->max_pos || T > 1024) return ct_errf(e, "encode_text_ref: %d tokens", T);
+  for (int64_t i = 0; i < (int64_t)B * T; i++)
+    if (ids[i] < 0 || ids[i] >= c->vocab) return ct_errf(e, "encode_text_ref: id %d outside the vocabulary", ids[i]);
+  float *h, *x, *q, *k, *v, *att, *mlp;
+  size_t N = (size_t)B * T;
+  float *mem = alloc_ws(N, D, c->inter, &h, &x, &q, &k, &v, &att, &mlp);
+  if (!mem) return ct_errf(e, "out of memory");
+  for (size_t r = 0; r < N; r++)
+    for (int j = 0; j < D; j++)
+      h[r * D + j] = m->tok_emb[(size_t)ids[r] * D + j] + m->tpos_emb[(size_t)(r % T) * D + j];
+  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->tblocks[l], c, B, T, 1);
+  for (int b = 0; b < B; b++) {
+    int t = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
+    layernorm_forward_ref(q + (size_t)b * D, h + ((size_t)b * T + t) * D, m->final_ln_w, m->final_ln_b, 1, D, c->eps);
+  }
+  linear_forward_ref(embeds, q, m->text_proj, NULL, B, D, m->cfg.projection_dim);
+  free(mem);
+  return 0;
+}
