@@ -18,6 +18,7 @@
 #include "ct.h"
 #include "image.h"
 #include "model.h"
+#include "pool.h"
 #include "tensor.h"
 
 #define BATCH 32
@@ -264,6 +265,7 @@ int clip_encode_pixels(const clip_model *cm, const float *pixels, int n, float *
   ct_fwd_out o = {0};
   o.embeds = out;
   ct_err e;
+  ct_pool_make_current(NULL); /* never a pool a Lua state left current */
   if (ct_encode_image(&cm->m, pixels, n, &o, &e) != 0) return fail(err, errlen, e.msg);
   finish(cm, out, n, flags);
   return CLIP_OK;
@@ -277,6 +279,7 @@ int clip_encode_ids(const clip_model *cm, const int32_t *ids, int n, int len, fl
   ct_fwd_out o = {0};
   o.embeds = out;
   ct_err e;
+  ct_pool_make_current(NULL); /* never a pool a Lua state left current */
   if (ct_encode_text(&cm->m, ids, n, len, &o, &e) != 0) return fail(err, errlen, e.msg);
   finish(cm, out, n, flags);
   return CLIP_OK;
@@ -310,6 +313,7 @@ int clip_encode_image_files(const clip_model *cm, const char *const *paths, int 
     if (rc != CLIP_OK) break;
     ct_fwd_out o = {0};
     o.embeds = out + (size_t)a * cm->m.cfg.projection_dim;
+    ct_pool_make_current(NULL); /* never a pool a Lua state left current */
     if (ct_encode_image(&cm->m, px, k, &o, &e) != 0) rc = fail(err, errlen, e.msg);
   }
   free(px);
@@ -354,6 +358,7 @@ int clip_encode_texts(clip_model *cm, const char *const *texts, int n, float *ou
     }
     ct_fwd_out o = {0};
     o.embeds = out + (size_t)a * cm->m.cfg.projection_dim;
+    ct_pool_make_current(NULL); /* never a pool a Lua state left current */
     if (ct_encode_text(&cm->m, ids, k, T, &o, &e) != 0) rc = fail(err, errlen, e.msg);
   }
   free(ids);

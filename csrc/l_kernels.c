@@ -527,6 +527,12 @@ static ct_pool *pool_get(lua_State *L) {
   return p;
 }
 
+/* Make this lua_State's pool current for the calling OS thread. Every binding
+ * that runs heavy kernels calls it first, so a pool pointer left current by
+ * another state (or by a state since closed from another thread) is never
+ * used. */
+void l_pool_enter(lua_State *L) { ct_pool_make_current(pool_get(L)); }
+
 /* clip.set_num_threads(n): the pool's size (n >= 1; 1 runs everything in the caller) */
 /* kernels.gemm_nt(a, b [, ref [, c, alpha, beta]]) -> alpha a b^T + beta c with gemm.c's kernel
  * in the calling thread (ref: its naive twin); a {M,K}, b {N,K}, c {M,N} (a new tensor when

@@ -264,6 +264,7 @@ static int mc_param(lua_State *L) {
  * -> embeds {B,E}, extras table */
 static int mc_encode_pixels(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   l_tensor *px = l_checktensor(L, 2);
   const ct_tower_cfg *c = &m->m.cfg.vision;
   char sb[128];
@@ -366,6 +367,7 @@ static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp) {
  * changes nothing). Ids are 0-based token ids as in vocab.json. */
 static int mc_encode_ids(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   const ct_tower_cfg *c = &m->m.cfg.text;
   int B, T;
   int32_t *ids = check_ids(L, m, 2, &B, &T);
@@ -502,6 +504,7 @@ static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp);
 /* m:forward_train(pixels {B,3,S,S} | id lists) -> embeds {B,E}, tape */
 static int mc_forward_train(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   l_tensor *px = l_totensor(L, 2);
   int vision = px != NULL, B, T = 0;
   const int32_t *ids = NULL;
@@ -532,6 +535,7 @@ static int mc_forward_train(lua_State *L) {
 /* m:backward(tape, dembeds {B,E}) - accumulate parameter gradients */
 static int mc_backward(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   ct_tape *t = luaL_checkudata(L, 2, TAPE_MT);
   l_tensor *d = l_checktensor(L, 3);
   if (!t->mem) return luaL_error(L, "backward: the tape was already used or freed");
@@ -549,6 +553,7 @@ static int mc_backward(lua_State *L) {
 /* m:project(pooled {B,D}, "vision"|"text") -> embeds {B,E} */
 static int mc_project(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   l_tensor *x = l_checktensor(L, 2);
   int vision = strcmp(luaL_checkstring(L, 3), "vision") == 0;
   int D = vision ? m->m.cfg.vision.hidden : m->m.cfg.text.hidden, E = m->m.cfg.projection_dim;
@@ -564,6 +569,7 @@ static int mc_project(lua_State *L) {
 /* m:project_backward(pooled {B,D}, dembeds {B,E}, "vision"|"text") */
 static int mc_project_backward(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   l_tensor *x = l_checktensor(L, 2), *d = l_checktensor(L, 3);
   int vision = strcmp(luaL_checkstring(L, 4), "vision") == 0;
   int D = vision ? m->m.cfg.vision.hidden : m->m.cfg.text.hidden, E = m->m.cfg.projection_dim;
@@ -583,6 +589,7 @@ static int mc_project_backward(lua_State *L) {
 /* m:encode_ref(pixels | id lists) -> embeds from the naive twin of the tower */
 static int mc_encode_ref(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   l_tensor *px = l_totensor(L, 2);
   ct_err e;
   int64_t se[2] = {0, m->m.cfg.projection_dim};

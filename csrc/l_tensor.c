@@ -13,6 +13,7 @@
 
 #include "blas.h"
 #include "tensor.h"
+#include "lclip.h"
 
 #define MAX_NUMEL ((int64_t)1 << 36)
 
@@ -511,6 +512,7 @@ static int m_add_(lua_State *L) {
 
 /* clip.matmul(a, b [, {transpose_a=, transpose_b=}]) for 2-D (or 1-D) tensors */
 static int t_matmul(lua_State *L) {
+  l_pool_enter(L);
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   int ta = 0, tb = 0;
   if (lua_istable(L, 3)) {
@@ -614,6 +616,7 @@ static int m_normalize(lua_State *L) {
 
 /* clip.cosine_similarity(a, b) -> {n, m} */
 static int t_cosine(lua_State *L) {
+  l_pool_enter(L);
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   if (a->ndim < 1 || a->ndim > 2 || b->ndim < 1 || b->ndim > 2 ||
       a->shape[a->ndim - 1] != b->shape[b->ndim - 1]) {

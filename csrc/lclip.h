@@ -18,4 +18,8 @@ void l_png_open(lua_State *L);
 void l_eval_open(lua_State *L);
 void l_idx_open(lua_State *L);
 
+/* Make the calling state's thread pool current (l_kernels.c); call at the
+ * start of every binding that runs heavy kernels. */
+void l_pool_enter(lua_State *L);
+
 #endif

@@ -3,6 +3,9 @@
  * Kernels find the pool through a per-OS-thread "current pool" pointer: whoever owns a pool
  * (the Lua module keeps one per lua_State in the registry; a C host creates its own) makes it
  * current in the thread that calls the encoders, and the kernels split their work over it.
+ * The Lua bindings make their state's pool current at the start of every heavy call
+ * (l_pool_enter) and the C API sets none, so a pointer left behind by another state - or
+ * by a state closed from another thread - is never used.
  * No current pool: everything runs in the calling thread (OpenBLAS keeps whatever thread count
  * the host gave it). Pool workers have no current pool, so nested calls run serially.
  *
