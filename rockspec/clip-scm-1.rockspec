@@ -75,6 +75,7 @@ build = {
       ["clip.cli"] = "lua/clip/cli.lua",
       ["clip.data"] = "lua/clip/data.lua",
       ["clip.eval"] = "lua/clip/eval.lua",
+      ["clip.guard"] = "lua/clip/guard.lua",
       ["clip.image"] = "lua/clip/image.lua",
       ["clip.loss"] = "lua/clip/loss.lua",
       ["clip.model"] = "lua/clip/model.lua",
