@@ -72,6 +72,7 @@ build = {
       },
       ["clip"] = "lua/clip/init.lua",
       ["clip.chart"] = "lua/clip/chart.lua",
+      ["clip.checkpoint"] = "lua/clip/checkpoint.lua",
       ["clip.cli"] = "lua/clip/cli.lua",
       ["clip.data"] = "lua/clip/data.lua",
       ["clip.eval"] = "lua/clip/eval.lua",

@@ -269,3 +269,37 @@ describe("losses on raw strings", function()
     m:close()
   end)
 end)
+
+describe("checkpoints", function()
+  it("a run saved at step 3 and resumed equals the straight 6-step run", function()
+    local cfg = js.optim.trainer_proj
+    local function run(steps_a, ckpt, steps_b)
+      local m = load("projections")
+      local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
+      local opt = clip.optim.AdamW(m, { lr = cfg.lr, weight_decay = 0.01 })
+      local sched = clip.optim.LinearSchedule(opt, { warmup = 0, total = 6 })
+      local start = 1
+      if ckpt and not steps_a then
+        start = clip.checkpoint.load(ckpt, { model = m, optimizer = opt, scheduler = sched }) + 1
+      end
+      for step = start, steps_a or steps_b do
+        loss:backward(make_batch("mnrl"))
+        clip.optim.clip_grad_norm(opt, 1.0)
+        opt:step(); sched:step(); opt:zero_grad()
+      end
+      if ckpt and steps_a then clip.checkpoint.save(ckpt, { model = m, optimizer = opt, scheduler = sched, step = steps_a }) end
+      return m
+    end
+    local tmp = H.tmpdir()
+    local straight = run(6)
+    run(3, tmp .. "/ck")
+    local resumed = run(nil, tmp .. "/ck", 6)
+    for _, name in ipairs({ "visual_projection.weight", "text_projection.weight" }) do
+      H.assert_close(resumed:param(name), straight:param(name), { atol = 0, label = "resumed " .. name })
+    end
+    -- the saved model directory is a normal HF directory
+    local m3 = clip.load(tmp .. "/ck/model", { tokenizer = false })
+    m3:close()
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+end)
