@@ -1,0 +1,75 @@
+--- bench/train_step.lua - one training step at ViT-B/32 shapes (batch 16:
+-- 16 images, 16 positive and 16 negative captions of ~15 tokens, MNRL), for
+-- each freezing choice (images are PNG paths: decoding and preprocessing
+-- count in the naive case):
+--   proj-naive   projections trainable, frozen features re-encoded every step
+--   proj-cached  projections trainable, pooled features from the loss's cache
+--   last2        the last 2 blocks of both towers (+ final norms, projections)
+--   full         every parameter
+-- forward + backward + clip_grad_norm + AdamW step + zero_grad, wall time,
+-- median of --rounds (default 3) after one warm-up step.
+--   lua5.4 bench/train_step.lua [bench/models/b32] [--rounds N]
+local clip = require "clip"
+
+local dir, rounds = "bench/models/b32", 3
+local i = 1
+while i <= #arg do
+  if arg[i] == "--rounds" then rounds = tonumber(arg[i + 1]); i = i + 1 else dir = arg[i] end
+  i = i + 1
+end
+
+local function now()
+  return clip.core.clock and clip.core.clock() or os.clock()
+end
+
+local model = clip.load(dir, { tokenizer = false })
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local px = {}
+for b = 1, 16 do px[b] = ("%sout/data/img%02d.png"):format(here, b) end -- from bench/make_data.lua
+local function caps(seed)
+  local out = {}
+  for b = 1, 16 do
+    local ids = { 49406 }
+    for t = 2, 14 do ids[t] = (b * 7919 + t * 104729 + seed) % 49000 + 1 end
+    ids[15] = 49407
+    out[b] = ids
+  end
+  return out
+end
+local batch = { anchor = px, positive = caps(1), negative = caps(2) }
+local MOD = { modalities = { anchor = "image", positive = "text", negative = "text" } }
+
+local cases = {
+  { "proj-naive", function(m) m:train_only({ "projection" }) end, true },
+  { "proj-cached", function(m) m:train_only({ "projection" }) end, false },
+  { "last2", function(m)
+      m:train_only({ "projection", "post_layernorm", "final_layer_norm" })
+      m:set_trainable("^vision_model%.encoder%.layers%.1[01]%.", true)
+      m:set_trainable("^text_model%.encoder%.layers%.1[01]%.", true)
+    end, false },
+  { "full", function(m) for _, p in m:named_parameters() do p.requires_grad = true end end, false },
+}
+
+io.write(("one training step at ViT-B/32 shapes, batch 16, %d threads, median of %d\n"):format(
+  clip.get_num_threads(), rounds))
+for _, c in ipairs(cases) do
+  c[2](model)
+  local loss = clip.loss.MultipleNegativesRankingLoss(model, MOD)
+  local opt = clip.optim.AdamW(model, { lr = 1e-5, weight_decay = 0 })
+  local function one()
+    if c[3] then loss:clear_cache() end
+    local t0 = now()
+    loss:backward(batch)
+    clip.optim.clip_grad_norm(opt, 1.0)
+    opt:step()
+    opt:zero_grad()
+    return now() - t0
+  end
+  one() -- warm-up (fills the cache for proj-cached)
+  local ts = {}
+  for r = 1, rounds do ts[r] = one() end
+  table.sort(ts)
+  local _, trainable = model:count_parameters()
+  io.write(("%-12s %8.3f s   (%d trainable parameters)\n"):format(c[1], ts[(#ts + 1) // 2], trainable))
+  io.flush()
+end
