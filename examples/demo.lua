@@ -99,4 +99,5 @@ step("text search over the test images",
     lua, root, sh(data .. "/test"), sh(model), sh(runs .. "/test.index"), q,
     lua, root, sh(model), sh(runs .. "/test.index"), sh("a pair of running shoes")))
 
-io.stdout:write(("\ndemo finished in %d s; charts and logs are in %s\n"):format(os.time() - t_start, runs))
+io.stdout:write(("\ndemo finished in %d s\ncharts: %s/pretraining.png (pretraining loss), %s/titles/chart.png (fine-tuning)\n")
+  :format(os.time() - t_start, model, runs))

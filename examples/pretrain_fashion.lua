@@ -105,6 +105,7 @@ local order = {}
 for i = 1, N do order[i] = i end
 
 local step = 0
+local loss_points, temp_points = {}, {}
 for epoch = 1, opts.epochs do
   for i = N, 2, -1 do -- Fisher-Yates, seeded
     local j = math.random(i)
@@ -129,6 +130,10 @@ for epoch = 1, opts.epochs do
     opt:zero_grad()
     step = step + 1
     sum, n = sum + v, n + 1
+    if step % 10 == 0 then
+      loss_points[#loss_points + 1] = { step, v }
+      temp_points[#temp_points + 1] = { step, math.exp(model.logit_scale) }
+    end
     if not opts.quiet and (s % 20 == 0 or s == steps_per_epoch) then
       io.stderr:write(("\repoch %d/%d  step %d/%d  loss %.4f  lr %.2e  T %.1f  %.0fs"):format(
         epoch, opts.epochs, s, steps_per_epoch, sum / n, opt.lr, math.exp(model.logit_scale), os.time() - wall0))
@@ -139,4 +144,13 @@ end
 
 -- Save ----------------------------------------------------------------------------
 model:save(opts.out)
-log("saved %s (%d steps, %.0f s wall, %.0f s cpu)\n", opts.out, step, os.time() - wall0, os.clock() - t0)
+local ok, err = pcall(require("clip.chart").write, opts.out .. "/pretraining.png", {
+  title = "pretraining on Fashion-MNIST (CLIPLoss)",
+  panels = {
+    { title = "loss", x_label = "step", series = { { name = "train loss", points = loss_points } } },
+    { title = "temperature exp(logit_scale)", x_label = "step",
+      series = { { name = "exp(logit_scale)", points = temp_points } } },
+  },
+})
+if not ok then log("chart not written: %s\n", tostring(err)) end
+log("saved %s and its loss chart pretraining.png (%d steps, %.0f s wall, %.0f s cpu)\n", opts.out, step, os.time() - wall0, os.clock() - t0)
