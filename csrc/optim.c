@@ -6,16 +6,21 @@
 
 void ct_adamw_step(float *p, float *m, float *v, const float *g, int64_t n, double lr,
                    double b1, double b2, double eps, double wd, int64_t t) {
-  double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
-  double step = lr / bc1, bc2s = sqrt(bc2);
-  float decay = (float)(1.0 - lr * wd);
+  /* float32 arithmetic in torch's order (_single_tensor_adamw):
+   * p.mul_(1 - lr wd); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, 1 - b2);
+   * denom = v.sqrt() / sqrt(bc2) + eps; p.addcdiv_(m, denom, -lr / bc1) */
+  const float decay = (float)(1.0 - lr * wd), w1 = (float)(1.0 - b1), fb2 = (float)b2,
+              w2 = (float)(1.0 - b2), fe = (float)eps;
+  const float step = (float)(lr / (1.0 - pow(b1, (double)t)));
+  const float bc2s = (float)sqrt(1.0 - pow(b2, (double)t));
   for (int64_t i = 0; i < n; i++) {
     float gi = g[i];
-    p[i] *= decay;
-    m[i] = (float)(b1 * m[i] + (1.0 - b1) * gi);
-    v[i] = (float)(b2 * v[i] + (1.0 - b2) * (double)gi * gi);
-    double denom = sqrt((double)v[i]) / bc2s + eps;
-    p[i] = (float)(p[i] - step * m[i] / denom);
+    float mi = m[i] + w1 * (gi - m[i]);
+    float vi = fb2 * v[i] + w2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float denom = sqrtf(vi) / bc2s + fe;
+    p[i] = p[i] * decay - step * mi / denom;
   }
 }
 
