@@ -140,13 +140,16 @@ fuzz: deps fuzz-build fuzz-seeds
 	    | sed "s/^/  $$t: /" >&2; \
 	done
 
-# CI: each target runs FUZZ_SMOKE_RUNS inputs from its seeds (fixed -seed,
-# fresh corpus each time, so the run is reproducible), FUZZ_SMOKE_TIME caps it.
+# CI: each target runs FUZZ_SMOKE_RUNS inputs from its seeds. Reproducible:
+# fixed -seed, a fresh corpus, no corpus reloading (-reload=0: it is timed),
+# and no address-space randomization when setarch can turn it off (compared
+# pointers otherwise feed libFuzzer's compare table). FUZZ_SMOKE_TIME caps it.
 fuzz-smoke: deps fuzz-build fuzz-seeds
 	@mkdir -p $(FUZZ_DIR)/artifacts
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@norand=""; setarch $$(uname -m) -R true 2>/dev/null && norand="setarch $$(uname -m) -R"; \
+	set -e; for t in $(FUZZ_TARGETS); do \
 	  rm -rf $(FUZZ_DIR)/smoke/$$t; mkdir -p $(FUZZ_DIR)/smoke/$$t; \
-	  $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $(FUZZ_OPTS_$$t) -runs=$(FUZZ_SMOKE_RUNS) \
+	  $$norand $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $(FUZZ_OPTS_$$t) -runs=$(FUZZ_SMOKE_RUNS) -reload=0 \
 	    -max_total_time=$(FUZZ_SMOKE_TIME) -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
 	    $(FUZZ_DIR)/smoke/$$t $(FUZZ_DIR)/seeds/$$t > $(FUZZ_DIR)/smoke-$$t.log 2>&1 \
 	    || { tail -60 $(FUZZ_DIR)/smoke-$$t.log; exit 1; }; \
