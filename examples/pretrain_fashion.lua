@@ -4,7 +4,7 @@
 -- synonyms, CLIPLoss and everything trainable; save it in the Hugging Face
 -- layout (loadable by clip.load and by PyTorch).
 --
---   lua5.4 examples/pretrain_fashion.lua [--out models/fashion-clip] [--epochs 6]
+--   lua5.4 examples/pretrain_fashion.lua [--out models/fashion-clip] [--epochs 10]
 --        [--batch 256] [--lr 2e-3] [--seed 0] [--data DIR] [--limit N] [--quiet]
 local clip = require "clip"
 local core = clip.core
@@ -14,7 +14,7 @@ local function usage()
 usage: lua5.4 examples/pretrain_fashion.lua [options]
   --out DIR       where to save the model (default models/fashion-clip)
   --data DIR      Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist)
-  --epochs N      training epochs (default 6)
+  --epochs N      training epochs (default 10)
   --batch N       batch size (default 256)
   --lr X          peak learning rate (default 2e-3), cosine decay, 5% warmup
   --seed N        random seed (default 0): same seed, same model
@@ -25,7 +25,7 @@ usage: lua5.4 examples/pretrain_fashion.lua [options]
 end
 
 local opts = { out = "models/fashion-clip", data = "/usr/share/datasets/fashion-mnist",
-  epochs = 6, batch = 256, lr = 2e-3, seed = 0, quiet = false }
+  epochs = 10, batch = 256, lr = 2e-3, seed = 0, quiet = false }
 do
   local i = 1
   while i <= #arg do
