@@ -99,8 +99,12 @@ for k = 1, opts["title-rows"] do
   used[r] = true
   title_imgs[#title_imgs + 1] = r
   local shade = fashion.shade_of(brightness(r), q)
-  local t
-  repeat t = fashion.title(c, shade, rng) until not used_titles[t]
+  local t, tries = nil, 0
+  repeat -- unique titles; once the combinations run out, number them
+    t = fashion.title(c, shade, rng)
+    tries = tries + 1
+    if tries > 50 then t = t .. (" #%d"):format(k) end
+  until not used_titles[t]
   used_titles[t] = true
   local neg
   if k % 2 == 0 then

@@ -104,6 +104,7 @@ local sched = clip.optim.CosineSchedule(opt, { warmup = math.max(1, total // 20)
 local order = {}
 for i = 1, N do order[i] = i end
 
+local tty = require("clip.progress").stderr_is_tty()
 local step = 0
 local loss_points, temp_points = {}, {}
 for epoch = 1, opts.epochs do
@@ -134,12 +135,14 @@ for epoch = 1, opts.epochs do
       loss_points[#loss_points + 1] = { step, v }
       temp_points[#temp_points + 1] = { step, math.exp(model.logit_scale) }
     end
-    if not opts.quiet and (s % 20 == 0 or s == steps_per_epoch) then
-      io.stderr:write(("\repoch %d/%d  step %d/%d  loss %.4f  lr %.2e  T %.1f  %.0fs"):format(
-        epoch, opts.epochs, s, steps_per_epoch, sum / n, opt.lr, math.exp(model.logit_scale), os.time() - wall0))
+    -- a live line on a terminal; otherwise one line per epoch
+    if not opts.quiet and ((tty and s % 20 == 0) or s == steps_per_epoch) then
+      io.stderr:write(("%sepoch %d/%d  step %d/%d  loss %.4f  lr %.2e  T %.1f  %.0fs%s"):format(
+        tty and "\r" or "", epoch, opts.epochs, s, steps_per_epoch, sum / n, opt.lr,
+        math.exp(model.logit_scale), os.time() - wall0, tty and "" or "\n"))
     end
   end
-  log("\n")
+  if tty then log("\n") end
 end
 
 -- Save ----------------------------------------------------------------------------
