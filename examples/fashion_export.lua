@@ -15,7 +15,7 @@ local core = clip.core
 local fashion = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "fashion_classes.lua")
 
 local opts = { out = "models/fashion-data", data = "/usr/share/datasets/fashion-mnist", ["per-class"] = 20,
-  ["title-rows"] = 300, seed = 0 }
+  ["title-rows"] = 1000, seed = 0 }
 for i = 1, #arg, 2 do
   local k = (arg[i] or ""):match("^%-%-(.+)$")
   if arg[i] == "--help" or not k or opts[k] == nil or not arg[i + 1] then
