@@ -96,6 +96,46 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
   for (size_t i = 0; i < (size_t)B * D; i++) hp[i] += att[i];
 }
 
+void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cfg *c) {
+  int p = c->patch_size, S = c->image_size, C = c->channels, g = S / p, NP = g * g, K = C * p * p;
+  for (int b = 0; b < B; b++)
+    for (int gi = 0; gi < g; gi++)
+      for (int gj = 0; gj < g; gj++) {
+        float *dst = cols + ((size_t)b * NP + gi * g + gj) * K;
+        for (int ch = 0; ch < C; ch++)
+          for (int u = 0; u < p; u++) {
+            const float *src = pixels + (((size_t)b * C + ch) * S + gi * p + u) * S + gj * p;
+            memcpy(dst + (ch * p + u) * p, src, sizeof(float) * p);
+          }
+      }
+}
+
+void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B) {
+  const ct_tower_cfg *c = &m->cfg.vision;
+  int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g, T = NP + 1;
+  for (int b = 0; b < B; b++) {
+    float *h0 = h + (size_t)b * T * D;
+    for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
+    for (int t = 1; t < T; t++) {
+      const float *src = pe + ((size_t)b * NP + t - 1) * D;
+      const float *pos = m->vpos_emb + (size_t)t * D;
+      float *dst = h0 + (size_t)t * D;
+      for (int j = 0; j < D; j++) dst[j] = src[j] + pos[j];
+    }
+  }
+}
+
+void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T) {
+  int D = m->cfg.text.hidden;
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      const float *te = m->tok_emb + (size_t)ids[(size_t)b * T_in + t] * D;
+      const float *pe = m->tpos_emb + (size_t)t * D;
+      float *dst = h + ((size_t)b * T + t) * D;
+      for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
+    }
+}
+
 int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o, ct_err *e) {
   const ct_tower_cfg *c = &m->cfg.vision;
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
@@ -118,29 +158,11 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
       return ct_errf(e, "out of memory");
     }
   }
-  for (int b = 0; b < B; b++)
-    for (int gi = 0; gi < g; gi++)
-      for (int gj = 0; gj < g; gj++) {
-        float *dst = cols + ((size_t)b * NP + gi * g + gj) * K;
-        for (int ch = 0; ch < C; ch++)
-          for (int u = 0; u < p; u++) {
-            const float *src = pixels + (((size_t)b * C + ch) * S + gi * p + u) * S + gj * p;
-            memcpy(dst + (ch * p + u) * p, src, sizeof(float) * p);
-          }
-      }
+  ct_vision_im2col(cols, pixels, B, c);
   /* patch embeddings into w.x, laid out [B*NP, D] */
   linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
   if (cols != w.mlp) free(cols);
-  for (int b = 0; b < B; b++) {
-    float *h0 = w.h + (size_t)b * T * D;
-    for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
-    for (int t = 1; t < T; t++) {
-      const float *src = w.x + ((size_t)b * NP + t - 1) * D;
-      const float *pos = m->vpos_emb + (size_t)t * D;
-      float *dst = h0 + (size_t)t * D;
-      for (int j = 0; j < D; j++) dst[j] = src[j] + pos[j];
-    }
-  }
+  ct_vision_embed(w.h, w.x, m, B);
   layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
   /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
    * last hidden state is asked for */
@@ -221,13 +243,7 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
     free(eos);
     return -1;
   }
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < Te; t++) {
-      const float *te = m->tok_emb + (size_t)ids[(size_t)b * T + t] * D;
-      const float *pe = m->tpos_emb + (size_t)t * D;
-      float *dst = w.h + ((size_t)b * Te + t) * D;
-      for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
-    }
+  ct_text_embed(w.h, m, ids, B, T, Te);
   /* the last block only for the pooled (end-of-text) rows, unless all rows are asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
   float *hp = shortcut ? malloc(sizeof(float) * (size_t)B * (D + c->inter)) : NULL;

@@ -260,6 +260,49 @@ static int mc_param(lua_State *L) {
   return 1;
 }
 
+/* The {pooled=, last_hidden=, capture_layer=} options of encode_pixels /
+ * encode_ids. */
+typedef struct {
+  int pooled, hidden, cap;
+} fwd_opts;
+
+static void read_fwd_opts(lua_State *L, int idx, fwd_opts *f) {
+  f->pooled = f->hidden = 0;
+  f->cap = -1;
+  if (!lua_istable(L, idx)) return;
+  lua_getfield(L, idx, "pooled");
+  f->pooled = lua_toboolean(L, -1);
+  lua_getfield(L, idx, "last_hidden");
+  f->hidden = lua_toboolean(L, -1);
+  lua_getfield(L, idx, "capture_layer");
+  f->cap = (int)luaL_optinteger(L, -1, -1);
+  lua_pop(L, 3);
+}
+
+/* Push the embeddings {B,E} and an extras table holding the requested
+ * outputs ({B,D} pooled, {B,T,D} hidden states); point o at their data. */
+static void push_fwd_outputs(lua_State *L, const fwd_opts *f, int B, int T, int D, int E,
+                             ct_fwd_out *o) {
+  int64_t se[2] = {B, E}, sp[2] = {B, D}, sh[3] = {B, T, D};
+  memset(o, 0, sizeof *o);
+  o->embeds = l_tensor_new(L, 2, se)->data;
+  int extras = lua_gettop(L) + 1;
+  lua_newtable(L);
+  if (f->pooled) {
+    o->pooled = l_tensor_new(L, 2, sp)->data;
+    lua_setfield(L, extras, "pooled");
+  }
+  if (f->hidden) {
+    o->last_hidden = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, extras, "last_hidden");
+  }
+  if (f->cap >= 0) {
+    o->capture_layer = f->cap;
+    o->captured = l_tensor_new(L, 3, sh)->data;
+    lua_setfield(L, extras, "captured");
+  }
+}
+
 /* m:encode_pixels(pixels {B,C,S,S} [, {pooled=, last_hidden=, capture_layer=}])
  * -> embeds {B,E}, extras table */
 static int mc_encode_pixels(lua_State *L) {
@@ -280,37 +323,12 @@ static int mc_encode_pixels(lua_State *L) {
       return luaL_error(L, "encode_images: pixel tensor holds NaN or Inf (image %d)",
                         (int)(i / (px->numel / B)) + 1);
   }
-  int want_pooled = 0, want_hidden = 0, cap = -1;
-  if (lua_istable(L, 3)) {
-    lua_getfield(L, 3, "pooled");
-    want_pooled = lua_toboolean(L, -1);
-    lua_getfield(L, 3, "last_hidden");
-    want_hidden = lua_toboolean(L, -1);
-    lua_getfield(L, 3, "capture_layer");
-    cap = (int)luaL_optinteger(L, -1, -1);
-    lua_pop(L, 3);
-  }
+  fwd_opts fo;
+  read_fwd_opts(L, 3, &fo);
   still_open(L, m); /* the options table may have metamethods */
   int T = (c->image_size / c->patch_size) * (c->image_size / c->patch_size) + 1;
-  int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden},
-          sh[3] = {B, T, c->hidden};
-  ct_fwd_out o = {0};
-  o.embeds = l_tensor_new(L, 2, se)->data;
-  int out = lua_gettop(L);
-  lua_newtable(L);
-  if (want_pooled) {
-    o.pooled = l_tensor_new(L, 2, sp)->data;
-    lua_setfield(L, out + 1, "pooled");
-  }
-  if (want_hidden) {
-    o.last_hidden = l_tensor_new(L, 3, sh)->data;
-    lua_setfield(L, out + 1, "last_hidden");
-  }
-  if (cap >= 0) {
-    o.capture_layer = cap;
-    o.captured = l_tensor_new(L, 3, sh)->data;
-    lua_setfield(L, out + 1, "captured");
-  }
+  ct_fwd_out o;
+  push_fwd_outputs(L, &fo, B, T, c->hidden, m->m.cfg.projection_dim, &o);
   ct_err e;
   still_open(L, m);
   if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
@@ -371,35 +389,12 @@ static int mc_encode_ids(lua_State *L) {
   const ct_tower_cfg *c = &m->m.cfg.text;
   int B, T;
   int32_t *ids = check_ids(L, m, 2, &B, &T);
-  int want_pooled = 0, want_hidden = 0, cap = -1;
-  if (lua_istable(L, 3)) {
-    lua_getfield(L, 3, "pooled");
-    want_pooled = lua_toboolean(L, -1);
-    lua_getfield(L, 3, "last_hidden");
-    want_hidden = lua_toboolean(L, -1);
-    lua_getfield(L, 3, "capture_layer");
-    cap = (int)luaL_optinteger(L, -1, -1);
-    lua_pop(L, 3);
-  }
+  fwd_opts fo;
+  read_fwd_opts(L, 3, &fo);
   still_open(L, m); /* the id lists and options may have metamethods */
-  int64_t se[2] = {B, m->m.cfg.projection_dim}, sp[2] = {B, c->hidden}, sh[3] = {B, T, c->hidden};
-  ct_fwd_out o = {0};
-  o.embeds = l_tensor_new(L, 2, se)->data;
-  int out = lua_gettop(L);
-  lua_newtable(L);
-  if (want_pooled) {
-    o.pooled = l_tensor_new(L, 2, sp)->data;
-    lua_setfield(L, out + 1, "pooled");
-  }
-  if (want_hidden) {
-    o.last_hidden = l_tensor_new(L, 3, sh)->data;
-    lua_setfield(L, out + 1, "last_hidden");
-  }
-  if (cap >= 0) {
-    o.capture_layer = cap;
-    o.captured = l_tensor_new(L, 3, sh)->data;
-    lua_setfield(L, out + 1, "captured");
-  }
+  ct_fwd_out o;
+  push_fwd_outputs(L, &fo, B, T, c->hidden, m->m.cfg.projection_dim, &o);
+  int out = lua_gettop(L) - 1; /* the embeddings; the extras table is above */
   lua_createtable(L, B, 0);
   for (int b = 0; b < B; b++) {
     lua_pushinteger(L, ct_text_eos_index(&m->m.cfg, ids + (size_t)b * T, T) + 1);

@@ -335,19 +335,24 @@ static float *P(ct_model *m, const char *fmt, ...) {
   return i < 0 ? NULL : m->params[i].data;
 }
 
-static void resolve_blocks(ct_model *m, ct_block_w *b, const char *tw, int L) {
-  for (int i = 0; i < L; i++) {
-#define W(field, nm) b[i].field = P(m, "%s.encoder.layers.%d." nm, tw, i)
-    W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
-    W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
-    W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
-    W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
-    W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
-    W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
-    W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
-    W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
+static float *data_of(ct_model *m, const char *name) {
+  int i = ct_model_find_param(m, name);
+  return i < 0 ? NULL : m->params[i].data;
+}
+
+void ct_block_fill(ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_lookup get) {
+  char name[96];
+#define W(field, nm) \
+  (snprintf(name, sizeof name, "%s.encoder.layers.%d." nm, tw, l), b->field = get(m, name))
+  W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
+  W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
+  W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
+  W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
+  W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
+  W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
+  W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
+  W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
 #undef W
-  }
 }
 
 void ct_model_resolve(ct_model *m) {
@@ -365,8 +370,9 @@ void ct_model_resolve(ct_model *m) {
   m->post_ln_b = P(m, "vision_model.post_layernorm.bias");
   m->vis_proj = P(m, "visual_projection.weight");
   m->logit_scale = P(m, "logit_scale");
-  resolve_blocks(m, m->tblocks, "text_model", m->cfg.text.layers);
-  resolve_blocks(m, m->vblocks, "vision_model", m->cfg.vision.layers);
+  for (int l = 0; l < m->cfg.text.layers; l++) ct_block_fill(m, &m->tblocks[l], "text_model", l, data_of);
+  for (int l = 0; l < m->cfg.vision.layers; l++)
+    ct_block_fill(m, &m->vblocks[l], "vision_model", l, data_of);
 }
 
 void *ct_scratch_get(ct_model *m, size_t n, size_t *got) {

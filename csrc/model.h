@@ -92,6 +92,10 @@ int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e
 int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e);
 void ct_model_free(ct_model *m);
 int ct_model_find_param(const ct_model *m, const char *name);
+/* Fill the pointers of block l of tower tw ("text_model" / "vision_model")
+ * with get(m, parameter name): the weights, or (train.c) the gradients. */
+typedef float *(*ct_param_lookup)(struct ct_model *m, const char *name);
+void ct_block_fill(struct ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_lookup get);
 /* Re-resolve the tower pointers from the parameter table. */
 void ct_model_resolve(ct_model *m);
 
@@ -110,6 +114,15 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
 /* ids: [B, T] int32 (padded); every id must be < vocab. */
 int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
                    ct_err *e);
+/* Embedding steps shared by the inference (encoder.c) and training (train.c)
+ * forwards. cols [B*NP, C*P*P]: patches in (channel, row, col) order, grid
+ * row-major; h [B, T, D] from the patch projections pe [B*NP, D]:
+ * [class_embedding; pe] + position_embedding; text: token + position
+ * embeddings of ids [B, T_in] for the first T positions. */
+void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cfg *c);
+void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B);
+void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T);
+
 /* Naive twins of the two towers (encoder_ref.c): embeddings only, T <= 1024. */
 int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e);
 int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, float *embeds, ct_err *e);

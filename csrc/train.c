@@ -219,36 +219,16 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
 
   /* embeddings */
   if (vision) {
-    int p = c->patch_size, S = c->image_size, C = c->channels;
     float *cl = t->cols ? t->cols : cols;
-    for (int b = 0; b < B; b++)
-      for (int gi = 0; gi < g; gi++)
-        for (int gj = 0; gj < g; gj++) {
-          float *dst = cl + ((size_t)b * NP + gi * g + gj) * K;
-          for (int ch = 0; ch < C; ch++)
-            for (int u = 0; u < p; u++)
-              memcpy(dst + (ch * p + u) * p,
-                     pixels + (((size_t)b * C + ch) * S + gi * p + u) * S + gj * p,
-                     sizeof(float) * p);
-        }
+    ct_vision_im2col(cl, pixels, B, c);
     linear_forward(x, cl, m->patch_w, NULL, B * NP, K, D);
-    for (int b = 0; b < B; b++) {
-      float *h0 = h + (size_t)b * Tt * D;
-      for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
-      for (int tt = 1; tt < Tt; tt++)
-        for (int j = 0; j < D; j++)
-          h0[(size_t)tt * D + j] = x[((size_t)b * NP + tt - 1) * D + j] + m->vpos_emb[(size_t)tt * D + j];
-    }
+    ct_vision_embed(h, x, m, B);
     if (t->x) memcpy(t->x, h, sizeof(float) * N * D);
     layernorm_forward(h, t->pre_mean, t->pre_rstd, h, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
   } else {
     for (int b = 0; b < B; b++)
-      for (int tt = 0; tt < Tt; tt++) {
-        int32_t id = ids[(size_t)b * T + tt];
-        t->ids[(size_t)b * Tt + tt] = id;
-        for (int j = 0; j < D; j++)
-          h[((size_t)b * Tt + tt) * D + j] = m->tok_emb[(size_t)id * D + j] + m->tpos_emb[(size_t)tt * D + j];
-      }
+      memcpy(t->ids + (size_t)b * Tt, ids + (size_t)b * T, sizeof(int32_t) * Tt);
+    ct_text_embed(h, m, ids, B, T, Tt);
   }
   const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
   int causal = !vision;
@@ -288,18 +268,8 @@ static float *G(ct_model *m, const char *fmt, ...) {
   return m->params[i].grad;
 }
 
-static void block_grads(ct_model *m, ct_block_w *g, const char *tw, int l) {
-#define W(field, nm) g->field = G(m, "%s.encoder.layers.%d." nm, tw, l)
-  W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
-  W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
-  W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
-  W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
-  W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
-  W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
-  W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
-  W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
-#undef W
-}
+/* the gradient buffer of a trainable parameter (marked as written), else NULL */
+static float *grad_of(ct_model *m, const char *name) { return G(m, "%s", name); }
 
 int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) {
   int vision = t->vision, B = t->B, Tt = t->T, D = t->D, I = t->I, E = m->cfg.projection_dim;
@@ -342,7 +312,7 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
     const ct_layer_acts *s = &t->la[l - t->first];
     const ct_block_w *w = &blocks[l];
     ct_block_w g;
-    block_grads(m, &g, tw, l);
+    ct_block_fill(m, &g, tw, l, grad_of);
     int need_dinp = l > t->first || t->emb;
     /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */
     memset(dact, 0, sizeof(float) * NI);
