@@ -9,10 +9,7 @@
 #include "kernels.h"
 #include "model.h"
 
-typedef struct {
-  float *h, *x, *q, *k, *v, *att, *mlp, *probs;
-  void *mem;
-} workspace;
+typedef ct_fwd_ws workspace;
 
 static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
   size_t nd = (size_t)N * D, total = 6 * nd + (size_t)N * I + (size_t)T * T;
@@ -26,8 +23,8 @@ static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
 }
 
 /* One pre-LN block over w->h [B, T, D] in place. */
-static void block_forward(workspace *w, const ct_block_w *b, const ct_tower_cfg *c, int B,
-                          int T, int causal) {
+void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
+                      int causal) {
   int D = c->hidden, I = c->inter, N = B * T;
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
   linear_forward(w->q, w->x, b->q_w, b->q_b, N, D, D);
@@ -184,7 +181,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
       block_forward_pooled(&w, hp, &m->vblocks[l], c, B, T, rows, 0);
       break;
     }
-    block_forward(&w, &m->vblocks[l], c, B, T, 0);
+    ct_block_forward(&w, &m->vblocks[l], c, B, T, 0);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   if (o->last_hidden) memcpy(o->last_hidden, w.h, sizeof(float) * N * D);
@@ -257,7 +254,7 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
       block_forward_pooled(&w, hp, &m->tblocks[l], c, B, Te, eos, 1);
       break;
     }
-    block_forward(&w, &m->tblocks[l], c, B, Te, 1);
+    ct_block_forward(&w, &m->tblocks[l], c, B, Te, 1);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   float *pooled = w.q;

@@ -123,6 +123,16 @@ void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cf
 void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B);
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T);
 
+/* Scratch of a plain (nothing saved) block forward, N = B*T rows:
+ * h, x, q, k, v, att [N, D], mlp [N, I], probs [T, T]; mem: the owning block. */
+typedef struct ct_fwd_ws {
+  float *h, *x, *q, *k, *v, *att, *mlp, *probs;
+  void *mem;
+} ct_fwd_ws;
+/* One pre-LN block over w->h in place (encoder.c; also train.c's frozen bottom). */
+void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
+                      int causal);
+
 /* Naive twins of the two towers (encoder_ref.c): embeddings only, T <= 1024. */
 int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e);
 int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, float *embeds, ct_err *e);

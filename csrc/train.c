@@ -118,24 +118,6 @@ static void layout(ct_tape *t, arena *a, int NP, int K) {
 
 /* ---------------------------------------------------------- forward */
 
-static void block_fwd_plain(float *h, float *x, float *q, float *k, float *v, float *att,
-                            float *mlp, float *probs, const ct_block_w *b,
-                            const ct_tower_cfg *c, int B, int T, int causal) {
-  int D = c->hidden, I = c->inter, N = B * T;
-  layernorm_forward(x, NULL, NULL, h, b->ln1_w, b->ln1_b, N, D, c->eps);
-  linear_forward(q, x, b->q_w, b->q_b, N, D, D);
-  linear_forward(k, x, b->k_w, b->k_b, N, D, D);
-  linear_forward(v, x, b->v_w, b->v_b, N, D, D);
-  attention_forward(att, probs, q, k, v, B, T, D, c->heads, causal, 0);
-  linear_forward(x, att, b->o_w, b->o_b, N, D, D);
-  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
-  layernorm_forward(x, NULL, NULL, h, b->ln2_w, b->ln2_b, N, D, c->eps);
-  linear_forward(mlp, x, b->fc1_w, b->fc1_b, N, D, I);
-  act_forward(mlp, mlp, (int64_t)N * I, c->act);
-  linear_forward(x, mlp, b->fc2_w, b->fc2_b, N, I, D);
-  for (size_t i = 0; i < (size_t)N * D; i++) h[i] += x[i];
-}
-
 /* saved block: reads s->inp, writes out (the next layer's inp, or hfinal) */
 static void block_fwd_save(ct_layer_acts *s, float *out, const ct_block_w *b,
                            const ct_tower_cfg *c, int B, int T, int causal) {
@@ -234,7 +216,8 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
   int causal = !vision;
   for (int l = 0; l < t->L; l++) {
     if (l < t->first) {
-      block_fwd_plain(h, x, q, k, v, att, mlp, probs, &blocks[l], c, B, Tt, causal);
+      ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL};
+      ct_block_forward(&ws, &blocks[l], c, B, Tt, causal);
       continue;
     }
     ct_layer_acts *s = &t->la[l - t->first];
