@@ -136,6 +136,62 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
     }
 }
 
+/* ---------------------------------------------------------------- packed weights */
+
+typedef struct {
+  int M, N, K, lda, ldc, nout, npan;
+  float beta;
+  const float *A;
+  const float *const *P;
+  float *const *C;
+} packed_job;
+
+static void packed_part(void *ctx, int tid, int nt) {
+  const packed_job *g = ctx;
+  int total = g->nout * g->npan;
+  int u0 = (int)((long)total * tid / nt), u1 = (int)((long)total * (tid + 1) / nt);
+  for (int r = 0; r < g->nout; r++) {
+    int lo = u0 > r * g->npan ? u0 : r * g->npan;
+    int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
+    if (hi > lo)
+      ct_gemm_packed(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->P[r], g->beta, g->C[r], g->ldc,
+                     lo - r * g->npan, hi - r * g->npan);
+  }
+}
+
+void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
+                     const float *const *P, float *const *C, int ldc, float beta) {
+  if (M <= 0 || N <= 0 || nout <= 0) return;
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, beta, A, P, C};
+  ct_pool *p = ct_pool_current();
+  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5)
+    ct_pool_run(p, packed_part, &g);
+  else
+    packed_part(&g, 0, 1);
+}
+
+/* measured (docs/performance.md): the packed kernel wins at M = 50 .. 400 and ties OpenBLAS
+ * near 400; OpenBLAS's large-M kernel wins above */
+int ct_packed_max_m(void) { return 512; }
+
+typedef struct {
+  int N, K, ldb;
+  const float *B;
+  float *P;
+} pack_job;
+
+static void pack_part(void *ctx, int tid, int nt) {
+  const pack_job *j = ctx;
+  int np = (j->N + PK_NR - 1) / PK_NR;
+  ct_pack_nt(j->N, j->K, j->B, j->ldb, j->P, (int)((long)np * tid / nt),
+             (int)((long)np * (tid + 1) / nt));
+}
+
+void ct_pack_parallel(int N, int K, const float *B, int ldb, float *P) {
+  pack_job j = {N, K, ldb, B, P};
+  ct_pool_run(ct_pool_current(), pack_part, &j);
+}
+
 /* Without a pool these set OpenBLAS's own threads (a C host's choice); the Lua module's
  * clip.set_num_threads resizes its pool instead (l_kernels.c). */
 void ct_set_num_threads(int n) {

@@ -12,6 +12,19 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta,
                   float *C, int ldc);
 
+/* Packed weights (gemm.h): nout outputs of N columns each share one input A[M,K]; output r
+ * is C[r] = A W_r^T + beta C[r] (row stride ldc) with W_r packed at P[r]. The panels of all
+ * outputs are split over the current pool in one run (q, k and v in one dispatch). Requires
+ * ct_gemm_packed_available(). */
+void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
+                     const float *const *P, float *const *C, int ldc, float beta);
+/* Rows up to which the packed kernel beats OpenBLAS on unpacked weights (above it the
+ * encoders use ct_sgemm on the original weights). */
+int ct_packed_max_m(void);
+/* Pack B[N,K] (row stride ldb) into P (ct_pack_nt_floats(N, K) floats, 64-byte aligned),
+ * split over the current pool. */
+void ct_pack_parallel(int N, int K, const float *B, int ldb, float *P);
+
 /* OpenBLAS's own thread count (for a C host without a pool; see pool.h). */
 void ct_set_num_threads(int n);
 int ct_get_num_threads(void);

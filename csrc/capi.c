@@ -60,7 +60,7 @@ clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_
     fail(err, errlen, "clip_model_load: dir is NULL");
     return NULL;
   }
-  if (flags & ~(CLIP_LOAD_NO_TOKENIZER | CLIP_LOAD_OPENAI_TOKENIZER)) {
+  if (flags & ~(CLIP_LOAD_NO_TOKENIZER | CLIP_LOAD_OPENAI_TOKENIZER | CLIP_LOAD_NO_PACK)) {
     failf(err, errlen, "clip_model_load: unknown flags 0x%x", flags);
     return NULL;
   }
@@ -80,6 +80,14 @@ clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_
     return NULL;
   }
   cm->bpe_mode = (flags & CLIP_LOAD_OPENAI_TOKENIZER) ? CT_BPE_OPENAI : CT_BPE_HF;
+  /* packed now, never later: encodes take a const model and may run concurrently */
+  cm->m.pack_off = (flags & CLIP_LOAD_NO_PACK) != 0;
+  {
+    ct_pool *prev = ct_pool_make_current(NULL);
+    if (ct_model_pack(&cm->m, 0, &e) != 0) ct_model_unpack(&cm->m); /* out of memory: unpacked */
+    ct_pool_make_current(prev);
+  }
+  cm->m.pack_off = 1;
   if (!(flags & CLIP_LOAD_NO_TOKENIZER)) {
     if (!ct_file_exists(p->vocab) || !ct_file_exists(p->merges)) {
       failf(err, errlen,

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -22,21 +23,33 @@ static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
   return 0;
 }
 
-/* One pre-LN block over w->h [B, T, D] in place. */
+/* linear_forward with the packed copy pk when there is one (k_linear.c decides by rows) */
+static void lin(float *out, const float *inp, const float *w, const float *pk, const float *bias,
+                int N, int IC, int OC) {
+  linear_forward_packed(1, &out, inp, &w, pk ? &pk : NULL, &bias, N, IC, OC);
+}
+
+/* One pre-LN block over w->h [B, T, D] in place; the packed weights (b->pk) when they are
+ * current. */
 void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
                       int causal) {
   int D = c->hidden, I = c->inter, N = B * T;
+  const ct_pack_blk *pk = ct_pack_ok(b->pk) ? b->pk : NULL;
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
-  linear_forward(w->q, w->x, b->q_w, b->q_b, N, D, D);
-  linear_forward(w->k, w->x, b->k_w, b->k_b, N, D, D);
-  linear_forward(w->v, w->x, b->v_w, b->v_b, N, D, D);
+  {
+    float *out[3] = {w->q, w->k, w->v};
+    const float *wt[3] = {b->q_w, b->k_w, b->v_w}, *bs[3] = {b->q_b, b->k_b, b->v_b};
+    size_t dd = ct_pack_nt_floats(D, D);
+    const float *pks[3] = {pk ? pk->qkv : NULL, pk ? pk->qkv + dd : NULL, pk ? pk->qkv + 2 * dd : NULL};
+    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, bs, N, D, D);
+  }
   attention_forward(w->att, w->probs, w->q, w->k, w->v, B, T, D, c->heads, causal, 0);
-  linear_forward(w->x, w->att, b->o_w, b->o_b, N, D, D);
+  lin(w->x, w->att, b->o_w, pk ? pk->o : NULL, b->o_b, N, D, D);
   for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln2_w, b->ln2_b, N, D, c->eps);
-  linear_forward(w->mlp, w->x, b->fc1_w, b->fc1_b, N, D, I);
+  lin(w->mlp, w->x, b->fc1_w, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
   act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
-  linear_forward(w->x, w->mlp, b->fc2_w, b->fc2_b, N, I, D);
+  lin(w->x, w->mlp, b->fc2_w, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
   for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
 }
 
@@ -50,13 +63,19 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
                                  int causal) {
   int D = c->hidden, I = c->inter, N = B * T, NH = c->heads, hs = D / NH;
   float scale = 1.0f / sqrtf((float)hs);
+  const ct_pack_blk *pk = ct_pack_ok(b->pk) ? b->pk : NULL;
+  size_t dd = ct_pack_nt_floats(D, D);
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
-  linear_forward(w->k, w->x, b->k_w, b->k_b, N, D, D);
-  linear_forward(w->v, w->x, b->v_w, b->v_b, N, D, D);
+  {
+    float *out[2] = {w->k, w->v};
+    const float *wt[2] = {b->k_w, b->v_w}, *bs[2] = {b->k_b, b->v_b};
+    const float *pks[2] = {pk ? pk->qkv + dd : NULL, pk ? pk->qkv + 2 * dd : NULL};
+    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, bs, N, D, D);
+  }
   float *xq = w->att, *q = w->q, *att = w->mlp; /* [B, D] each, then reused */
   for (int bb = 0; bb < B; bb++)
     memcpy(xq + (size_t)bb * D, w->x + ((size_t)bb * T + rows[bb]) * D, sizeof(float) * D);
-  linear_forward(q, xq, b->q_w, b->q_b, B, D, D);
+  lin(q, xq, b->q_w, pk ? pk->qkv : NULL, b->q_b, B, D, D);
   for (int bb = 0; bb < B; bb++)
     for (int h = 0; h < NH; h++) {
       const float *qi = q + (size_t)bb * D + h * hs;
@@ -80,16 +99,16 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
         for (int x = 0; x < hs; x++) o[x] += pj * vb[(size_t)j * D + x];
       }
     }
-  linear_forward(xq, att, b->o_w, b->o_b, B, D, D);
+  lin(xq, att, b->o_w, pk ? pk->o : NULL, b->o_b, B, D, D);
   for (int bb = 0; bb < B; bb++) {
     const float *hr = w->h + ((size_t)bb * T + rows[bb]) * D;
     for (int j = 0; j < D; j++) hp[(size_t)bb * D + j] = hr[j] + xq[(size_t)bb * D + j];
   }
   layernorm_forward(xq, NULL, NULL, hp, b->ln2_w, b->ln2_b, B, D, c->eps);
   float *mlp = hp + (size_t)B * D; /* hp has room for [B, D] + [B, I] */
-  linear_forward(mlp, xq, b->fc1_w, b->fc1_b, B, D, I);
+  lin(mlp, xq, b->fc1_w, pk ? pk->fc1 : NULL, b->fc1_b, B, D, I);
   act_forward(mlp, mlp, (int64_t)B * I, c->act);
-  linear_forward(att, mlp, b->fc2_w, b->fc2_b, B, I, D);
+  lin(att, mlp, b->fc2_w, pk ? pk->fc2 : NULL, b->fc2_b, B, I, D);
   for (size_t i = 0; i < (size_t)B * D; i++) hp[i] += att[i];
 }
 

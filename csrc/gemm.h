@@ -20,4 +20,18 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
 void ct_gemm_nt_ref(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                     int ldb, float beta, float *C, int ldc);
 
+/* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel.
+ * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel. */
+enum { PK_NR = 32 };
+int ct_gemm_packed_available(void);
+/* floats needed for the packed copy of an N x K matrix (panels padded to PK_NR rows) */
+#include <stddef.h>
+size_t ct_pack_nt_floats(int N, int K);
+/* pack panels p0 .. p1-1 of B (panel p = rows 32p .. 32p+31) into P */
+void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1);
+/* C = alpha A B^T + beta C for the columns of panels p0 .. p1-1; P from ct_pack_nt, 64-byte
+ * aligned; requires ct_gemm_packed_available(). With beta == 0, C is not read. */
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
+                    float beta, float *C, int ldc, int p0, int p1);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "gemm.h"
 #include "kernels.h"
 
 void linear_forward(float *out, const float *inp, const float *weight,
@@ -17,6 +18,27 @@ void linear_forward(float *out, const float *inp, const float *weight,
     for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, sizeof(float) * OC);
   }
   ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+}
+
+/* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
+ * for N up to ct_packed_max_m() rows, linear_forward above. nout layers of the same shape
+ * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. */
+void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
+                           const float *const *pk, const float *const *bias, int N, int IC,
+                           int OC) {
+  if (pk && N <= ct_packed_max_m() && ct_gemm_packed_available()) {
+    int any = 0; /* with no bias at all, C is not read (beta 0); else every C starts at its bias */
+    for (int r = 0; r < nout; r++) any |= bias[r] != NULL;
+    for (int r = 0; r < nout && any; r++)
+      for (int i = 0; i < N; i++) {
+        float *row = out[r] + (size_t)i * OC;
+        if (bias[r]) memcpy(row, bias[r], sizeof(float) * OC);
+        else memset(row, 0, sizeof(float) * OC);
+      }
+    ct_sgemm_packed(N, OC, IC, inp, IC, nout, pk, out, OC, any ? 1.0f : 0.0f);
+    return;
+  }
+  for (int r = 0; r < nout; r++) linear_forward(out[r], inp, w[r], bias[r], N, IC, OC);
 }
 
 void linear_forward_ref(float *out, const float *inp, const float *weight,

@@ -39,6 +39,11 @@ void layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const flo
 /* k_linear.c: out[N,OC] = inp[N,IC] weight[OC,IC]^T + bias[OC] (bias may be NULL) */
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC);
+/* linear_forward for nout layers sharing inp, with their weights also packed (pk: gemm.h
+ * layout, or NULL): the packed kernel up to ct_packed_max_m() rows (k_linear.c). */
+void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
+                           const float *const *pk, const float *const *bias, int N, int IC,
+                           int OC);
 void linear_forward_ref(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int IC, int OC);
 void linear_forward_f64(double *out, const double *inp, const double *weight,

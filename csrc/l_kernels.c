@@ -555,6 +555,7 @@ static int k_gemm_nt(lua_State *L) {
     c = l_checktensor(L, 4);
     if (c->ndim != 2 || c->shape[0] != M || c->shape[1] != N)
       return luaL_error(L, "gemm_nt: c must be {%d,%d}", M, N);
+    l_tensor_writing(L, c);
     lua_pushvalue(L, 4);
   }
   if (ref) {
@@ -565,6 +566,52 @@ static int k_gemm_nt(lua_State *L) {
   }
   return 1;
 }
+/* kernels.gemm_packed(a, b [, c, beta [, pooled]]) -> a b^T + beta c with b packed
+ * (gemm_packed.c): in the calling thread, or split over the state's pool through blas.c's
+ * door (pooled). kernels.gemm_packed_available() says whether this CPU runs it. */
+static int k_gemm_packed(lua_State *L) {
+  l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
+  need2(L, a, "gemm_packed");
+  need2(L, b, "gemm_packed");
+  int M = (int)a->shape[0], K = (int)a->shape[1], N = (int)b->shape[0];
+  if (b->shape[1] != K)
+    return luaL_error(L, "gemm_packed: inner dims differ: (%d,%d) x (%d,%d)^T", M, K, N,
+                      (int)b->shape[1]);
+  float beta = (float)luaL_optnumber(L, 4, 0.0);
+  int pooled = lua_toboolean(L, 5);
+  if (!ct_gemm_packed_available()) return luaL_error(L, "gemm_packed: this CPU has no AVX-512");
+  l_tensor *c;
+  if (lua_isnoneornil(L, 3)) {
+    int64_t s[2] = {M, N};
+    c = l_tensor_new(L, 2, s);
+  } else {
+    c = l_checktensor(L, 3);
+    if (c->ndim != 2 || c->shape[0] != M || c->shape[1] != N)
+      return luaL_error(L, "gemm_packed: c must be {%d,%d}", M, N);
+    l_tensor_writing(L, c);
+    lua_pushvalue(L, 3);
+  }
+  int64_t ps[1] = {(int64_t)ct_pack_nt_floats(N, K) + 16};
+  l_tensor *pt = l_tensor_new(L, 1, ps); /* 64-byte aligned data */
+  if (pooled) l_pool_enter(L);
+  ct_pack_parallel(N, K, b->data, K, pt->data);
+  if (pooled) {
+    const float *P = pt->data;
+    float *C = c->data;
+    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, &C, N, beta);
+  } else {
+    ct_pool *prev = ct_pool_make_current(NULL);
+    ct_gemm_packed(M, N, K, 1.0f, a->data, K, pt->data, beta, c->data, N, 0, (N + PK_NR - 1) / PK_NR);
+    ct_pool_make_current(prev);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+static int k_gemm_packed_available(lua_State *L) {
+  lua_pushboolean(L, ct_gemm_packed_available());
+  return 1;
+}
+
 static int k_gemm_available(lua_State *L) {
   lua_pushboolean(L, ct_gemm_available());
   return 1;
@@ -590,6 +637,8 @@ void l_kernels_open(lua_State *L) {
                                 {"sgemm", k_sgemm},
                                 {"gemm_nt", k_gemm_nt},
                                 {"gemm_available", k_gemm_available},
+                                {"gemm_packed", k_gemm_packed},
+                                {"gemm_packed_available", k_gemm_packed_available},
                                 {"layernorm_stats", k_layernorm_stats},
                                 {"layernorm_backward", k_layernorm_backward},
                                 {"linear_backward", k_linear_backward},

@@ -120,6 +120,9 @@ static int l_adamw(lua_State *L) {
            *g = l_checktensor(L, 4);
   if (m->numel != p->numel || v->numel != p->numel || g->numel != p->numel)
     return luaL_error(L, "adamw: state and gradient sizes differ from the parameter");
+  l_tensor_writing(L, p);
+  l_tensor_writing(L, m);
+  l_tensor_writing(L, v);
   ct_adamw_step(p->data, m->data, v->data, g->data, p->numel, luaL_checknumber(L, 5),
                 luaL_checknumber(L, 6), luaL_checknumber(L, 7), luaL_checknumber(L, 8),
                 luaL_checknumber(L, 9), luaL_checkinteger(L, 10));
@@ -132,6 +135,8 @@ static int l_sgd(lua_State *L) {
            *g = l_checktensor(L, 3);
   if (g->numel != p->numel || (b && b->numel != p->numel))
     return luaL_error(L, "sgd: sizes differ from the parameter");
+  l_tensor_writing(L, p);
+  if (b) l_tensor_writing(L, b);
   ct_sgd_step(p->data, b ? b->data : NULL, g->data, p->numel, luaL_checknumber(L, 4),
               luaL_checknumber(L, 5), luaL_checknumber(L, 6), luaL_checknumber(L, 7),
               lua_toboolean(L, 8), lua_toboolean(L, 9));

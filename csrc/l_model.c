@@ -256,7 +256,33 @@ static int mc_param(lua_State *L) {
   if (i < 0) return luaL_error(L, "model has no parameter '%s'", name);
   ct_param *p = &m->m.params[i];
   m->views++;
-  l_tensor_view(L, 1, p->data, p->ndim, p->shape, 0);
+  l_tensor *t = l_tensor_view(L, 1, p->data, p->ndim, p->shape, 0);
+  t->wgen = &p->gen; /* writes through the view make the packed copies stale */
+  return 1;
+}
+
+/* Bring the packed weights up to date before a forward pass (ct_model_pack); when memory
+ * runs out the encoders simply use the original weights. */
+static void pack_model(l_model *m, int frozen_only) {
+  ct_err e;
+  (void)ct_model_pack(&m->m, frozen_only, &e);
+}
+
+/* m:set_packing(on): packed weight copies for small batches (default on; off frees them) */
+static int mc_set_packing(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  m->m.pack_off = !lua_toboolean(L, 2);
+  if (m->m.pack_off) ct_model_unpack(&m->m);
+  return 0;
+}
+
+/* m:packed() -> number of blocks whose packed weights are current */
+static int mc_packed(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  int n = 0;
+  for (int l = 0; l < m->m.cfg.text.layers; l++) n += ct_pack_ok(m->m.tblocks[l].pk);
+  for (int l = 0; l < m->m.cfg.vision.layers; l++) n += ct_pack_ok(m->m.vblocks[l].pk);
+  lua_pushinteger(L, n);
   return 1;
 }
 
@@ -331,6 +357,7 @@ static int mc_encode_pixels(lua_State *L) {
   push_fwd_outputs(L, &fo, B, T, c->hidden, m->m.cfg.projection_dim, &o);
   ct_err e;
   still_open(L, m);
+  pack_model(m, 0);
   if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -403,6 +430,7 @@ static int mc_encode_ids(lua_State *L) {
   lua_setfield(L, out + 1, "eos_index");
   ct_err e;
   still_open(L, m);
+  pack_model(m, 0);
   if (ct_encode_text(&m->m, ids, B, T, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -522,6 +550,7 @@ static int mc_forward_train(lua_State *L) {
   luaL_setmetatable(L, TAPE_MT);
   ct_err e;
   still_open(L, m);
+  pack_model(m, 1);
   if (ct_forward_train(&m->m, vision, vision ? px->data : NULL, ids, B, T, emb->data, t, &e) != 0)
     return luaL_error(L, "%s", e.msg);
   return 2;
@@ -608,6 +637,7 @@ static int mc_encode_ref(lua_State *L) {
 
 static const luaL_Reg methods[] = {
     {"encode_ref", mc_encode_ref},
+    {"set_packing", mc_set_packing}, {"packed", mc_packed},
     {"close", mc_close},           {"is_closed", mc_is_closed},
     {"config", mc_config},         {"config_json", mc_config_json},
     {"param_info", mc_param_info}, {"param", mc_param},

@@ -51,6 +51,7 @@ l_tensor *l_tensor_new(lua_State *L, int ndim, const int64_t *shape) {
   t->numel = n;
   t->ndim = ndim;
   t->readonly = 0;
+  t->wgen = NULL;
   for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
   memset(t->data, 0, (size_t)n * sizeof(float));
   luaL_setmetatable(L, L_TENSOR_MT);
@@ -67,10 +68,12 @@ l_tensor *l_tensor_view(lua_State *L, int owner_idx, float *data, int ndim,
   t->numel = n;
   t->ndim = ndim;
   t->readonly = readonly;
+  t->wgen = NULL;
   for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
   luaL_setmetatable(L, L_TENSOR_MT);
   /* keep the owner alive: if the owner is itself a view, keep its owner */
   l_tensor *o = luaL_testudata(L, owner_idx, L_TENSOR_MT);
+  if (o) t->wgen = o->wgen; /* a view of a parameter's view writes the parameter */
   if (o && lua_getiuservalue(L, owner_idx, 1) != LUA_TNIL) {
     lua_setiuservalue(L, -2, 1);
   } else {
@@ -110,9 +113,12 @@ int l_checkshape(lua_State *L, int idx, int64_t *shape) {
   return n;
 }
 
-static void check_writable(lua_State *L, l_tensor *t) {
+void l_tensor_writing(lua_State *L, l_tensor *t) {
   if (t->readonly) luaL_error(L, "tensor is read-only");
+  if (t->wgen) ++*t->wgen;
 }
+
+static void check_writable(lua_State *L, l_tensor *t) { l_tensor_writing(L, t); }
 
 /* ---------------------------------------------------------- constructors */
 

@@ -21,6 +21,8 @@ typedef struct l_tensor {
   int64_t numel;
   int ndim;
   int readonly; /* 1 for views of read-only mapped memory */
+  unsigned *wgen; /* views of a model parameter: its write counter (bumped by every write
+                     through a binding, so packed copies know they are stale); else NULL */
   int64_t shape[CT_MAXDIM];
 } l_tensor;
 
@@ -29,6 +31,9 @@ l_tensor *l_tensor_new(lua_State *L, int ndim, const int64_t *shape);
 /* Push a view of memory owned by the object at owner_idx (kept alive). */
 l_tensor *l_tensor_view(lua_State *L, int owner_idx, float *data, int ndim,
                         const int64_t *shape, int readonly);
+/* Call before writing into t's data: raises "tensor is read-only" for read-only views, and
+ * counts the write for a model parameter's view. */
+void l_tensor_writing(lua_State *L, l_tensor *t);
 /* Check that idx is a Tensor; raise a Lua error otherwise. */
 l_tensor *l_checktensor(lua_State *L, int idx);
 /* Tensor at idx or NULL. */

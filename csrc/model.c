@@ -7,8 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "blas.h"
+#include "gemm.h"
 #include "kernels.h"
 
 /* ------------------------------------------------------------- config */
@@ -353,6 +357,7 @@ void ct_block_fill(ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_l
   W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
   W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
 #undef W
+  b->pk = NULL;
 }
 
 void ct_model_resolve(ct_model *m) {
@@ -410,8 +415,113 @@ void ct_scratch_put(ct_model *m, void *p, size_t n) {
   m->spare[slot].n = n;
 }
 
+/* ------------------------------------------------------------ packed weights */
+
+static ct_param *param_of(ct_model *m, const char *tw, int l, const char *nm) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", tw, l, nm);
+  int i = ct_model_find_param(m, name);
+  return i < 0 ? NULL : &m->params[i];
+}
+
+/* Drop the resident pages of a mapped parameter never written since loading: the packed copy
+ * replaces it in the encoders, and any later reader (training, saving, a view) faults the
+ * same bytes back from the file. Only whole pages inside the tensor are dropped. */
+static void release_mapped(const ct_param *p) {
+  if (p->owned || p->gen != 0) return;
+  long pg = sysconf(_SC_PAGESIZE);
+  if (pg <= 0) return;
+  uintptr_t a = (uintptr_t)p->data, b = a + (size_t)p->numel * sizeof(float);
+  uintptr_t a1 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), b1 = b & ~((uintptr_t)pg - 1);
+  if (b1 > a1) (void)madvise((void *)a1, b1 - a1, MADV_DONTNEED);
+}
+
+static float *pack_alloc(int N, int K) {
+  size_t bytes = ct_pack_nt_floats(N, K) * sizeof(float);
+  bytes = (bytes + 63) & ~(size_t)63;
+  return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+static void free_packs(ct_pack_blk *pk, int L) {
+  if (!pk) return;
+  for (int l = 0; l < L; l++) {
+    free(pk[l].qkv);
+    free(pk[l].o);
+    free(pk[l].fc1);
+    free(pk[l].fc2);
+  }
+  free(pk);
+}
+
+void ct_model_unpack(ct_model *m) {
+  for (int l = 0; l < m->cfg.text.layers && m->tblocks; l++) m->tblocks[l].pk = NULL;
+  for (int l = 0; l < m->cfg.vision.layers && m->vblocks; l++) m->vblocks[l].pk = NULL;
+  free_packs(m->tpk, m->cfg.text.layers);
+  free_packs(m->vpk, m->cfg.vision.layers);
+  m->tpk = m->vpk = NULL;
+}
+
+static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pack_blk **pkp,
+                      ct_block_w *blocks, int frozen_only, ct_err *e) {
+  static const char *const nm[6] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                    "self_attn.v_proj.weight", "self_attn.out_proj.weight",
+                                    "mlp.fc1.weight", "mlp.fc2.weight"};
+  int L = c->layers, D = c->hidden, I = c->inter;
+  if (L <= 0) return 0;
+  if (!*pkp) {
+    *pkp = calloc((size_t)L, sizeof(ct_pack_blk));
+    if (!*pkp) return ct_errf(e, "out of memory packing the %s weights", tw);
+  }
+  size_t dd = ct_pack_nt_floats(D, D);
+  for (int l = 0; l < L; l++) {
+    ct_pack_blk *pk = &(*pkp)[l];
+    ct_param *ps[6];
+    for (int i = 0; i < 6; i++) {
+      ps[i] = param_of(m, tw, l, nm[i]);
+      if (!ps[i]) return ct_errf(e, "packing: %s layer %d has no %s", tw, l, nm[i]);
+      pk->src[i] = &ps[i]->gen;
+    }
+    if (ct_pack_ok(pk)) {
+      blocks[l].pk = pk;
+      continue;
+    }
+    int frozen = 1;
+    for (int i = 0; i < 6; i++) frozen &= !ps[i]->requires_grad;
+    if (frozen_only && !frozen) continue;
+    blocks[l].pk = NULL;
+    pk->ready = 0;
+    if (!pk->qkv) pk->qkv = aligned_alloc(64, ((3 * dd * sizeof(float)) + 63) & ~(size_t)63);
+    if (!pk->o) pk->o = pack_alloc(D, D);
+    if (!pk->fc1) pk->fc1 = pack_alloc(I, D);
+    if (!pk->fc2) pk->fc2 = pack_alloc(D, I);
+    if (!pk->qkv || !pk->o || !pk->fc1 || !pk->fc2)
+      return ct_errf(e, "out of memory packing the %s weights", tw);
+    float *dst[6] = {pk->qkv, pk->qkv + dd, pk->qkv + 2 * dd, pk->o, pk->fc1, pk->fc2};
+    int rows[6] = {D, D, D, D, I, D}, cols[6] = {D, D, D, D, D, I};
+    for (int i = 0; i < 6; i++) { /* a stale block is repacked whole */
+      ct_pack_parallel(rows[i], cols[i], ps[i]->data, cols[i], dst[i]);
+      pk->gen[i] = ps[i]->gen;
+      release_mapped(ps[i]);
+    }
+    pk->ready = 1;
+    blocks[l].pk = pk;
+  }
+  return 0;
+}
+
+int ct_model_pack(ct_model *m, int frozen_only, ct_err *e) {
+  if (m->pack_off || !ct_gemm_packed_available() || !m->params) return 0;
+  if (pack_tower(m, "text_model", &m->cfg.text, &m->tpk, m->tblocks, frozen_only, e) != 0 ||
+      pack_tower(m, "vision_model", &m->cfg.vision, &m->vpk, m->vblocks, frozen_only, e) != 0) {
+    ct_model_unpack(m);
+    return -1;
+  }
+  return 0;
+}
+
 void ct_model_free(ct_model *m) {
   if (!m) return;
+  ct_model_unpack(m);
   for (int i = 0; i < 6; i++) free(m->spare[i].p);
   if (m->params)
     for (int i = 0; i < m->nparams; i++) {

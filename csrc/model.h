@@ -40,11 +40,31 @@ typedef struct ct_param {
   int requires_grad; /* trainable (default 1) */
   float *grad;   /* malloc'd on first backward that needs it, else NULL */
   int has_grad;  /* a backward wrote into grad since the last zero_grad (torch: grad is not None) */
+  unsigned gen;  /* bumped by every write through the bindings (tensor views, optimizers);
+                    packed copies built from an older gen are stale */
 } ct_param;
+
+/* The packed copies (gemm.h layout) of one block's linear weights, built by ct_model_pack.
+ * qkv holds the q, k and v panels one after the other (each ct_pack_nt_floats(D, D)). */
+typedef struct ct_pack_blk {
+  float *qkv, *o, *fc1, *fc2;
+  unsigned gen[6];        /* the params' gens (q, k, v, o, fc1, fc2) when packed */
+  const unsigned *src[6]; /* &param.gen of the same six */
+  int ready;              /* the four buffers hold a complete packing */
+} ct_pack_blk;
+
+/* 1 when pk holds packs built from the current weights. */
+static inline int ct_pack_ok(const ct_pack_blk *pk) {
+  if (!pk || !pk->ready) return 0;
+  for (int i = 0; i < 6; i++)
+    if (*pk->src[i] != pk->gen[i]) return 0;
+  return 1;
+}
 
 typedef struct ct_block_w {
   float *ln1_w, *ln1_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
   float *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+  const ct_pack_blk *pk; /* packed weights (NULL: none; used only when ct_pack_ok) */
 } ct_block_w;
 
 typedef struct ct_model {
@@ -61,7 +81,21 @@ typedef struct ct_model {
   /* recycled scratch blocks (training tapes, backward buffers), so a training
    * loop does not page-fault fresh memory every step */
   struct { void *p; size_t n; } spare[6];
+  /* packed weights, one per block (NULL until ct_model_pack); pack_off: never pack */
+  ct_pack_blk *tpk, *vpk;
+  int pack_off;
 } ct_model;
+
+/* Build (or rebuild, where a weight changed since) the packed copies of every block's linear
+ * weights, for the encoders' small-batch GEMMs (gemm_packed.c). No-op when the CPU lacks the
+ * packed kernel or m->pack_off. Mapped weights never written are then dropped from memory
+ * (madvise: they are read back from the file if used again), so packing does not double the
+ * resident weights. frozen_only: only blocks whose six weights do not require gradients (the
+ * frozen part of a training forward; trainable blocks change every step). Returns -1 with e set when out of memory (the model stays usable,
+ * unpacked). */
+int ct_model_pack(ct_model *m, int frozen_only, ct_err *e);
+/* Free the packed copies (the encoders fall back to the original weights). */
+void ct_model_unpack(ct_model *m);
 
 /* Take a block of at least n bytes (recycled or malloc'd; contents undefined). */
 void *ct_scratch_get(ct_model *m, size_t n, size_t *got);

@@ -48,6 +48,7 @@ extern "C" {
 /* clip_model_load_ex flags */
 #define CLIP_LOAD_NO_TOKENIZER 0x1u     /* do not read vocab.json / merges.txt */
 #define CLIP_LOAD_OPENAI_TOKENIZER 0x2u /* openai/CLIP simple_tokenizer rules, not HF's */
+#define CLIP_LOAD_NO_PACK 0x4u          /* keep no packed weight copies (see below) */
 
 /* encode flags */
 #define CLIP_NORMALIZE 0x1u /* L2-normalize each embedding (eps 1e-12, as torch) */
@@ -65,6 +66,10 @@ const char *clip_version(void);
  * F16/BF16 converted. Without preprocessor_config.json, OpenAI's defaults at
  * the model's image size are used. The tokenizer files are required;
  * clip_model_load_ex(dir, CLIP_LOAD_NO_TOKENIZER, ...) loads without them.
+ * On CPUs with AVX-512 the transformer weights are also packed at load (a copy in the layout
+ * of the small-batch GEMM kernel, docs/performance.md; the mapped originals are then released
+ * from memory); this reads every weight once, and CLIP_LOAD_NO_PACK skips it. The model is
+ * not modified after loading, so encodes may run concurrently from several threads.
  * Returns NULL on failure. */
 clip_model *clip_model_load(const char *dir, char *err, size_t errlen);
 clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_t errlen);

@@ -37,6 +37,7 @@ build = {
             "csrc/encoder.c",
             "csrc/encoder_ref.c",
             "csrc/gemm.c",
+            "csrc/gemm_packed.c",
             "csrc/image.c",
             "csrc/k_act.c",
             "csrc/k_attention.c",

@@ -46,7 +46,10 @@ describe("losses and gradients vs PyTorch autograd", function()
         local v = loss:backward(b)
         assert.is_true(math.abs(v - js.loss[lname]) <= 1e-5 * math.max(1, math.abs(js.loss[lname])),
           ("%s loss %.9g, expected %.9g"):format(lname, v, js.loss[lname]))
-        assert.is_true(math.abs(fwd - v) < 1e-6)
+        -- forward runs the inference kernels (packed weights), backward the training ones:
+        -- the same sums in another order, so they agree to float rounding (docs/numerics.md)
+        assert.is_true(math.abs(fwd - v) < 1e-6 * math.max(1, math.abs(v)),
+          ("forward %.9g backward %.9g"):format(fwd, v))
         local ref = clip.load_safetensors(FX .. lname .. "_" .. set .. ".safetensors")
         local global = 0
         for k, t in pairs(ref) do if k:match("^grad%.") then global = math.max(global, maxabs(t)) end end

@@ -23,6 +23,7 @@ function M.load(dir, opts)
     error("clip.load: expected a directory path, got " .. type(dir), 2)
   end
   local mc, paths = core.model_load(dir)
+  if opts.pack == false then mc:set_packing(false) end
   local self = { core = mc, paths = paths, dir = dir }
   self.config = mc:config()
   if opts.tokenizer ~= false then
@@ -122,6 +123,16 @@ function Model:close()
 end
 
 function Model:is_closed() return self.core:is_closed() end
+
+--- Packed weight copies for small batches (on by default; docs/performance.md). Off frees
+-- them; the encoders then run OpenBLAS on the original weights.
+function Model:set_packing(on)
+  self.core:set_packing(on ~= false)
+  return self
+end
+
+--- Number of transformer blocks whose packed weights are current (0 before the first encode).
+function Model:packed_blocks() return self.core:packed() end
 
 --- Preprocess one image (path, clip.Image) -> Tensor {3,N,N}, or a list -> {n,3,N,N}.
 function Model:preprocess(x)

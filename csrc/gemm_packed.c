@@ -1,0 +1,166 @@
+/* gemm_packed.c - C = alpha * A B^T + beta * C with B packed once, ahead of time.
+ *
+ * Layout (gemm.h): B[N,K] is cut into panels of PK_NR = 32 rows; panel p holds
+ * P[p][k][j] = B[32 p + j][k] (k-major, rows past N zero), so the micro-kernel streams one
+ * contiguous block of weights. Packing costs one pass over B and is done once per model
+ * (model.c), not once per call as a packing BLAS must do: at ViT-B/32 batch 1 (M = 50) that
+ * per-call packing was 31 % of the image tower's time (perf, docs/performance.md).
+ *
+ * Micro-kernel (AVX-512F): mr <= 12 rows of A x 32 columns = up to 24 zmm accumulators; per k
+ * two loads of the panel and mr broadcasts of A (packed k-major per row block, so the
+ * broadcasts are sequential). Rows are cut into ceil(M/12) blocks of equal size (50 rows ->
+ * five blocks of 10) so that no block is mostly padding. Loops: column blocks of PK_NC (the
+ * panels' chunk stays in L2) -> K blocks of PK_KC -> row blocks (A block packed, in L1) ->
+ * panels. Columns are handed out whole panels at a time (threads split panels).
+ * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
+ * Never -ffast-math. */
+#include "gemm.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CT_PK_X86 1
+#endif
+
+#ifndef PK_HINT
+#define PK_HINT _MM_HINT_T1
+#endif
+#ifndef PK_KC
+#define PK_KC 192
+#endif
+enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
+
+int ct_gemm_packed_available(void) {
+#ifdef CT_PK_X86
+  static int cached = -1;
+  if (cached < 0) {
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx512f");
+  }
+  return cached;
+#else
+  return 0;
+#endif
+}
+
+size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)K; }
+
+void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1) {
+  for (int p = p0; p < p1; p++) {
+    float *dst = P + (size_t)p * NR * K;
+    int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;
+    /* 8 k at a time per row keeps the reads sequential and the writes in a few lines */
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      int kn = K - k0 < 8 ? K - k0 : 8;
+      for (int j = 0; j < NR; j++) {
+        const float *src = B + (size_t)(n0 + j) * ldb + k0;
+        for (int k = 0; k < kn; k++) dst[(size_t)(k0 + k) * NR + j] = j < nc ? src[k] : 0.0f;
+      }
+    }
+  }
+}
+
+#ifdef CT_PK_X86
+#define TGT __attribute__((target("avx512f")))
+
+/* c[r][0..nc) (op)= alpha * sum_k ap[k*MR + r] * bp[k*NR + j]; first: C = beta C + ..., else
+ * C += ... */
+#define UKR(MR)                                                                          \
+  TGT static void ukr##MR(int kc, const float *ap, const float *bp, float *c, int ldc,  \
+                          int nc, float alpha, float beta, int first, const float *pf) { \
+    __m512 acc[MR][2];                                                                   \
+    _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
+      acc[r][0] = _mm512_setzero_ps();                                                   \
+      acc[r][1] = _mm512_setzero_ps();                                                   \
+    }                                                                                    \
+    for (int k = 0; k < kc; k++) {                                                       \
+      if (pf) {                                                                          \
+        _mm_prefetch((const char *)(pf + k * NR), PK_HINT);                              \
+        _mm_prefetch((const char *)(pf + k * NR + 16), PK_HINT);                         \
+      }                                                                                  \
+      __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);                     \
+      _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                           \
+        __m512 a = _mm512_set1_ps(ap[r]);                                                \
+        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                   \
+        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                   \
+      }                                                                                  \
+      ap += MR;                                                                          \
+      bp += NR;                                                                          \
+    }                                                                                    \
+    __mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);                      \
+    __mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1); \
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                        \
+    _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
+      float *cr = c + (size_t)r * ldc;                                                   \
+      __m512 x0 = _mm512_mul_ps(va, acc[r][0]), x1 = _mm512_mul_ps(va, acc[r][1]);        \
+      if (!first) {                                                                      \
+        x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), x0);                           \
+        x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), x1);                      \
+      } else if (beta != 0.0f) {                                                         \
+        x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);                     \
+        x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);                \
+      }                                                                                  \
+      _mm512_mask_storeu_ps(cr, m0, x0);                                                 \
+      _mm512_mask_storeu_ps(cr + 16, m1, x1);                                            \
+    }                                                                                    \
+  }
+UKR(1) UKR(2) UKR(3) UKR(4) UKR(5) UKR(6) UKR(7) UKR(8) UKR(9) UKR(10) UKR(11) UKR(12)
+#undef UKR
+
+typedef void (*ukr_fn)(int, const float *, const float *, float *, int, int, float, float, int,
+                       const float *);
+static const ukr_fn ukrs[MRMAX + 1] = {NULL,   ukr1, ukr2, ukr3,  ukr4,  ukr5, ukr6,
+                                       ukr7, ukr8, ukr9, ukr10, ukr11, ukr12};
+
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
+                    float beta, float *C, int ldc, int p0, int p1) {
+  if (M <= 0 || N <= 0 || p1 <= p0) return;
+  if (K <= 0) {
+    int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
+    for (int i = 0; i < M; i++)
+      for (int j = j0; j < j1; j++) {
+        float *c = &C[(size_t)i * ldc + j];
+        *c = beta == 0.0f ? 0.0f : beta * *c;
+      }
+    return;
+  }
+  _Alignas(64) float ap[MC * KC]; /* A rows i0 .. i0+MC, k block: row blocks of mr, k-major */
+  const int pnc = NC / NR;
+  for (int q0 = p0; q0 < p1; q0 += pnc) {
+    int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      int kc = K - k0 < KC ? K - k0 : KC;
+      for (int m0 = 0; m0 < M; m0 += MC) {
+        int mc = M - m0 < MC ? M - m0 : MC;
+        int nb = (mc + MRMAX - 1) / MRMAX; /* row blocks of near-equal size */
+        int bi[MC / MRMAX + 1];
+        for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);
+        for (int b = 0; b < nb; b++) {
+          int mr = bi[b + 1] - bi[b];
+          float *dst = ap + (size_t)bi[b] * kc;
+          const float *src = A + (size_t)(m0 + bi[b]) * lda + k0;
+          for (int r = 0; r < mr; r++)
+            for (int k = 0; k < kc; k++) dst[k * mr + r] = src[(size_t)r * lda + k];
+        }
+        for (int p = q0; p < q1; p++) {
+          int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+          const float *bp = P + (size_t)p * NR * K + (size_t)k0 * NR;
+          for (int b = 0; b < nb; b++) {
+            int mr = bi[b + 1] - bi[b];
+            ukrs[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc,
+                     alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K : NULL);
+          }
+        }
+      }
+    }
+  }
+}
+#else
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
+                    float beta, float *C, int ldc, int p0, int p1) {
+  (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)P; (void)beta; (void)C;
+  (void)ldc; (void)p0; (void)p1; /* never called: ct_gemm_packed_available() is 0 */
+}
+#endif

@@ -1,0 +1,171 @@
+-- spec/packed_spec.lua - packed weights (csrc/gemm_packed.c, model.c's ct_model_pack):
+-- the AVX-512 kernel against the naive twin on odd shapes, in one thread and split over the
+-- pool; the encoders with packed weights against the same model unpacked; packs rebuilt
+-- after every kind of write to a weight; mapped weights released after packing read back
+-- exactly the file's bytes.
+local H = require "spec.helpers"
+local clip = require "clip"
+local core = clip.core
+local K = core.kernels
+
+local has = K.gemm_packed_available()
+local function rnd(shape, seed) return core.randn(shape, seed) end
+
+local function maxdiff(a, b)
+  local d = a - b
+  return math.max(d:max(), -d:min())
+end
+
+describe("packed gemm kernel", function()
+  if not has then
+    pending("this CPU has no AVX-512F: the packed kernel is not used (nor tested) here")
+    return
+  end
+
+  it("matches the naive twin on odd shapes (row blocks, panel and K edges)", function()
+    local seed = 1
+    for _, M in ipairs({ 1, 2, 5, 11, 12, 13, 25, 50, 121, 257 }) do
+      for _, N in ipairs({ 1, 17, 32, 33, 64, 100 }) do
+        for _, Kd in ipairs({ 1, 7, 16, 191, 192, 193, 400 }) do
+          seed = seed + 1
+          local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1000)
+          H.assert_close(K.gemm_packed(a, b), K.gemm_nt(a, b, true), { atol = 1e-4, rtol = 1e-5,
+            label = ("gemm_packed %dx%d x %dx%d^T"):format(M, Kd, N, Kd) })
+        end
+      end
+    end
+  end)
+
+  it("adds beta C, and ignores C's old values when beta is 0", function()
+    local a, b = rnd({ 13, 200 }, 5), rnd({ 70, 200 }, 6)
+    local c0 = rnd({ 13, 70 }, 7)
+    local want = K.gemm_nt(a, b, true, c0:clone(), 1, -2)
+    H.assert_close(K.gemm_packed(a, b, c0:clone(), -2), want, { atol = 1e-4, rtol = 1e-5, label = "beta -2" })
+    local nan = core.full({ 13, 70 }, 0 / 0)
+    H.assert_close(K.gemm_packed(a, b, nan, 0), K.gemm_nt(a, b, true),
+      { atol = 1e-4, rtol = 1e-5, label = "beta 0 over NaN" })
+  end)
+
+  it("split over the pool (1, 2 and 3 threads) gives the same result", function()
+    local before = clip.get_num_threads()
+    for _, nt in ipairs({ 1, 2, 3 }) do
+      clip.set_num_threads(nt)
+      for _, s in ipairs({ { 50, 768, 64 }, { 3, 100, 300 }, { 130, 96, 40 } }) do
+        local a, b = rnd({ s[1], s[3] }, s[1]), rnd({ s[2], s[3] }, s[2])
+        H.assert_close(K.gemm_packed(a, b, nil, 0, true), K.gemm_nt(a, b, true),
+          { atol = 1e-4, rtol = 1e-5, label = ("pooled %d threads %dx%dx%d"):format(nt, s[1], s[2], s[3]) })
+      end
+    end
+    clip.set_num_threads(before)
+  end)
+end)
+
+describe("packed weights in the encoders", function()
+  local TINY = H.fixtures .. "models/tiny"
+  local ref = clip.load_safetensors(H.fixtures .. "models/tiny/reference.safetensors")
+  local js = clip.json.decode(H.read(H.fixtures .. "models/tiny/reference.json"))
+  local LAYERS -- text + vision blocks of the tiny model
+
+  local function encode(m)
+    return m:encode_images(ref.pixel_values), m:encode_texts(js.input_ids)
+  end
+
+  it("give the unpacked results, and are built at the first encode", function()
+    local m = clip.load(TINY, { tokenizer = false })
+    local u = clip.load(TINY, { tokenizer = false, pack = false })
+    LAYERS = m.config.text_config.num_hidden_layers + m.config.vision_config.num_hidden_layers
+    assert.equal(0, m:packed_blocks())
+    local ia, ta = encode(m)
+    local ib, tb = encode(u)
+    if has then assert.equal(LAYERS, m:packed_blocks()) else assert.equal(0, m:packed_blocks()) end
+    assert.equal(0, u:packed_blocks())
+    assert.is_true(maxdiff(ia, ib) <= 1e-5, "image embeds differ by " .. maxdiff(ia, ib))
+    assert.is_true(maxdiff(ta, tb) <= 1e-5, "text embeds differ by " .. maxdiff(ta, tb))
+    m:set_packing(false)
+    assert.equal(0, m:packed_blocks())
+    local ic = encode(m)
+    assert.is_true(maxdiff(ic, ib) == 0, "unpacked after set_packing(false)")
+    m:close() u:close()
+  end)
+
+  it("are rebuilt after writes through parameter views (set, copy, in-place ops, views of views)", function()
+    if not has then pending("no packed kernel on this CPU") return end
+    local name = "vision_model.encoder.layers.1.mlp.fc1.weight"
+    local writes = {
+      function(p) p:scale_(1.5) end,
+      function(p) p:copy(p * 0.5) end,
+      function(p) p:set(1, 1, 3.0) end,
+      function(p) p:rows(2, 3):fill(0.25) end,
+      function(p) p:add_(p) end,
+    }
+    for i, w in ipairs(writes) do
+      local m = clip.load(TINY, { tokenizer = false })
+      local u = clip.load(TINY, { tokenizer = false, pack = false })
+      encode(m)
+      assert.equal(LAYERS, m:packed_blocks())
+      w(m:param(name))
+      w(u:param(name))
+      assert.equal(LAYERS - 1, m:packed_blocks(), "write " .. i .. " marks its block stale")
+      local ia = encode(m)
+      local ib = encode(u)
+      assert.equal(LAYERS, m:packed_blocks())
+      assert.is_true(maxdiff(ia, ib) <= 1e-5, ("write %d: packed and unpacked differ by %g"):format(i, maxdiff(ia, ib)))
+      m:close() u:close()
+    end
+  end)
+
+  it("are rebuilt after an optimizer step on a trainable block", function()
+    local m = clip.load(TINY, { tokenizer = false })
+    local u = clip.load(TINY, { tokenizer = false, pack = false })
+    for _, model in ipairs({ m, u }) do
+      encode(model)
+      local loss = clip.loss.MultipleNegativesRankingLoss(model, { modalities = { anchor = "image", positive = "text" } })
+      local opt = clip.optim.AdamW(model, { lr = 1e-2 })
+      local n = ref.pixel_values:size(1)
+      loss:backward({ anchor = ref.pixel_values, positive = table.move(js.input_ids, 1, n, 1, {}) })
+      opt:step()
+    end
+    local ia, ta = encode(m)
+    local ib, tb = encode(u)
+    assert.is_true(maxdiff(ia, ib) <= 1e-5, "image embeds after a step differ by " .. maxdiff(ia, ib))
+    assert.is_true(maxdiff(ta, tb) <= 1e-5, "text embeds after a step differ by " .. maxdiff(ta, tb))
+    m:close() u:close()
+  end)
+
+  it("release mapped weights that then read back as the file's bytes", function()
+    -- blocks of 256 x 1024 weights span many pages, so packing drops whole pages
+    local cfg = {
+      projection_dim = 64,
+      text_config = { hidden_size = 256, intermediate_size = 1024, num_hidden_layers = 1,
+        num_attention_heads = 4, max_position_embeddings = 16, vocab_size = 64 },
+      vision_config = { hidden_size = 256, intermediate_size = 1024, num_hidden_layers = 1,
+        num_attention_heads = 4, image_size = 32, patch_size = 16 },
+    }
+    local dir = H.tmpdir() .. "/packed-model"
+    local g = clip.model.new(cfg, { seed = 3 })
+    g:save(dir)
+    g:close()
+    local file = clip.load_safetensors(dir .. "/model.safetensors")
+    local m = clip.load(dir, { tokenizer = false })
+    local u = clip.load(dir, { tokenizer = false, pack = false })
+    local px = core.randn({ 2, 3, 32, 32 }, 9)
+    local ids = { { 1, 5, 9, 63 }, { 1, 7, 63 } }
+    local a1 = m:encode_images(px)
+    local t1 = m:encode_texts(ids)
+    if has then assert.equal(2, m:packed_blocks()) end
+    for name, p in m:named_parameters() do
+      assert.is_true(maxdiff(p.data, file[name]) == 0, name .. " reads back the file's values")
+    end
+    H.assert_close(a1, u:encode_images(px), { atol = 1e-5, label = "packed vs unpacked image" })
+    H.assert_close(t1, u:encode_texts(ids), { atol = 1e-5, label = "packed vs unpacked text" })
+    -- a written (copy-on-write) weight is kept, never dropped: packing again keeps the write
+    local w = m:param("text_model.encoder.layers.0.mlp.fc2.weight")
+    w:scale_(2)
+    u:param("text_model.encoder.layers.0.mlp.fc2.weight"):scale_(2)
+    local t2 = m:encode_texts(ids)
+    H.assert_close(t2, u:encode_texts(ids), { atol = 1e-5, label = "after a write" })
+    assert.is_true(maxdiff(m:param("text_model.encoder.layers.0.mlp.fc2.weight"),
+      file["text_model.encoder.layers.0.mlp.fc2.weight"] * 2) == 0, "the write survives packing")
+    m:close() u:close()
+  end)
+end)
