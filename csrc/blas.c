@@ -170,9 +170,18 @@ void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
     packed_part(&g, 0, 1);
 }
 
-/* measured (docs/performance.md): the packed kernel wins at M = 50 .. 400 and ties OpenBLAS
- * near 400; OpenBLAS's large-M kernel wins above */
-int ct_packed_max_m(void) { return 512; }
+/* Rows per packed GEMM call (k_linear.c cuts larger inputs into chunks of this many rows).
+ * Measured (docs/performance.md, one thread, weights cold): 300-400-row chunks run at
+ * OpenBLAS's large-M speed, whole 1600-row calls 15-25 % slower (C is re-read per K block). */
+int ct_packed_max_m(void) {
+  static int v = -1;
+  if (v < 0) { /* CLIP_PACKED_MAX_M in the environment, for the benchmarks (read once) */
+    const char *e = getenv("CLIP_PACKED_MAX_M");
+    v = e && *e ? atoi(e) : 400;
+    if (v < 0) v = 0;
+  }
+  return v;
+}
 
 typedef struct {
   int N, K, ldb;

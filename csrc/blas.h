@@ -18,8 +18,9 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
  * ct_gemm_packed_available(). */
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
                      const float *const *P, float *const *C, int ldc, float beta);
-/* Rows up to which the packed kernel beats OpenBLAS on unpacked weights (above it the
- * encoders use ct_sgemm on the original weights). */
+/* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
+ * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
+ * weights off). */
 int ct_packed_max_m(void);
 /* Pack B[N,K] (row stride ldb) into P (ct_pack_nt_floats(N, K) floats, 64-byte aligned),
  * split over the current pool. */

@@ -21,12 +21,12 @@ void linear_forward(float *out, const float *inp, const float *weight,
 }
 
 /* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
- * for N up to ct_packed_max_m() rows, linear_forward above. nout layers of the same shape
+ * on chunks of ct_packed_max_m() rows; linear_forward without packs. nout layers of the same shape
  * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
                            const float *const *pk, const float *const *bias, int N, int IC,
                            int OC) {
-  if (pk && N <= ct_packed_max_m() && ct_gemm_packed_available()) {
+  if (pk && ct_packed_max_m() > 0 && ct_gemm_packed_available()) {
     int any = 0; /* with no bias at all, C is not read (beta 0); else every C starts at its bias */
     for (int r = 0; r < nout; r++) any |= bias[r] != NULL;
     for (int r = 0; r < nout && any; r++)
@@ -35,7 +35,14 @@ void linear_forward_packed(int nout, float *const *out, const float *inp, const 
         if (bias[r]) memcpy(row, bias[r], sizeof(float) * OC);
         else memset(row, 0, sizeof(float) * OC);
       }
-    ct_sgemm_packed(N, OC, IC, inp, IC, nout, pk, out, OC, any ? 1.0f : 0.0f);
+    /* rows in chunks: the packed kernel keeps its small-M speed at any batch size */
+    int chunk = ct_packed_max_m();
+    for (int i0 = 0; i0 < N; i0 += chunk) {
+      int n = N - i0 < chunk ? N - i0 : chunk;
+      float *o[3];
+      for (int r = 0; r < nout && r < 3; r++) o[r] = out[r] + (size_t)i0 * OC;
+      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, o, OC, any ? 1.0f : 0.0f);
+    }
     return;
   }
   for (int r = 0; r < nout; r++) linear_forward(out[r], inp, w[r], bias[r], N, IC, OC);

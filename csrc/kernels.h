@@ -40,7 +40,7 @@ void layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const flo
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC);
 /* linear_forward for nout layers sharing inp, with their weights also packed (pk: gemm.h
- * layout, or NULL): the packed kernel up to ct_packed_max_m() rows (k_linear.c). */
+ * layout, or NULL): the packed kernel in chunks of ct_packed_max_m() rows (k_linear.c). */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
                            const float *const *pk, const float *const *bias, int N, int IC,
                            int OC);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "l_tensor.h"
 #include "lclip.h"
 #include "model.h"
@@ -265,7 +266,7 @@ static int mc_param(lua_State *L) {
  * runs out the encoders simply use the original weights. */
 static void pack_model(l_model *m, int frozen_only) {
   ct_err e;
-  (void)ct_model_pack(&m->m, frozen_only, &e);
+  if (ct_packed_max_m() > 0) (void)ct_model_pack(&m->m, frozen_only, &e);
 }
 
 /* m:set_packing(on): packed weight copies for small batches (default on; off frees them) */

@@ -158,6 +158,9 @@ describe("packed weights in the encoders", function()
     end
     H.assert_close(a1, u:encode_images(px), { atol = 1e-5, label = "packed vs unpacked image" })
     H.assert_close(t1, u:encode_texts(ids), { atol = 1e-5, label = "packed vs unpacked text" })
+    -- 100 images x 5 tokens = 500 rows: the packed GEMMs run in chunks of 400 rows
+    local many = core.randn({ 100, 3, 32, 32 }, 10)
+    H.assert_close(m:encode_images(many), u:encode_images(many), { atol = 1e-5, label = "500 rows, chunked" })
     -- a written (copy-on-write) weight is kept, never dropped: packing again keeps the write
     local w = m:param("text_model.encoder.layers.0.mlp.fc2.weight")
     w:scale_(2)
