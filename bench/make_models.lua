@@ -53,7 +53,23 @@ local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local out = arg[1] or (here .. "models")
 local names = { table.unpack(arg, 2) }
 if #names == 0 then names = { "b32", "l14" } end
+-- "<name>-f16": the same random weights as <name>, saved in F16 (for the half-precision RSS)
+local function half_copy(name)
+  local src, dir = out .. "/" .. name:gsub("%-f16$", ""), out .. "/" .. name
+  if io.open(dir .. "/model.safetensors", "rb") then
+    io.stderr:write(dir, ": exists, kept\n")
+    return
+  end
+  assert(io.open(src .. "/model.safetensors", "rb"), src .. " missing: make it first")
+  local t0 = os.clock()
+  os.execute(("mkdir -p %q && cp %q/*.json %q/*.txt %q/ 2>/dev/null"):format(dir, src, src, dir))
+  local t = core.load_safetensors(src .. "/model.safetensors")
+  core.save_safetensors(dir .. "/model.safetensors", t, { dtype = "F16" })
+  io.stderr:write(("%s: written (%.1f s)\n"):format(dir, os.clock() - t0))
+end
+
 for _, name in ipairs(names) do
+  if name:match("%-f16$") then half_copy(name) goto next end
   local c = assert(CONFIGS[name], "unknown model " .. name)
   local dir = out .. "/" .. name
   local f = io.open(dir .. "/model.safetensors", "rb")
@@ -70,4 +86,5 @@ for _, name in ipairs(names) do
     collectgarbage()
     io.stderr:write(("%s: written (%.1f s)\n"):format(dir, os.clock() - t0))
   end
+  ::next::
 end

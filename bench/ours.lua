@@ -3,7 +3,8 @@
 --   image B [reps]      image tower, B images of random pixels: images/s
 --   text B T [reps]     text tower, B sequences of T tokens (eos at T): texts/s
 --   load                clip.load to the first use of the weights (one image embedded): ms
---   rss                 load, embed one image and one text: peak RSS (VmHWM) and weight bytes
+--   rss [half]          load (half: {half = true}), embed one image and one text: peak RSS
+--                       (VmHWM) and the float32 weight bytes
 --   train [cache]       the fine-tuning workload (bench/train_workload.lua): seconds
 -- Environment: CLIP_THREADS sets clip.set_num_threads.
 local clip = require "clip"
@@ -98,7 +99,8 @@ elseif task == "load" then
   -- report load alone (mapping, parsing) and load + one image
   out({ task = "load", impl = "ours", load_ms = (t1 - t0) * 1000, first_image_ms = (t2 - t0) * 1000 })
 elseif task == "rss" then
-  local m = clip.load(dir, { tokenizer = false })
+  local half = arg[3] == "half"
+  local m = clip.load(dir, { tokenizer = false, half = half })
   local S = m.config.vision_config.image_size
   m.core:encode_pixels(core.randn({ 1, 3, S, S }, 3))
   m.core:encode_ids(ids_batch(1, 15))
@@ -106,7 +108,7 @@ elseif task == "rss" then
   for _, it in ipairs(m.core:param_info()) do bytes = bytes + it.numel * 4 end
   local hwm = vmhwm()
   out({ task = "rss", impl = "ours", peak_rss_mib = hwm / 1024, weights_mib = bytes / 2 ^ 20,
-    ratio = hwm * 1024 / bytes })
+    ratio = hwm * 1024 / bytes, half = m:is_half() or "no" })
 elseif task == "train" then
   local W = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "train_workload.lua")
   local t0 = clock()

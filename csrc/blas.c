@@ -139,10 +139,10 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 /* ---------------------------------------------------------------- packed weights */
 
 typedef struct {
-  int M, N, K, lda, ldc, nout, npan;
+  int M, N, K, lda, ldc, nout, npan, kind;
   float beta;
   const float *A;
-  const float *const *P;
+  const void *const *P;
   float *const *C;
 } packed_job;
 
@@ -154,15 +154,15 @@ static void packed_part(void *ctx, int tid, int nt) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
     if (hi > lo)
-      ct_gemm_packed(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->P[r], g->beta, g->C[r], g->ldc,
-                     lo - r * g->npan, hi - r * g->npan);
+      ct_gemm_packed(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->P[r], g->kind, g->beta, g->C[r],
+                     g->ldc, lo - r * g->npan, hi - r * g->npan);
   }
 }
 
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
-                     const float *const *P, float *const *C, int ldc, float beta) {
+                     const void *const *P, int kind, float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, beta, A, P, C};
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C};
   ct_pool *p = ct_pool_current();
   if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5)
     ct_pool_run(p, packed_part, &g);
@@ -184,20 +184,21 @@ int ct_packed_max_m(void) {
 }
 
 typedef struct {
-  int N, K, ldb;
-  const float *B;
-  float *P;
+  int N, K, ldb, half;
+  const void *B;
+  void *P;
 } pack_job;
 
 static void pack_part(void *ctx, int tid, int nt) {
   const pack_job *j = ctx;
   int np = (j->N + PK_NR - 1) / PK_NR;
-  ct_pack_nt(j->N, j->K, j->B, j->ldb, j->P, (int)((long)np * tid / nt),
-             (int)((long)np * (tid + 1) / nt));
+  int p0 = (int)((long)np * tid / nt), p1 = (int)((long)np * (tid + 1) / nt);
+  if (j->half) ct_pack_nt_h(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
+  else ct_pack_nt(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
 }
 
-void ct_pack_parallel(int N, int K, const float *B, int ldb, float *P) {
-  pack_job j = {N, K, ldb, B, P};
+void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind) {
+  pack_job j = {N, K, ldb, kind != PK_F32, B, P};
   ct_pool_run(ct_pool_current(), pack_part, &j);
 }
 

@@ -13,18 +13,18 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
                   float *C, int ldc);
 
 /* Packed weights (gemm.h): nout outputs of N columns each share one input A[M,K]; output r
- * is C[r] = A W_r^T + beta C[r] (row stride ldc) with W_r packed at P[r]. The panels of all
- * outputs are split over the current pool in one run (q, k and v in one dispatch). Requires
- * ct_gemm_packed_available(). */
+ * is C[r] = A W_r^T + beta C[r] (row stride ldc) with W_r packed at P[r] (element type kind:
+ * PK_F32, PK_F16, PK_BF16). The panels of all outputs are split over the current pool in one
+ * run (q, k and v in one dispatch). Requires ct_gemm_packed_available(). */
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
-                     const float *const *P, float *const *C, int ldc, float beta);
+                     const void *const *P, int kind, float *const *C, int ldc, float beta);
 /* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */
 int ct_packed_max_m(void);
-/* Pack B[N,K] (row stride ldb) into P (ct_pack_nt_floats(N, K) floats, 64-byte aligned),
- * split over the current pool. */
-void ct_pack_parallel(int N, int K, const float *B, int ldb, float *P);
+/* Pack B[N,K] (row stride ldb; float, or 16-bit elements for PK_F16 / PK_BF16) into P
+ * (ct_pack_nt_floats(N, K) elements, 64-byte aligned), split over the current pool. */
+void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind);
 
 /* OpenBLAS's own thread count (for a C host without a pool; see pool.h). */
 void ct_set_num_threads(int n);

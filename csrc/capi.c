@@ -60,7 +60,8 @@ clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_
     fail(err, errlen, "clip_model_load: dir is NULL");
     return NULL;
   }
-  if (flags & ~(CLIP_LOAD_NO_TOKENIZER | CLIP_LOAD_OPENAI_TOKENIZER | CLIP_LOAD_NO_PACK)) {
+  if (flags & ~(CLIP_LOAD_NO_TOKENIZER | CLIP_LOAD_OPENAI_TOKENIZER | CLIP_LOAD_NO_PACK |
+                CLIP_LOAD_HALF)) {
     failf(err, errlen, "clip_model_load: unknown flags 0x%x", flags);
     return NULL;
   }
@@ -73,7 +74,16 @@ clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_
     fail(err, errlen, "clip_model_load: out of memory");
     return NULL;
   }
-  if (ct_model_load(dir, &cm->m, p, &e) != 0) { /* frees what it took on failure */
+  if ((flags & CLIP_LOAD_HALF) && (flags & CLIP_LOAD_NO_PACK)) {
+    free(cm);
+    free(p);
+    fail(err, errlen, "clip_model_load: CLIP_LOAD_HALF needs the packed weights (drop CLIP_LOAD_NO_PACK)");
+    return NULL;
+  }
+  ct_pool *prev_pool = ct_pool_make_current(NULL);
+  int lrc = ct_model_load_ex(dir, (flags & CLIP_LOAD_HALF) ? CT_LOAD_HALF : 0, &cm->m, p, &e);
+  ct_pool_make_current(prev_pool);
+  if (lrc != 0) { /* frees what it took on failure */
     free(cm);
     free(p);
     fail(err, errlen, e.msg);

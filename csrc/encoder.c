@@ -8,6 +8,7 @@
 
 #include "gemm.h"
 #include "kernels.h"
+#include "tensor.h"
 #include "model.h"
 
 typedef ct_fwd_ws workspace;
@@ -24,9 +25,14 @@ static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
 }
 
 /* linear_forward with the packed copy pk when there is one (k_linear.c decides by rows) */
-static void lin(float *out, const float *inp, const float *w, const float *pk, const float *bias,
-                int N, int IC, int OC) {
-  linear_forward_packed(1, &out, inp, &w, pk ? &pk : NULL, &bias, N, IC, OC);
+static void lin(float *out, const float *inp, const float *w, const ct_pack_blk *pk,
+                const void *packed, const float *bias, int N, int IC, int OC) {
+  linear_forward_packed(1, &out, inp, &w, pk ? &packed : NULL, pk ? pk->kind : 0, &bias, N, IC, OC);
+}
+
+/* element i of a packed buffer of kind */
+static const void *pk_at(const ct_pack_blk *pk, const void *p, size_t i) {
+  return (const char *)p + i * (pk->kind == PK_F32 ? sizeof(float) : sizeof(uint16_t));
 }
 
 /* One pre-LN block over w->h [B, T, D] in place; the packed weights (b->pk) when they are
@@ -40,16 +46,17 @@ void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, 
     float *out[3] = {w->q, w->k, w->v};
     const float *wt[3] = {b->q_w, b->k_w, b->v_w}, *bs[3] = {b->q_b, b->k_b, b->v_b};
     size_t dd = ct_pack_nt_floats(D, D);
-    const float *pks[3] = {pk ? pk->qkv : NULL, pk ? pk->qkv + dd : NULL, pk ? pk->qkv + 2 * dd : NULL};
-    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, bs, N, D, D);
+    const void *pks[3] = {pk ? pk->qkv : NULL, pk ? pk_at(pk, pk->qkv, dd) : NULL,
+                          pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
+    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D);
   }
   attention_forward(w->att, w->probs, w->q, w->k, w->v, B, T, D, c->heads, causal, 0);
-  lin(w->x, w->att, b->o_w, pk ? pk->o : NULL, b->o_b, N, D, D);
+  lin(w->x, w->att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, N, D, D);
   for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln2_w, b->ln2_b, N, D, c->eps);
-  lin(w->mlp, w->x, b->fc1_w, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
+  lin(w->mlp, w->x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
   act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
-  lin(w->x, w->mlp, b->fc2_w, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
+  lin(w->x, w->mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
   for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
 }
 
@@ -69,13 +76,13 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
   {
     float *out[2] = {w->k, w->v};
     const float *wt[2] = {b->k_w, b->v_w}, *bs[2] = {b->k_b, b->v_b};
-    const float *pks[2] = {pk ? pk->qkv + dd : NULL, pk ? pk->qkv + 2 * dd : NULL};
-    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, bs, N, D, D);
+    const void *pks[2] = {pk ? pk_at(pk, pk->qkv, dd) : NULL, pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
+    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D);
   }
   float *xq = w->att, *q = w->q, *att = w->mlp; /* [B, D] each, then reused */
   for (int bb = 0; bb < B; bb++)
     memcpy(xq + (size_t)bb * D, w->x + ((size_t)bb * T + rows[bb]) * D, sizeof(float) * D);
-  lin(q, xq, b->q_w, pk ? pk->qkv : NULL, b->q_b, B, D, D);
+  lin(q, xq, b->q_w, pk, pk ? pk->qkv : NULL, b->q_b, B, D, D);
   for (int bb = 0; bb < B; bb++)
     for (int h = 0; h < NH; h++) {
       const float *qi = q + (size_t)bb * D + h * hs;
@@ -99,16 +106,16 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
         for (int x = 0; x < hs; x++) o[x] += pj * vb[(size_t)j * D + x];
       }
     }
-  lin(xq, att, b->o_w, pk ? pk->o : NULL, b->o_b, B, D, D);
+  lin(xq, att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, B, D, D);
   for (int bb = 0; bb < B; bb++) {
     const float *hr = w->h + ((size_t)bb * T + rows[bb]) * D;
     for (int j = 0; j < D; j++) hp[(size_t)bb * D + j] = hr[j] + xq[(size_t)bb * D + j];
   }
   layernorm_forward(xq, NULL, NULL, hp, b->ln2_w, b->ln2_b, B, D, c->eps);
   float *mlp = hp + (size_t)B * D; /* hp has room for [B, D] + [B, I] */
-  lin(mlp, xq, b->fc1_w, pk ? pk->fc1 : NULL, b->fc1_b, B, D, I);
+  lin(mlp, xq, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, B, D, I);
   act_forward(mlp, mlp, (int64_t)B * I, c->act);
-  lin(att, mlp, b->fc2_w, pk ? pk->fc2 : NULL, b->fc2_b, B, I, D);
+  lin(att, mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, B, I, D);
   for (size_t i = 0; i < (size_t)B * D; i++) hp[i] += att[i];
 }
 
@@ -145,10 +152,17 @@ void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T
   int D = m->cfg.text.hidden;
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
-      const float *te = m->tok_emb + (size_t)ids[(size_t)b * T_in + t] * D;
+      size_t row = (size_t)ids[(size_t)b * T_in + t] * D;
       const float *pe = m->tpos_emb + (size_t)t * D;
       float *dst = h + ((size_t)b * T + t) * D;
-      for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
+      if (m->tok_emb) {
+        const float *te = m->tok_emb + row;
+        for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
+      } else { /* half-precision model: the mapped F16 / BF16 row, converted exactly */
+        const uint16_t *te = m->tok_emb_h + row;
+        for (int j = 0; j < D; j++)
+          dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
+      }
     }
 }
 

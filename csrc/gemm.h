@@ -23,15 +23,23 @@ void ct_gemm_nt_ref(int M, int N, int K, float alpha, const float *A, int lda, c
 /* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel.
  * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel. */
 enum { PK_NR = 32 };
+/* element types of a packed panel: float, or IEEE half / bfloat16 converted on the fly */
+enum { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };
 int ct_gemm_packed_available(void);
 /* floats needed for the packed copy of an N x K matrix (panels padded to PK_NR rows) */
 #include <stddef.h>
+#include <stdint.h>
 size_t ct_pack_nt_floats(int N, int K);
 /* pack panels p0 .. p1-1 of B (panel p = rows 32p .. 32p+31) into P */
 void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1);
-/* C = alpha A B^T + beta C for the columns of panels p0 .. p1-1; P from ct_pack_nt, 64-byte
- * aligned; requires ct_gemm_packed_available(). With beta == 0, C is not read. */
-void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
-                    float beta, float *C, int ldc, int p0, int p1);
+/* the same for 16-bit elements (F16 or BF16 bits, copied unchanged); ct_pack_nt_floats(N, K)
+ * elements */
+void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0, int p1);
+/* C = alpha A B^T + beta C for the columns of panels p0 .. p1-1; P from ct_pack_nt (kind
+ * PK_F32) or ct_pack_nt_h (PK_F16, PK_BF16), 64-byte aligned; requires
+ * ct_gemm_packed_available(). With beta == 0, C is not read. Every kind runs the same FMAs
+ * in the same order on the (exactly) converted values. */
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
+                    int kind, float beta, float *C, int ldc, int p0, int p1);
 
 #endif

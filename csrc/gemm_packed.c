@@ -17,6 +17,7 @@
 #include "gemm.h"
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -62,14 +63,46 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
   }
 }
 
+void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0, int p1) {
+  for (int p = p0; p < p1; p++) {
+    uint16_t *dst = P + (size_t)p * NR * K;
+    int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      int kn = K - k0 < 8 ? K - k0 : 8;
+      for (int j = 0; j < NR; j++) {
+        const uint16_t *src = B + (size_t)(n0 + j) * ldb + k0;
+        for (int k = 0; k < kn; k++) dst[(size_t)(k0 + k) * NR + j] = j < nc ? src[k] : 0;
+      }
+    }
+  }
+}
+
 #ifdef CT_PK_X86
 #define TGT __attribute__((target("avx512f")))
 
+/* one k step of the panel (32 values) into two vectors of 16 floats */
+#define LOADB_F32(bp, b0, b1) \
+  do { b0 = _mm512_load_ps(bp); b1 = _mm512_load_ps((bp) + 16); } while (0)
+#define LOADB_F16(bp, b0, b1)                                        \
+  do {                                                               \
+    __m512i h_ = _mm512_load_si512((const void *)(bp));              \
+    b0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h_));                \
+    b1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h_, 1));          \
+  } while (0)
+#define LOADB_BF16(bp, b0, b1)                                                                  \
+  do {                                                                                          \
+    __m512i h_ = _mm512_load_si512((const void *)(bp));                                         \
+    b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h_)), 16)); \
+    b1 = _mm512_castsi512_ps(                                                                   \
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h_, 1)), 16));        \
+  } while (0)
+
 /* c[r][0..nc) (op)= alpha * sum_k ap[k*MR + r] * bp[k*NR + j]; first: C = beta C + ..., else
- * C += ... */
-#define UKR(MR)                                                                          \
-  TGT static void ukr##MR(int kc, const float *ap, const float *bp, float *c, int ldc,  \
-                          int nc, float alpha, float beta, int first, const float *pf) { \
+ * C += ...; ET/LOADB: the panel's element type and its conversion to float (exact) */
+#define UKR(MR, SUF, ET, LOADB)                                                         \
+  TGT static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, \
+                               int nc, float alpha, float beta, int first, const void *pfv) { \
+    const ET *bp = bv, *pf = pfv;                                                        \
     __m512 acc[MR][2];                                                                   \
     _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
       acc[r][0] = _mm512_setzero_ps();                                                   \
@@ -78,9 +111,10 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
     for (int k = 0; k < kc; k++) {                                                       \
       if (pf) {                                                                          \
         _mm_prefetch((const char *)(pf + k * NR), PK_HINT);                              \
-        _mm_prefetch((const char *)(pf + k * NR + 16), PK_HINT);                         \
+        if (sizeof(ET) == 4) _mm_prefetch((const char *)(pf + k * NR + 16), PK_HINT);    \
       }                                                                                  \
-      __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);                     \
+      __m512 b0, b1;                                                                     \
+      LOADB(bp, b0, b1);                                                                 \
       _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                           \
         __m512 a = _mm512_set1_ps(ap[r]);                                                \
         acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                   \
@@ -106,17 +140,30 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
       _mm512_mask_storeu_ps(cr + 16, m1, x1);                                            \
     }                                                                                    \
   }
-UKR(1) UKR(2) UKR(3) UKR(4) UKR(5) UKR(6) UKR(7) UKR(8) UKR(9) UKR(10) UKR(11) UKR(12)
+#define UKRS(SUF, ET, LOADB)                                                               \
+  UKR(1, SUF, ET, LOADB) UKR(2, SUF, ET, LOADB) UKR(3, SUF, ET, LOADB) UKR(4, SUF, ET, LOADB) \
+  UKR(5, SUF, ET, LOADB) UKR(6, SUF, ET, LOADB) UKR(7, SUF, ET, LOADB) UKR(8, SUF, ET, LOADB)  \
+  UKR(9, SUF, ET, LOADB) UKR(10, SUF, ET, LOADB) UKR(11, SUF, ET, LOADB) UKR(12, SUF, ET, LOADB)
+UKRS(s, float, LOADB_F32)
+UKRS(h, uint16_t, LOADB_F16)
+UKRS(b, uint16_t, LOADB_BF16)
+#undef UKRS
 #undef UKR
 
-typedef void (*ukr_fn)(int, const float *, const float *, float *, int, int, float, float, int,
-                       const float *);
-static const ukr_fn ukrs[MRMAX + 1] = {NULL,   ukr1, ukr2, ukr3,  ukr4,  ukr5, ukr6,
-                                       ukr7, ukr8, ukr9, ukr10, ukr11, ukr12};
+typedef void (*ukr_fn)(int, const float *, const void *, float *, int, int, float, float, int,
+                       const void *);
+#define TABLE(SUF) \
+  {NULL, ukr##SUF##1, ukr##SUF##2, ukr##SUF##3, ukr##SUF##4, ukr##SUF##5, ukr##SUF##6, \
+   ukr##SUF##7, ukr##SUF##8, ukr##SUF##9, ukr##SUF##10, ukr##SUF##11, ukr##SUF##12}
+static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
+#undef TABLE
 
-void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
-                    float beta, float *C, int ldc, int p0, int p1) {
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
+                    int kind, float beta, float *C, int ldc, int p0, int p1) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
+  const unsigned char *Pb = P;
+  size_t es = kind == PK_F32 ? 4 : 2;
+  const ukr_fn *tab = ukrs[kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0];
   if (K <= 0) {
     int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
     for (int i = 0; i < M; i++)
@@ -146,11 +193,11 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
         }
         for (int p = q0; p < q1; p++) {
           int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
-          const float *bp = P + (size_t)p * NR * K + (size_t)k0 * NR;
+          const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
           for (int b = 0; b < nb; b++) {
             int mr = bi[b + 1] - bi[b];
-            ukrs[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc,
-                     alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K : NULL);
+            tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc,
+                    alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL);
           }
         }
       }
@@ -158,9 +205,9 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
   }
 }
 #else
-void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const float *P,
-                    float beta, float *C, int ldc, int p0, int p1) {
-  (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)P; (void)beta; (void)C;
+void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
+                    int kind, float beta, float *C, int ldc, int p0, int p1) {
+  (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)P; (void)kind; (void)beta; (void)C;
   (void)ldc; (void)p0; (void)p1; /* never called: ct_gemm_packed_available() is 0 */
 }
 #endif

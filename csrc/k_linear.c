@@ -24,9 +24,9 @@ void linear_forward(float *out, const float *inp, const float *weight,
  * on chunks of ct_packed_max_m() rows; linear_forward without packs. nout layers of the same shape
  * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
-                           const float *const *pk, const float *const *bias, int N, int IC,
-                           int OC) {
-  if (pk && ct_packed_max_m() > 0 && ct_gemm_packed_available()) {
+                           const void *const *pk, int kind, const float *const *bias, int N,
+                           int IC, int OC) {
+  if (pk && ct_gemm_packed_available()) {
     int any = 0; /* with no bias at all, C is not read (beta 0); else every C starts at its bias */
     for (int r = 0; r < nout; r++) any |= bias[r] != NULL;
     for (int r = 0; r < nout && any; r++)
@@ -36,12 +36,13 @@ void linear_forward_packed(int nout, float *const *out, const float *inp, const 
         else memset(row, 0, sizeof(float) * OC);
       }
     /* rows in chunks: the packed kernel keeps its small-M speed at any batch size */
-    int chunk = ct_packed_max_m();
+    int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
     for (int i0 = 0; i0 < N; i0 += chunk) {
       int n = N - i0 < chunk ? N - i0 : chunk;
       float *o[3];
       for (int r = 0; r < nout && r < 3; r++) o[r] = out[r] + (size_t)i0 * OC;
-      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, o, OC, any ? 1.0f : 0.0f);
+      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, kind, o, OC,
+                      any ? 1.0f : 0.0f);
     }
     return;
   }

@@ -13,6 +13,7 @@
 #include "pool.h"
 #include "kernels.h"
 #include "l_tensor.h"
+#include "tensor.h"
 #include "lclip.h"
 
 /* The trailing `ref` flag picks the naive twin. Read it before pushing any
@@ -566,9 +567,11 @@ static int k_gemm_nt(lua_State *L) {
   }
   return 1;
 }
-/* kernels.gemm_packed(a, b [, c, beta [, pooled]]) -> a b^T + beta c with b packed
+/* kernels.gemm_packed(a, b [, c, beta [, pooled [, half]]]) -> a b^T + beta c with b packed
  * (gemm_packed.c): in the calling thread, or split over the state's pool through blas.c's
- * door (pooled). kernels.gemm_packed_available() says whether this CPU runs it. */
+ * door (pooled). half "f16" / "bf16": b is rounded to that type and packed as 16-bit values
+ * (the kernel converts them back); the second result is b as rounded, for the naive twin.
+ * kernels.gemm_packed_available() says whether this CPU runs it. */
 static int k_gemm_packed(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   need2(L, a, "gemm_packed");
@@ -579,6 +582,9 @@ static int k_gemm_packed(lua_State *L) {
                       (int)b->shape[1]);
   float beta = (float)luaL_optnumber(L, 4, 0.0);
   int pooled = lua_toboolean(L, 5);
+  const char *hs = luaL_optstring(L, 6, "f32");
+  int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
+  if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "gemm_packed: half '%s'?", hs);
   if (!ct_gemm_packed_available()) return luaL_error(L, "gemm_packed: this CPU has no AVX-512");
   l_tensor *c;
   if (lua_isnoneornil(L, 3)) {
@@ -591,21 +597,39 @@ static int k_gemm_packed(lua_State *L) {
     l_tensor_writing(L, c);
     lua_pushvalue(L, 3);
   }
+  int cidx = lua_gettop(L);
+  int64_t bs[2] = {N, K};
+  l_tensor *br = l_tensor_new(L, 2, bs); /* b as the kernel sees it */
+  int bidx = lua_gettop(L);
   int64_t ps[1] = {(int64_t)ct_pack_nt_floats(N, K) + 16};
-  l_tensor *pt = l_tensor_new(L, 1, ps); /* 64-byte aligned data */
+  l_tensor *pt = l_tensor_new(L, 1, ps); /* 64-byte aligned data (half kinds use half of it) */
+  int64_t hsz[1] = {(int64_t)N * K / 2 + 1};
+  l_tensor *hb = l_tensor_new(L, 1, hsz); /* b's 16-bit values */
+  uint16_t *h = (uint16_t *)hb->data;
+  for (int64_t i = 0; i < (int64_t)N * K; i++) {
+    if (kind == PK_F32) {
+      br->data[i] = b->data[i];
+    } else {
+      h[i] = kind == PK_F16 ? ct_f32_to_f16(b->data[i]) : ct_f32_to_bf16(b->data[i]);
+      br->data[i] = kind == PK_F16 ? ct_f16_to_f32(h[i]) : ct_bf16_to_f32(h[i]);
+    }
+  }
   if (pooled) l_pool_enter(L);
-  ct_pack_parallel(N, K, b->data, K, pt->data);
+  ct_pack_parallel(N, K, kind == PK_F32 ? (const void *)b->data : (const void *)h, K, pt->data,
+                   kind);
   if (pooled) {
-    const float *P = pt->data;
+    const void *P = pt->data;
     float *C = c->data;
-    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, &C, N, beta);
+    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, kind, &C, N, beta);
   } else {
     ct_pool *prev = ct_pool_make_current(NULL);
-    ct_gemm_packed(M, N, K, 1.0f, a->data, K, pt->data, beta, c->data, N, 0, (N + PK_NR - 1) / PK_NR);
+    ct_gemm_packed(M, N, K, 1.0f, a->data, K, pt->data, kind, beta, c->data, N, 0,
+                   (N + PK_NR - 1) / PK_NR);
     ct_pool_make_current(prev);
   }
-  lua_pop(L, 1);
-  return 1;
+  lua_pushvalue(L, cidx);
+  lua_pushvalue(L, bidx);
+  return 2;
 }
 static int k_gemm_packed_available(lua_State *L) {
   lua_pushboolean(L, ct_gemm_packed_available());

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "gemm.h"
 #include "l_tensor.h"
 #include "lclip.h"
 #include "model.h"
@@ -115,13 +116,15 @@ static l_model *new_model(lua_State *L) {
   return m;
 }
 
-/* core.model_load(dir) -> ModelCore, paths */
+/* core.model_load(dir [, half]) -> ModelCore, paths  (half: CT_LOAD_HALF) */
 static int l_model_load(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
+  unsigned flags = lua_toboolean(L, 2) ? CT_LOAD_HALF : 0;
   l_model *m = new_model(L);
   ct_model_paths *p = lua_newuserdatauv(L, sizeof(ct_model_paths), 0); /* scratch */
   ct_err e;
-  if (ct_model_load(dir, &m->m, p, &e) != 0) return luaL_error(L, "%s", e.msg);
+  l_pool_enter(L); /* a half model is packed while loading */
+  if (ct_model_load_ex(dir, flags, &m->m, p, &e) != 0) return luaL_error(L, "%s", e.msg);
   m->live = 1;
   lua_newtable(L);
   set_str(L, "root", p->root);
@@ -249,12 +252,29 @@ static int mc_param_info(lua_State *L) {
   return 1;
 }
 
+/* A half-precision model becomes float32 before anything reads or writes its parameters
+ * directly (ct_model_materialize). */
+static void need_float(lua_State *L, l_model *m) {
+  ct_err e;
+  if (m->m.half_kind && ct_model_materialize(&m->m, &e) != 0) luaL_error(L, "%s", e.msg);
+}
+
+/* m:is_half() -> "F16" | "BF16" | nil: the weights kept in half precision */
+static int mc_is_half(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  if (m->m.half_kind == PK_F16) lua_pushliteral(L, "F16");
+  else if (m->m.half_kind == PK_BF16) lua_pushliteral(L, "BF16");
+  else lua_pushnil(L);
+  return 1;
+}
+
 /* m:param(name) -> Tensor view of the parameter (writes go to the model) */
 static int mc_param(lua_State *L) {
   l_model *m = check_model(L, 1);
   const char *name = luaL_checkstring(L, 2);
   int i = ct_model_find_param(&m->m, name);
   if (i < 0) return luaL_error(L, "model has no parameter '%s'", name);
+  if (!m->m.params[i].data) need_float(L, m); /* one of the half weights */
   ct_param *p = &m->m.params[i];
   m->views++;
   l_tensor *t = l_tensor_view(L, 1, p->data, p->ndim, p->shape, 0);
@@ -272,6 +292,7 @@ static void pack_model(l_model *m, int frozen_only) {
 /* m:set_packing(on): packed weight copies for small batches (default on; off frees them) */
 static int mc_set_packing(lua_State *L) {
   l_model *m = check_model(L, 1);
+  if (!lua_toboolean(L, 2)) need_float(L, m); /* a half model has nothing but its packs */
   m->m.pack_off = !lua_toboolean(L, 2);
   if (m->m.pack_off) ct_model_unpack(&m->m);
   return 0;
@@ -529,6 +550,7 @@ static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp);
 static int mc_forward_train(lua_State *L) {
   l_model *m = check_model(L, 1);
   l_pool_enter(L);
+  need_float(L, m);
   l_tensor *px = l_totensor(L, 2);
   int vision = px != NULL, B, T = 0;
   const int32_t *ids = NULL;
@@ -615,6 +637,7 @@ static int mc_project_backward(lua_State *L) {
 static int mc_encode_ref(lua_State *L) {
   l_model *m = check_model(L, 1);
   l_pool_enter(L);
+  need_float(L, m);
   l_tensor *px = l_totensor(L, 2);
   ct_err e;
   int64_t se[2] = {0, m->m.cfg.projection_dim};
@@ -638,7 +661,7 @@ static int mc_encode_ref(lua_State *L) {
 
 static const luaL_Reg methods[] = {
     {"encode_ref", mc_encode_ref},
-    {"set_packing", mc_set_packing}, {"packed", mc_packed},
+    {"set_packing", mc_set_packing}, {"packed", mc_packed}, {"is_half", mc_is_half},
     {"close", mc_close},           {"is_closed", mc_is_closed},
     {"config", mc_config},         {"config_json", mc_config_json},
     {"param_info", mc_param_info}, {"param", mc_param},

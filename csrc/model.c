@@ -14,6 +14,7 @@
 #include "blas.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "tensor.h"
 
 /* ------------------------------------------------------------- config */
 
@@ -431,13 +432,15 @@ static void release_mapped(const ct_param *p) {
   if (p->owned || p->gen != 0) return;
   long pg = sysconf(_SC_PAGESIZE);
   if (pg <= 0) return;
-  uintptr_t a = (uintptr_t)p->data, b = a + (size_t)p->numel * sizeof(float);
+  uintptr_t a = p->data ? (uintptr_t)p->data : (uintptr_t)p->half;
+  uintptr_t b = a + (size_t)p->numel * (p->data ? sizeof(float) : sizeof(uint16_t));
+  if (!a) return;
   uintptr_t a1 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), b1 = b & ~((uintptr_t)pg - 1);
   if (b1 > a1) (void)madvise((void *)a1, b1 - a1, MADV_DONTNEED);
 }
 
-static float *pack_alloc(int N, int K) {
-  size_t bytes = ct_pack_nt_floats(N, K) * sizeof(float);
+static void *pack_alloc(int N, int K, size_t es) {
+  size_t bytes = ct_pack_nt_floats(N, K) * es;
   bytes = (bytes + 63) & ~(size_t)63;
   return aligned_alloc(64, bytes ? bytes : 64);
 }
@@ -490,22 +493,55 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
     if (frozen_only && !frozen) continue;
     blocks[l].pk = NULL;
     pk->ready = 0;
-    if (!pk->qkv) pk->qkv = aligned_alloc(64, ((3 * dd * sizeof(float)) + 63) & ~(size_t)63);
-    if (!pk->o) pk->o = pack_alloc(D, D);
-    if (!pk->fc1) pk->fc1 = pack_alloc(I, D);
-    if (!pk->fc2) pk->fc2 = pack_alloc(D, I);
+    /* half-precision weights (no float data) stay half in their packs */
+    int kind = ps[0]->data ? PK_F32 : m->half_kind;
+    for (int i = 0; i < 6; i++)
+      if ((ps[i]->data ? PK_F32 : m->half_kind) != kind || (!ps[i]->data && !ps[i]->half))
+        return ct_errf(e, "packing: %s layer %d mixes float and half weights", tw, l);
+    if (pk->qkv && pk->kind != kind) { /* the model left half precision: new buffers */
+      free(pk->qkv); free(pk->o); free(pk->fc1); free(pk->fc2);
+      pk->qkv = pk->o = pk->fc1 = pk->fc2 = NULL;
+    }
+    pk->kind = kind;
+    size_t es = kind == PK_F32 ? sizeof(float) : sizeof(uint16_t);
+    if (!pk->qkv) pk->qkv = aligned_alloc(64, ((3 * dd * es) + 63) & ~(size_t)63);
+    if (!pk->o) pk->o = pack_alloc(D, D, es);
+    if (!pk->fc1) pk->fc1 = pack_alloc(I, D, es);
+    if (!pk->fc2) pk->fc2 = pack_alloc(D, I, es);
     if (!pk->qkv || !pk->o || !pk->fc1 || !pk->fc2)
       return ct_errf(e, "out of memory packing the %s weights", tw);
-    float *dst[6] = {pk->qkv, pk->qkv + dd, pk->qkv + 2 * dd, pk->o, pk->fc1, pk->fc2};
+    char *qkv = pk->qkv;
+    void *dst[6] = {qkv, qkv + dd * es, qkv + 2 * dd * es, pk->o, pk->fc1, pk->fc2};
     int rows[6] = {D, D, D, D, I, D}, cols[6] = {D, D, D, D, D, I};
     for (int i = 0; i < 6; i++) { /* a stale block is repacked whole */
-      ct_pack_parallel(rows[i], cols[i], ps[i]->data, cols[i], dst[i]);
+      const void *src = ps[i]->data ? (const void *)ps[i]->data : (const void *)ps[i]->half;
+      ct_pack_parallel(rows[i], cols[i], src, cols[i], dst[i], kind);
       pk->gen[i] = ps[i]->gen;
       release_mapped(ps[i]);
     }
     pk->ready = 1;
     blocks[l].pk = pk;
   }
+  return 0;
+}
+
+int ct_model_materialize(ct_model *m, ct_err *e) {
+  if (!m->half_kind) return 0;
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *p = &m->params[i];
+    if (p->data || !p->half) continue;
+    float *d = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
+    if (!d) return ct_errf(e, "out of memory converting '%s' to float32", p->name);
+    for (int64_t j = 0; j < p->numel; j++)
+      d[j] = m->half_kind == PK_BF16 ? ct_bf16_to_f32(p->half[j]) : ct_f16_to_f32(p->half[j]);
+    p->data = d;
+    p->owned = 1;
+    p->half = NULL;
+  }
+  m->half_kind = 0;
+  m->tok_emb_h = NULL;
+  ct_model_unpack(m); /* half packs; float ones are built at the next ct_model_pack */
+  ct_model_resolve(m);
   return 0;
 }
 
@@ -716,8 +752,43 @@ static void shape_str(char *b, size_t n, int nd, const int64_t *s) {
   if (k < n) snprintf(b + k, n - k, "]");
 }
 
+/* The weights a half-precision model keeps in F16/BF16: the six linear weights of every
+ * block and the token embedding. */
+static int half_candidate(const char *name) {
+  static const char *const suf[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
+                                    ".self_attn.v_proj.weight", ".self_attn.out_proj.weight",
+                                    ".mlp.fc1.weight", ".mlp.fc2.weight"};
+  if (!strcmp(name, "text_model.embeddings.token_embedding.weight")) return 1;
+  if (!strstr(name, ".encoder.layers.")) return 0;
+  size_t n = strlen(name);
+  for (size_t i = 0; i < sizeof suf / sizeof *suf; i++) {
+    size_t l = strlen(suf[i]);
+    if (n > l && !strcmp(name + n - l, suf[i])) return 1;
+  }
+  return 0;
+}
+
+static int convert_param(ct_model *m, ct_param *q, const char *weights, ct_err *e) {
+  for (int j = 0; j < m->nfiles; j++) {
+    int k = ct_st_find(&m->files[j], q->name);
+    if (k < 0) continue;
+    q->data = malloc((size_t)(q->numel ? q->numel : 1) * sizeof(float));
+    if (!q->data) return ct_errf(e, "%s: out of memory converting '%s'", m->files[j].path, q->name);
+    q->owned = 1;
+    q->half = NULL;
+    return ct_st_to_f32(&m->files[j], k, q->data, e);
+  }
+  return ct_errf(e, "%s: missing tensor '%s'", weights, q->name);
+}
+
 int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e) {
+  return ct_model_load_ex(dir, 0, m, paths, e);
+}
+
+int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_paths *paths,
+                     ct_err *e) {
   memset(m, 0, sizeof *m);
+  int half = (flags & CT_LOAD_HALF) && ct_gemm_packed_available() ? -1 : 0; /* -1: undecided */
   ct_model_paths local;
   ct_model_paths *p = paths ? paths : &local;
   if (ct_model_find(dir, p, e) != 0) return -1;
@@ -755,6 +826,15 @@ int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e
     }
     q->dtype = t->dtype;
     void *ptr = ct_st_ptr(f, k);
+    if (half && half_candidate(q->name)) {
+      int hk = t->dtype == CT_F16 ? PK_F16 : t->dtype == CT_BF16 ? PK_BF16 : 0;
+      if (hk && ((uintptr_t)ptr & 1) == 0 && (half < 0 || half == hk)) {
+        half = hk;
+        q->half = ptr; /* mapped, kept half; no float copy */
+        continue;
+      }
+      half = 0; /* not uniformly half: the whole model loads as float32 */
+    }
     if (t->dtype == CT_F32 && ((uintptr_t)ptr & 3) == 0) {
       q->data = ptr; /* mapped, not copied */
     } else {
@@ -772,7 +852,18 @@ int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e
       if (ct_st_to_f32(f, k, q->data, e) != 0) goto fail;
     }
   }
+  for (int i = 0; i < m->nparams; i++) { /* half refused after all: convert what was kept */
+    ct_param *q = &m->params[i];
+    if (q->half && half <= 0 && convert_param(m, q, p->weights, e) != 0) goto fail;
+  }
   ct_model_resolve(m);
+  if (half > 0) {
+    m->half_kind = half;
+    int ti = ct_model_find_param(m, "text_model.embeddings.token_embedding.weight");
+    m->tok_emb_h = ti >= 0 ? m->params[ti].half : NULL;
+    /* the block weights exist only packed: pack now (the encoders have nothing else) */
+    if (ct_model_pack(m, 0, e) != 0) goto fail;
+  }
   return 0;
 fail:
   ct_model_free(m);

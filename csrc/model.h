@@ -42,12 +42,16 @@ typedef struct ct_param {
   int has_grad;  /* a backward wrote into grad since the last zero_grad (torch: grad is not None) */
   unsigned gen;  /* bumped by every write through the bindings (tensor views, optimizers);
                     packed copies built from an older gen are stale */
+  const uint16_t *half; /* half-precision model (ct_model.half_kind): the F16/BF16 values in
+                           the mapped file, data NULL until ct_model_materialize */
 } ct_param;
 
 /* The packed copies (gemm.h layout) of one block's linear weights, built by ct_model_pack.
- * qkv holds the q, k and v panels one after the other (each ct_pack_nt_floats(D, D)). */
+ * qkv holds the q, k and v panels one after the other (each ct_pack_nt_floats(D, D)
+ * elements); elements are floats, or F16 / BF16 bits for a model kept in half precision. */
 typedef struct ct_pack_blk {
-  float *qkv, *o, *fc1, *fc2;
+  void *qkv, *o, *fc1, *fc2;
+  int kind;               /* PK_F32, PK_F16 or PK_BF16 (gemm.h) */
   unsigned gen[6];        /* the params' gens (q, k, v, o, fc1, fc2) when packed */
   const unsigned *src[6]; /* &param.gen of the same six */
   int ready;              /* the four buffers hold a complete packing */
@@ -84,7 +88,16 @@ typedef struct ct_model {
   /* packed weights, one per block (NULL until ct_model_pack); pack_off: never pack */
   ct_pack_blk *tpk, *vpk;
   int pack_off;
+  /* half precision kept (CT_LOAD_HALF): PK_F16 or PK_BF16, 0 when the model is all float;
+   * the block weights then exist only packed in that type and tok_emb_h replaces tok_emb */
+  int half_kind;
+  const uint16_t *tok_emb_h;
 } ct_model;
+
+/* Convert a half-precision model's weights to float32 (every parameter gets data; the half
+ * packs are dropped and rebuilt as float at the next ct_model_pack). Needed before anything
+ * reads or writes parameters directly (views, training, the naive twin). No-op otherwise. */
+int ct_model_materialize(ct_model *m, ct_err *e);
 
 /* Build (or rebuild, where a weight changed since) the packed copies of every block's linear
  * weights, for the encoders' small-batch GEMMs (gemm_packed.c). No-op when the CPU lacks the
@@ -122,6 +135,13 @@ int ct_model_layout(const ct_config *cfg, ct_param **params, int *n, ct_err *e);
 
 /* Load config + weights from a directory. */
 int ct_model_load(const char *dir, ct_model *m, ct_model_paths *paths, ct_err *e);
+/* flags: CT_LOAD_HALF keeps an F16/BF16 checkpoint's transformer weights and token embedding
+ * in half precision (mapped, then packed; converted on the fly by the GEMM kernel), when every
+ * one of them has the same half type and the CPU runs the packed kernel; otherwise the model
+ * loads as float32, as without the flag (ct_model.half_kind says which). */
+enum { CT_LOAD_HALF = 1 };
+int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_paths *paths,
+                     ct_err *e);
 /* Initialise a model from a config with freshly allocated zero weights. */
 int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e);
 void ct_model_free(ct_model *m);

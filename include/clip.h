@@ -49,6 +49,7 @@ extern "C" {
 #define CLIP_LOAD_NO_TOKENIZER 0x1u     /* do not read vocab.json / merges.txt */
 #define CLIP_LOAD_OPENAI_TOKENIZER 0x2u /* openai/CLIP simple_tokenizer rules, not HF's */
 #define CLIP_LOAD_NO_PACK 0x4u          /* keep no packed weight copies (see below) */
+#define CLIP_LOAD_HALF 0x8u             /* F16/BF16 checkpoints stay half-size (see below) */
 
 /* encode flags */
 #define CLIP_NORMALIZE 0x1u /* L2-normalize each embedding (eps 1e-12, as torch) */
@@ -70,6 +71,10 @@ const char *clip_version(void);
  * of the small-batch GEMM kernel, docs/performance.md; the mapped originals are then released
  * from memory); this reads every weight once, and CLIP_LOAD_NO_PACK skips it. The model is
  * not modified after loading, so encodes may run concurrently from several threads.
+ * CLIP_LOAD_HALF: an F16 or BF16 checkpoint keeps its transformer weights and token
+ * embedding in that type (packed; the kernel converts each value exactly as it is used), so
+ * they take half the memory of float32 and give the same embeddings as loading it without
+ * the flag. Checkpoints not uniformly F16 or BF16, or CPUs without AVX-512, load as float32.
  * Returns NULL on failure. */
 clip_model *clip_model_load(const char *dir, char *err, size_t errlen);
 clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_t errlen);

@@ -172,3 +172,120 @@ describe("packed weights in the encoders", function()
     m:close() u:close()
   end)
 end)
+
+describe("half-precision models (clip.load(dir, {half = true}))", function()
+  local function encode(m, dir)
+    local ref = clip.load_safetensors(dir .. "/reference.safetensors")
+    local js = clip.json.decode(H.read(dir .. "/reference.json"))
+    return m:encode_images(ref.pixel_values), m:encode_texts(js.input_ids)
+  end
+
+  for _, c in ipairs({ { "tiny-gelu-fp16", "F16", "f16" }, { "tiny-bf16", "BF16", "bf16" } }) do
+    local name, dtype, kind = c[1], c[2], c[3]
+    local dir = H.fixtures .. "models/" .. name
+
+    it(name .. ": the packed kernel on " .. kind .. " panels matches the twin on the rounded weights", function()
+      if not has then pending("no packed kernel on this CPU") return end
+      local seed = 100
+      for _, M in ipairs({ 1, 7, 12, 50 }) do
+        for _, N in ipairs({ 5, 32, 70 }) do
+          for _, Kd in ipairs({ 3, 192, 200 }) do
+            seed = seed + 1
+            local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 7)
+            local got, bh = K.gemm_packed(a, b, nil, 0, false, kind)
+            H.assert_close(got, K.gemm_nt(a, bh, true), { atol = 1e-4, rtol = 1e-5,
+              label = ("%s %dx%dx%d"):format(kind, M, N, Kd) })
+            assert.is_true(maxdiff(bh, b) > 0, "the weights were rounded")
+          end
+        end
+      end
+    end)
+
+    it(name .. ": keeps " .. dtype .. " weights and gives the float32 model's embeddings exactly", function()
+      local h = clip.load(dir, { tokenizer = false, half = true })
+      local f = clip.load(dir, { tokenizer = false })
+      if not has then
+        assert.is_nil(h:is_half()) -- no packed kernel: loads as float32
+      else
+        assert.equal(dtype, h:is_half())
+        assert.equal(h.config.text_config.num_hidden_layers + h.config.vision_config.num_hidden_layers,
+          h:packed_blocks(), "packed at load")
+      end
+      assert.is_nil(f:is_half())
+      local ih, th = encode(h, dir)
+      local i_f, t_f = encode(f, dir)
+      assert.equal(0, maxdiff(ih, i_f), "image embeds")
+      assert.equal(0, maxdiff(th, t_f), "text embeds")
+      -- against PyTorch, at the parity tolerance of spec/model_spec.lua
+      local ref = clip.load_safetensors(dir .. "/reference.safetensors")
+      H.assert_close(ih, ref.image_embeds, { atol = 1e-4, label = "half vs PyTorch image" })
+      H.assert_close(th, ref.text_embeds, { atol = 1e-4, label = "half vs PyTorch text" })
+      h:close() f:close()
+    end)
+
+    it(name .. ": becomes float32 when its parameters are used, with the same values", function()
+      local h = clip.load(dir, { tokenizer = false, half = true })
+      local f = clip.load(dir, { tokenizer = false })
+      encode(h, dir)
+      local pn = "text_model.encoder.layers.0.mlp.fc1.weight"
+      assert.equal(0, maxdiff(h:param(pn), f:param(pn)))
+      assert.is_nil(h:is_half())
+      assert.equal(0, maxdiff(h:param("text_model.embeddings.token_embedding.weight"),
+        f:param("text_model.embeddings.token_embedding.weight")))
+      local ih, th = encode(h, dir)
+      local i_f, t_f = encode(f, dir)
+      assert.equal(0, maxdiff(ih, i_f), "image embeds after conversion")
+      assert.equal(0, maxdiff(th, t_f), "text embeds after conversion")
+      h:close() f:close()
+    end)
+
+    it(name .. ": trains like the float32 model", function()
+      local ref = clip.load_safetensors(dir .. "/reference.safetensors")
+      local js = clip.json.decode(H.read(dir .. "/reference.json"))
+      local n = ref.pixel_values:size(1)
+      local b = { anchor = ref.pixel_values, positive = table.move(js.input_ids, 1, n, 1, {}) }
+      for _, set in ipairs({ "projections", "all" }) do
+        local vals, embs = {}, {}
+        for _, half in ipairs({ true, false }) do
+          local m = clip.load(dir, { tokenizer = false, half = half })
+          if set == "projections" then m:train_only({ "projection" }) end
+          local loss = clip.loss.MultipleNegativesRankingLoss(m, { modalities = { anchor = "image", positive = "text" } })
+          local opt = clip.optim.AdamW(m, { lr = 1e-2 })
+          vals[#vals + 1] = loss:backward(b)
+          opt:step()
+          embs[#embs + 1] = m:encode_images(ref.pixel_values)
+          -- training the projections leaves the half weights alone; training everything
+          -- reads them, and the model became float32
+          if half and set == "projections" and has then assert.is_not_nil(m:is_half()) end
+          if set == "all" then assert.is_nil(m:is_half()) end
+          m:close()
+        end
+        assert.equal(vals[2], vals[1], set .. ": loss")
+        assert.equal(0, maxdiff(embs[1], embs[2]), set .. ": embeddings after a step")
+      end
+    end)
+  end
+
+  it("a checkpoint not uniformly half loads as float32", function()
+    local src = H.fixtures .. "models/tiny-gelu-fp16"
+    local dir = H.tmpdir() .. "/mixed-half"
+    os.execute(("mkdir -p %q && cp %q/config.json %q/preprocessor_config.json %q/"):format(dir, src, src, dir))
+    local t = clip.load_safetensors(src .. "/model.safetensors")
+    local a, b, map = {}, {}, {}
+    for k, v in pairs(t) do
+      if k:match("layers%.0%.mlp%.fc1") then b[k] = v; map[k] = "b.safetensors"
+      else a[k] = v; map[k] = "a.safetensors" end
+    end
+    clip.save_safetensors(dir .. "/a.safetensors", a, { dtype = "F16" })
+    clip.save_safetensors(dir .. "/b.safetensors", b, { dtype = "F32" })
+    local f = assert(io.open(dir .. "/model.safetensors.index.json", "w"))
+    f:write(clip.json.encode({ metadata = {}, weight_map = map }))
+    f:close()
+    local h = clip.load(dir, { tokenizer = false, half = true })
+    assert.is_nil(h:is_half())
+    local g = clip.load(src, { tokenizer = false })
+    local ref = clip.load_safetensors(src .. "/reference.safetensors")
+    H.assert_close(h:encode_images(ref.pixel_values), g:encode_images(ref.pixel_values), { atol = 1e-6 })
+    h:close() g:close()
+  end)
+end)

@@ -22,7 +22,7 @@ function M.load(dir, opts)
   if type(dir) ~= "string" then
     error("clip.load: expected a directory path, got " .. type(dir), 2)
   end
-  local mc, paths = core.model_load(dir)
+  local mc, paths = core.model_load(dir, opts.half == true)
   if opts.pack == false then mc:set_packing(false) end
   local self = { core = mc, paths = paths, dir = dir }
   self.config = mc:config()
@@ -133,6 +133,11 @@ end
 
 --- Number of transformer blocks whose packed weights are current (0 before the first encode).
 function Model:packed_blocks() return self.core:packed() end
+
+--- "F16" or "BF16" when the model keeps its weights in half precision (clip.load(dir,
+-- {half = true}) on an F16/BF16 checkpoint), else nil. Reading or writing parameters,
+-- training or saving converts it to float32 first.
+function Model:is_half() return self.core:is_half() end
 
 --- Preprocess one image (path, clip.Image) -> Tensor {3,N,N}, or a list -> {n,3,N,N}.
 function Model:preprocess(x)
