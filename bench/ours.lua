@@ -75,7 +75,7 @@ end
 
 if task == "image" then
   local B, reps = tonumber(arg[3] or 1), tonumber(arg[4] or 5)
-  local m = clip.load(dir, { tokenizer = false })
+  local m = clip.load(dir, { tokenizer = false, half = os.getenv("CLIP_HALF") ~= "0" })
   local S = m.config.vision_config.image_size
   local px = core.randn({ B, 3, S, S }, 7)
   local t = timeit(function() m.core:encode_pixels(px) end, reps)

@@ -166,11 +166,25 @@ void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T
     }
 }
 
+/* Every block has its weights: current packs, or float data (a lazy model whose repacking ran
+ * out of memory has neither, and is refused rather than read). */
+static int weights_present(const ct_block_w *bl, int L, const char *what, ct_err *e) {
+  for (int l = 0; l < L; l++) {
+    const ct_block_w *b = &bl[l];
+    if (ct_pack_ok(b->pk)) continue;
+    if (!b->q_w || !b->k_w || !b->v_w || !b->o_w || !b->fc1_w || !b->fc2_w)
+      return ct_errf(e, "%s: layer %d has neither packed nor float weights (out of memory "
+                        "while packing?)", what, l);
+  }
+  return 0;
+}
+
 int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o, ct_err *e) {
   const ct_tower_cfg *c = &m->cfg.vision;
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
   int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
   if (B <= 0) return ct_errf(e, "encode_image: empty batch");
+  if (weights_present(m->vblocks, c->layers, "encode_image", e) != 0) return -1;
   workspace w;
   int64_t N = (int64_t)B * T;
   if (N > (1 << 30) / (D > 0 ? D : 1))
@@ -250,6 +264,8 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   int D = c->hidden;
   if (B <= 0) return ct_errf(e, "encode_text: empty batch");
   if (T <= 0) return ct_errf(e, "encode_text: empty sequences");
+  if (weights_present(m->tblocks, c->layers, "encode_text", e) != 0) return -1;
+  if (!m->tok_emb && !m->tok_emb_h) return ct_errf(e, "encode_text: no token embedding");
   if (T > c->max_pos)
     return ct_errf(e, "encode_text: sequence length %d exceeds max_position_embeddings %d", T,
                    c->max_pos);

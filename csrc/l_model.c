@@ -256,7 +256,23 @@ static int mc_param_info(lua_State *L) {
  * directly (ct_model_materialize). */
 static void need_float(lua_State *L, l_model *m) {
   ct_err e;
-  if (m->m.half_kind && ct_model_materialize(&m->m, &e) != 0) luaL_error(L, "%s", e.msg);
+  if (ct_model_lazy(&m->m) && ct_model_materialize(&m->m, &e) != 0) luaL_error(L, "%s", e.msg);
+}
+
+/* Training reads and writes the trainable parameters (frozen blocks run on their packs). */
+static void need_float_trainable(lua_State *L, l_model *m) {
+  for (int i = 0; i < m->m.nparams; i++)
+    if (!m->m.params[i].data && m->m.params[i].requires_grad) {
+      need_float(L, m);
+      return;
+    }
+}
+
+/* m:lazy() -> true when some parameters exist only packed / in the file (ct_model_lazy) */
+static int mc_lazy(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  lua_pushboolean(L, ct_model_lazy(&m->m));
+  return 1;
 }
 
 /* m:is_half() -> "F16" | "BF16" | nil: the weights kept in half precision */
@@ -284,9 +300,10 @@ static int mc_param(lua_State *L) {
 
 /* Bring the packed weights up to date before a forward pass (ct_model_pack); when memory
  * runs out the encoders simply use the original weights. */
-static void pack_model(l_model *m, int frozen_only) {
+static void pack_model(lua_State *L, l_model *m, int frozen_only) {
   ct_err e;
-  if (ct_packed_max_m() > 0) (void)ct_model_pack(&m->m, frozen_only, &e);
+  if (ct_packed_max_m() > 0 && ct_model_pack(&m->m, frozen_only, &e) != 0 && ct_model_lazy(&m->m))
+    luaL_error(L, "%s", e.msg); /* some weights exist only packed: cannot fall back */
 }
 
 /* m:set_packing(on): packed weight copies for small batches (default on; off frees them) */
@@ -379,7 +396,7 @@ static int mc_encode_pixels(lua_State *L) {
   push_fwd_outputs(L, &fo, B, T, c->hidden, m->m.cfg.projection_dim, &o);
   ct_err e;
   still_open(L, m);
-  pack_model(m, 0);
+  pack_model(L, m, 0);
   if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -452,7 +469,7 @@ static int mc_encode_ids(lua_State *L) {
   lua_setfield(L, out + 1, "eos_index");
   ct_err e;
   still_open(L, m);
-  pack_model(m, 0);
+  pack_model(L, m, 0);
   if (ct_encode_text(&m->m, ids, B, T, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -550,7 +567,7 @@ static int32_t *check_ids(lua_State *L, l_model *m, int idx, int *Bp, int *Tp);
 static int mc_forward_train(lua_State *L) {
   l_model *m = check_model(L, 1);
   l_pool_enter(L);
-  need_float(L, m);
+  need_float_trainable(L, m);
   l_tensor *px = l_totensor(L, 2);
   int vision = px != NULL, B, T = 0;
   const int32_t *ids = NULL;
@@ -573,7 +590,7 @@ static int mc_forward_train(lua_State *L) {
   luaL_setmetatable(L, TAPE_MT);
   ct_err e;
   still_open(L, m);
-  pack_model(m, 1);
+  pack_model(L, m, 1);
   if (ct_forward_train(&m->m, vision, vision ? px->data : NULL, ids, B, T, emb->data, t, &e) != 0)
     return luaL_error(L, "%s", e.msg);
   return 2;
@@ -662,6 +679,7 @@ static int mc_encode_ref(lua_State *L) {
 static const luaL_Reg methods[] = {
     {"encode_ref", mc_encode_ref},
     {"set_packing", mc_set_packing}, {"packed", mc_packed}, {"is_half", mc_is_half},
+    {"lazy", mc_lazy},
     {"close", mc_close},           {"is_closed", mc_is_closed},
     {"config", mc_config},         {"config_json", mc_config_json},
     {"param_info", mc_param_info}, {"param", mc_param},

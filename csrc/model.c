@@ -358,7 +358,6 @@ void ct_block_fill(ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_l
   W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
   W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
 #undef W
-  b->pk = NULL;
 }
 
 void ct_model_resolve(ct_model *m) {
@@ -494,10 +493,14 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
     blocks[l].pk = NULL;
     pk->ready = 0;
     /* half-precision weights (no float data) stay half in their packs */
-    int kind = ps[0]->data ? PK_F32 : m->half_kind;
+    int kind = ps[0]->data || !m->half_kind ? PK_F32 : m->half_kind;
     for (int i = 0; i < 6; i++)
-      if ((ps[i]->data ? PK_F32 : m->half_kind) != kind || (!ps[i]->data && !ps[i]->half))
+      if ((ps[i]->data || !m->half_kind ? PK_F32 : m->half_kind) != kind ||
+          (!ps[i]->data && !ps[i]->half))
         return ct_errf(e, "packing: %s layer %d mixes float and half weights", tw, l);
+    if (kind == PK_F32 && ct_model_lazy(m))
+      for (int i = 0; i < 6; i++) /* float packs of weights whose float copy was dropped */
+        if (!ps[i]->data) return ct_errf(e, "packing: %s needs ct_model_materialize", ps[i]->name);
     if (pk->qkv && pk->kind != kind) { /* the model left half precision: new buffers */
       free(pk->qkv); free(pk->o); free(pk->fc1); free(pk->fc2);
       pk->qkv = pk->o = pk->fc1 = pk->fc2 = NULL;
@@ -517,6 +520,16 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
       const void *src = ps[i]->data ? (const void *)ps[i]->data : (const void *)ps[i]->half;
       ct_pack_parallel(rows[i], cols[i], src, cols[i], dst[i], kind);
       pk->gen[i] = ps[i]->gen;
+      if (ps[i]->owned && ps[i]->half && ps[i]->gen == 0) {
+        /* a float copy converted from the file's F16/BF16 and never written: the pack
+         * replaces it, and ct_model_materialize converts it again if it is ever needed */
+        free(ps[i]->data);
+        ps[i]->data = NULL;
+        ps[i]->owned = 0;
+        float **fld[6] = {&blocks[l].q_w, &blocks[l].k_w, &blocks[l].v_w,
+                          &blocks[l].o_w, &blocks[l].fc1_w, &blocks[l].fc2_w};
+        *fld[i] = NULL;
+      }
       release_mapped(ps[i]);
     }
     pk->ready = 1;
@@ -525,22 +538,26 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
   return 0;
 }
 
+int ct_model_lazy(const ct_model *m) {
+  for (int i = 0; i < m->nparams; i++)
+    if (!m->params[i].data) return 1;
+  return 0;
+}
+
 int ct_model_materialize(ct_model *m, ct_err *e) {
-  if (!m->half_kind) return 0;
   for (int i = 0; i < m->nparams; i++) {
     ct_param *p = &m->params[i];
     if (p->data || !p->half) continue;
     float *d = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
     if (!d) return ct_errf(e, "out of memory converting '%s' to float32", p->name);
     for (int64_t j = 0; j < p->numel; j++)
-      d[j] = m->half_kind == PK_BF16 ? ct_bf16_to_f32(p->half[j]) : ct_f16_to_f32(p->half[j]);
+      d[j] = p->dtype == CT_BF16 ? ct_bf16_to_f32(p->half[j]) : ct_f16_to_f32(p->half[j]);
     p->data = d;
     p->owned = 1;
-    p->half = NULL;
   }
+  /* the packs (half or float) hold the same values and stay in use until a weight changes */
   m->half_kind = 0;
   m->tok_emb_h = NULL;
-  ct_model_unpack(m); /* half packs; float ones are built at the next ct_model_pack */
   ct_model_resolve(m);
   return 0;
 }
@@ -549,7 +566,8 @@ int ct_model_pack(ct_model *m, int frozen_only, ct_err *e) {
   if (m->pack_off || !ct_gemm_packed_available() || !m->params) return 0;
   if (pack_tower(m, "text_model", &m->cfg.text, &m->tpk, m->tblocks, frozen_only, e) != 0 ||
       pack_tower(m, "vision_model", &m->cfg.vision, &m->vpk, m->vblocks, frozen_only, e) != 0) {
-    ct_model_unpack(m);
+    /* out of memory: back to the float weights, when they are all there */
+    if (!ct_model_lazy(m)) ct_model_unpack(m);
     return -1;
   }
   return 0;
@@ -775,7 +793,6 @@ static int convert_param(ct_model *m, ct_param *q, const char *weights, ct_err *
     q->data = malloc((size_t)(q->numel ? q->numel : 1) * sizeof(float));
     if (!q->data) return ct_errf(e, "%s: out of memory converting '%s'", m->files[j].path, q->name);
     q->owned = 1;
-    q->half = NULL;
     return ct_st_to_f32(&m->files[j], k, q->data, e);
   }
   return ct_errf(e, "%s: missing tensor '%s'", weights, q->name);
@@ -850,11 +867,14 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
       }
       q->owned = 1;
       if (ct_st_to_f32(f, k, q->data, e) != 0) goto fail;
+      if ((t->dtype == CT_F16 || t->dtype == CT_BF16) && ((uintptr_t)ptr & 1) == 0 &&
+          half_candidate(q->name))
+        q->half = ptr; /* the packs may replace the float copy (ct_model_pack) */
     }
   }
   for (int i = 0; i < m->nparams; i++) { /* half refused after all: convert what was kept */
     ct_param *q = &m->params[i];
-    if (q->half && half <= 0 && convert_param(m, q, p->weights, e) != 0) goto fail;
+    if (!q->data && q->half && half <= 0 && convert_param(m, q, p->weights, e) != 0) goto fail;
   }
   ct_model_resolve(m);
   if (half > 0) {

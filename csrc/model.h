@@ -42,8 +42,9 @@ typedef struct ct_param {
   int has_grad;  /* a backward wrote into grad since the last zero_grad (torch: grad is not None) */
   unsigned gen;  /* bumped by every write through the bindings (tensor views, optimizers);
                     packed copies built from an older gen are stale */
-  const uint16_t *half; /* half-precision model (ct_model.half_kind): the F16/BF16 values in
-                           the mapped file, data NULL until ct_model_materialize */
+  const uint16_t *half; /* the F16/BF16 values in the mapped file, for the block weights and
+                           token embedding of a half checkpoint: data is NULL in a half model
+                           (and once packed, when never written) until ct_model_materialize */
 } ct_param;
 
 /* The packed copies (gemm.h layout) of one block's linear weights, built by ct_model_pack.
@@ -94,9 +95,12 @@ typedef struct ct_model {
   const uint16_t *tok_emb_h;
 } ct_model;
 
-/* Convert a half-precision model's weights to float32 (every parameter gets data; the half
- * packs are dropped and rebuilt as float at the next ct_model_pack). Needed before anything
- * reads or writes parameters directly (views, training, the naive twin). No-op otherwise. */
+/* 1 when some parameter has no float data: a half-precision model, or block weights of an
+ * F16/BF16 checkpoint whose float copy ct_model_pack dropped (their packs replace them). */
+int ct_model_lazy(const ct_model *m);
+/* Give every parameter float data again (converted exactly from the mapped F16/BF16 values);
+ * the model is no longer half (half_kind 0). Needed before anything reads or writes those
+ * parameters directly (views, training them, the naive twin). No-op when nothing is lazy. */
 int ct_model_materialize(ct_model *m, ct_err *e);
 
 /* Build (or rebuild, where a weight changed since) the packed copies of every block's linear

@@ -295,6 +295,7 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
     const ct_layer_acts *s = &t->la[l - t->first];
     const ct_block_w *w = &blocks[l];
     ct_block_w g;
+    memset(&g, 0, sizeof g);
     ct_block_fill(m, &g, tw, l, grad_of);
     int need_dinp = l > t->first || t->emb;
     /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */

@@ -266,6 +266,30 @@ describe("half-precision models (clip.load(dir, {half = true}))", function()
     end)
   end
 
+  it("an F16 checkpoint loaded as float32 keeps only the packs of its block weights, converted back on use", function()
+    local dir = H.fixtures .. "models/tiny-gelu-fp16"
+    local m = clip.load(dir, { tokenizer = false })
+    local u = clip.load(dir, { tokenizer = false, pack = false })
+    assert.is_false(m.core:lazy())
+    local i1, t1 = encode(m, dir)
+    local iu, tu = encode(u, dir)
+    assert.equal(has, m.core:lazy(), "float copies dropped after packing")
+    assert.equal(0, maxdiff(i1, encode(m, dir)), "same embeddings from the packs alone")
+    H.assert_close(i1, iu, { atol = 1e-5 }) H.assert_close(t1, tu, { atol = 1e-5 })
+    local file = clip.load_safetensors(dir .. "/model.safetensors")
+    for name, p in m:named_parameters() do
+      assert.equal(0, maxdiff(p.data, file[name]), name .. " converted back")
+    end
+    assert.is_false(m.core:lazy())
+    -- written weights are never dropped: the write survives repacking
+    local pn = "vision_model.encoder.layers.0.mlp.fc2.weight"
+    m:param(pn):scale_(-1) u:param(pn):scale_(-1)
+    H.assert_close(m:encode_images(clip.load_safetensors(dir .. "/reference.safetensors").pixel_values),
+      u:encode_images(clip.load_safetensors(dir .. "/reference.safetensors").pixel_values), { atol = 1e-5 })
+    assert.equal(0, maxdiff(m:param(pn), file[pn] * -1))
+    m:close() u:close()
+  end)
+
   it("a checkpoint not uniformly half loads as float32", function()
     local src = H.fixtures .. "models/tiny-gelu-fp16"
     local dir = H.tmpdir() .. "/mixed-half"
