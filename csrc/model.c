@@ -427,15 +427,20 @@ static ct_param *param_of(ct_model *m, const char *tw, int l, const char *nm) {
 /* Drop the resident pages of a mapped parameter never written since loading: the packed copy
  * replaces it in the encoders, and any later reader (training, saving, a view) faults the
  * same bytes back from the file. Only whole pages inside the tensor are dropped. */
-static void release_mapped(const ct_param *p) {
-  if (p->owned || p->gen != 0) return;
+/* Drop the resident pages wholly inside [p, p + n) of a read-only file mapping (they are read
+ * back from the file if touched again). */
+static void release_range(const void *p, size_t n) {
   long pg = sysconf(_SC_PAGESIZE);
-  if (pg <= 0) return;
-  uintptr_t a = p->data ? (uintptr_t)p->data : (uintptr_t)p->half;
-  uintptr_t b = a + (size_t)p->numel * (p->data ? sizeof(float) : sizeof(uint16_t));
-  if (!a) return;
+  if (pg <= 0 || !p) return;
+  uintptr_t a = (uintptr_t)p, b = a + n;
   uintptr_t a1 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), b1 = b & ~((uintptr_t)pg - 1);
   if (b1 > a1) (void)madvise((void *)a1, b1 - a1, MADV_DONTNEED);
+}
+
+static void release_mapped(const ct_param *p) {
+  if (p->owned || p->gen != 0) return;
+  if (p->data) release_range(p->data, (size_t)p->numel * sizeof(float));
+  else release_range(p->half, (size_t)p->numel * sizeof(uint16_t));
 }
 
 static void *pack_alloc(int N, int K, size_t es) {
@@ -870,6 +875,7 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
       if ((t->dtype == CT_F16 || t->dtype == CT_BF16) && ((uintptr_t)ptr & 1) == 0 &&
           half_candidate(q->name))
         q->half = ptr; /* the packs may replace the float copy (ct_model_pack) */
+      release_range(ptr, (size_t)(t->end - t->begin)); /* the source pages: only the float copy is used now */
     }
   }
   for (int i = 0; i < m->nparams; i++) { /* half refused after all: convert what was kept */
