@@ -118,6 +118,15 @@ for _, s in ipairs(suites) do
     local a = "rss " .. dir
     case(name .. " peak RSS, load + 1 image + 1 text (MiB)", "peak_rss_mib", "low", { ours = a, torch = a, ort = a })
     case(name .. " peak RSS / fp32 weight bytes", "ratio", "low", { ours = a, torch = a })
+    -- the same weights in an F16 checkpoint (make_models.lua l14-f16): loaded as float32, and
+    -- kept half ({half = true}); ours only
+    local hdir = dir .. "-f16"
+    if exists(hdir .. "/model.safetensors") then
+      case(name .. " F16 checkpoint, loaded as float32: peak RSS / fp32 weight bytes", "ratio", "low",
+        { ours = "rss " .. hdir })
+      case(name .. " F16 checkpoint, {half = true}: peak RSS / fp32 weight bytes", "ratio", "low",
+        { ours = "rss " .. hdir .. " half" })
+    end
   elseif s == "train" then
     if not exists(bench .. "out/data/captions.txt") then os.execute(env .. "lua5.4 " .. bench .. "make_data.lua") end
     if have.torch and not exists(bench .. "out/data/ids.json") then

@@ -11,12 +11,20 @@
  *   count the host gave it. */
 #include "blas.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
 #include "pool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
 
 /* The CBLAS ABI is declared here rather than through cblas.h, whose
  * location differs between distributions (Debian keeps OpenBLAS's under
@@ -144,30 +152,44 @@ typedef struct {
   const float *A;
   const void *const *P;
   float *const *C;
+  float *apa;          /* A packed once for all threads (NULL: each packs its own) */
+  atomic_int arrived;  /* threads done packing their share of A */
 } packed_job;
 
 static void packed_part(void *ctx, int tid, int nt) {
-  const packed_job *g = ctx;
+  packed_job *g = ctx;
+  if (g->apa) { /* pack a share of A's row blocks, then wait for the others' */
+    int nb = ct_pack_a_blocks(g->M);
+    ct_pack_a(g->M, g->K, g->A, g->lda, g->apa, (int)((long)nb * tid / nt),
+              (int)((long)nb * (tid + 1) / nt));
+    atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
+    while (atomic_load_explicit(&g->arrived, memory_order_acquire) < nt) CPU_RELAX();
+  }
   int total = g->nout * g->npan;
   int u0 = (int)((long)total * tid / nt), u1 = (int)((long)total * (tid + 1) / nt);
   for (int r = 0; r < g->nout; r++) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
     if (hi > lo)
-      ct_gemm_packed(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->P[r], g->kind, g->beta, g->C[r],
-                     g->ldc, lo - r * g->npan, hi - r * g->npan);
+      ct_gemm_packed_pa(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
+                        g->C[r], g->ldc, lo - r * g->npan, hi - r * g->npan);
   }
 }
 
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
                      const void *const *P, int kind, float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C};
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C, NULL, 0};
+  atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
-  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5)
+  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) {
+    /* every thread needs all of A packed: pack it once, split over the threads, into the
+     * pool's scratch (without scratch, each thread packs its own copy as it goes) */
+    g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
     ct_pool_run(p, packed_part, &g);
-  else
+  } else {
     packed_part(&g, 0, 1);
+  }
 }
 
 /* Rows per packed GEMM call (k_linear.c cuts larger inputs into chunks of this many rows).

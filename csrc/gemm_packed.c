@@ -158,8 +158,41 @@ typedef void (*ukr_fn)(int, const float *, const void *, float *, int, int, floa
 static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
 #undef TABLE
 
+/* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
+ * mr rows (the near-equal split of ct_gemm_packed), each k-major. */
+static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
+  int nb = (mc + MRMAX - 1) / MRMAX;
+  for (int b = 0; b < nb; b++) {
+    int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
+    float *d = dst + (size_t)r0 * kc;
+    const float *src = A + (size_t)(m0 + r0) * lda + k0;
+    for (int k = 0; k < kc; k++)
+      for (int r = 0; r < mr; r++) d[k * mr + r] = src[(size_t)r * lda + k];
+  }
+}
+
+size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
+
+void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {
+  for (int k0 = 0; k0 < K; k0 += KC) {
+    int kc = K - k0 < KC ? K - k0 : KC;
+    for (int b = b0; b < b1; b++) {
+      int m0 = b * MC, mc = M - m0 < MC ? M - m0 : MC;
+      if (mc > 0) pack_a_block(A, lda, m0, mc, k0, kc, apa + (size_t)k0 * M + (size_t)m0 * kc);
+    }
+  }
+}
+
+int ct_pack_a_blocks(int M) { return (M + MC - 1) / MC; }
+
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1) {
+  ct_gemm_packed_pa(M, N, K, alpha, A, lda, NULL, P, kind, beta, C, ldc, p0, p1);
+}
+
+void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *apa, const void *P, int kind, float beta, float *C, int ldc,
+                       int p0, int p1) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
   const unsigned char *Pb = P;
   size_t es = kind == PK_F32 ? 4 : 2;
@@ -173,7 +206,7 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
       }
     return;
   }
-  _Alignas(64) float ap[MC * KC]; /* A rows i0 .. i0+MC, k block: row blocks of mr, k-major */
+  _Alignas(64) float local[MC * KC]; /* A rows m0 .. m0+MC of a k block, when apa is NULL */
   const int pnc = NC / NR;
   for (int q0 = p0; q0 < p1; q0 += pnc) {
     int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
@@ -184,12 +217,12 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
         int nb = (mc + MRMAX - 1) / MRMAX; /* row blocks of near-equal size */
         int bi[MC / MRMAX + 1];
         for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);
-        for (int b = 0; b < nb; b++) {
-          int mr = bi[b + 1] - bi[b];
-          float *dst = ap + (size_t)bi[b] * kc;
-          const float *src = A + (size_t)(m0 + bi[b]) * lda + k0;
-          for (int r = 0; r < mr; r++)
-            for (int k = 0; k < kc; k++) dst[k * mr + r] = src[(size_t)r * lda + k];
+        const float *ap;
+        if (apa) {
+          ap = apa + (size_t)k0 * M + (size_t)m0 * kc;
+        } else {
+          pack_a_block(A, lda, m0, mc, k0, kc, local);
+          ap = local;
         }
         for (int p = q0; p < q1; p++) {
           int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
@@ -210,4 +243,15 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
   (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)P; (void)kind; (void)beta; (void)C;
   (void)ldc; (void)p0; (void)p1; /* never called: ct_gemm_packed_available() is 0 */
 }
+void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *apa, const void *P, int kind, float beta, float *C, int ldc,
+                       int p0, int p1) {
+  (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)apa; (void)P; (void)kind;
+  (void)beta; (void)C; (void)ldc; (void)p0; (void)p1;
+}
+size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
+void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {
+  (void)M; (void)K; (void)A; (void)lda; (void)apa; (void)b0; (void)b1;
+}
+int ct_pack_a_blocks(int M) { return M > 0; }
 #endif

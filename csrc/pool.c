@@ -31,6 +31,8 @@ struct ct_pool {
   atomic_int pending;   /* workers still running the current job */
   atomic_int running;   /* a job is in progress (nested calls run serially) */
   int stop;
+  void *scratch;        /* ct_pool_scratch */
+  size_t scratch_n;
 };
 
 static _Thread_local ct_pool *current;
@@ -115,7 +117,20 @@ void ct_pool_free(ct_pool *p) {
   pthread_cond_destroy(&p->done);
   free(p->th);
   free(p->args);
+  free(p->scratch);
   free(p);
+}
+
+void *ct_pool_scratch(ct_pool *p, size_t bytes) {
+  if (!p) return NULL;
+  if (bytes > p->scratch_n) {
+    void *n = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!n) return NULL;
+    free(p->scratch);
+    p->scratch = n;
+    p->scratch_n = bytes;
+  }
+  return p->scratch;
 }
 
 void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx) {

@@ -30,6 +30,12 @@ int ct_pool_size(const ct_pool *p);
  * progress on p (a nested call), fn(ctx, 0, 1) runs in the caller. */
 void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx);
 
+/* A buffer of at least bytes owned by p (64-byte aligned, kept and reused until a larger one
+ * is asked for or p is freed), for data the threads of one run share; NULL when p is NULL or
+ * out of memory. Call it from the thread that runs jobs on p, outside a run. */
+#include <stddef.h>
+void *ct_pool_scratch(ct_pool *p, size_t bytes);
+
 /* The calling OS thread's current pool (NULL: none). */
 ct_pool *ct_pool_current(void);
 /* Make p current for the calling OS thread (NULL: none); returns the previous one. */

@@ -20,7 +20,7 @@ bench-models: all
 	$(BENCH_ENV) $(LUA) bench/make_models.lua bench/models b32
 
 bench-models-l14: all
-	$(BENCH_ENV) $(LUA) bench/make_models.lua bench/models l14
+	$(BENCH_ENV) $(LUA) bench/make_models.lua bench/models l14 l14-f16
 
 bench-ort:
 	cd bench && npm install --no-audit --no-fund --ignore-scripts
