@@ -152,6 +152,7 @@ typedef struct {
   const float *A;
   const void *const *P;
   float *const *C;
+  const float *const *bias;
   float *apa;          /* A packed once for all threads (NULL: each packs its own) */
   atomic_int arrived;  /* threads done packing their share of A */
 } packed_job;
@@ -172,14 +173,17 @@ static void packed_part(void *ctx, int tid, int nt) {
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
     if (hi > lo)
       ct_gemm_packed_pa(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
-                        g->C[r], g->ldc, lo - r * g->npan, hi - r * g->npan);
+                        g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
+                        hi - r * g->npan);
   }
 }
 
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
-                     const void *const *P, int kind, float *const *C, int ldc, float beta) {
+                     const void *const *P, int kind, const float *const *bias, float *const *C,
+                     int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C, NULL, 0};
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C, bias,
+                  NULL, 0};
   atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
   if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) {

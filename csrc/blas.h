@@ -13,11 +13,13 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
                   float *C, int ldc);
 
 /* Packed weights (gemm.h): nout outputs of N columns each share one input A[M,K]; output r
- * is C[r] = A W_r^T + beta C[r] (row stride ldc) with W_r packed at P[r] (element type kind:
+ * is C[r] = A W_r^T + bias[r] + beta C[r] (row stride ldc; bias or bias[r] NULL: none) with
+ * W_r packed at P[r] (element type kind:
  * PK_F32, PK_F16, PK_BF16). The panels of all outputs are split over the current pool in one
  * run (q, k and v in one dispatch). Requires ct_gemm_packed_available(). */
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
-                     const void *const *P, int kind, float *const *C, int ldc, float beta);
+                     const void *const *P, int kind, const float *const *bias, float *const *C,
+                     int ldc, float beta);
 /* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */

@@ -27,7 +27,15 @@ static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
 /* linear_forward with the packed copy pk when there is one (k_linear.c decides by rows) */
 static void lin(float *out, const float *inp, const float *w, const ct_pack_blk *pk,
                 const void *packed, const float *bias, int N, int IC, int OC) {
-  linear_forward_packed(1, &out, inp, &w, pk ? &packed : NULL, pk ? pk->kind : 0, &bias, N, IC, OC);
+  linear_forward_packed(1, &out, inp, &w, pk ? &packed : NULL, pk ? pk->kind : 0, &bias, N, IC,
+                        OC, 0.0f);
+}
+
+/* out += inp W^T + bias: the residual branch added in the GEMM's own pass */
+static void lin_add(float *out, const float *inp, const float *w, const ct_pack_blk *pk,
+                    const void *packed, const float *bias, int N, int IC, int OC) {
+  linear_forward_packed(1, &out, inp, &w, pk ? &packed : NULL, pk ? pk->kind : 0, &bias, N, IC,
+                        OC, 1.0f);
 }
 
 /* element i of a packed buffer of kind */
@@ -48,16 +56,14 @@ void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, 
     size_t dd = ct_pack_nt_floats(D, D);
     const void *pks[3] = {pk ? pk->qkv : NULL, pk ? pk_at(pk, pk->qkv, dd) : NULL,
                           pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
-    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D);
+    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
   }
   attention_forward(w->att, w->probs, w->q, w->k, w->v, B, T, D, c->heads, causal, 0);
-  lin(w->x, w->att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, N, D, D);
-  for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
+  lin_add(w->h, w->att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, N, D, D);
   layernorm_forward(w->x, NULL, NULL, w->h, b->ln2_w, b->ln2_b, N, D, c->eps);
   lin(w->mlp, w->x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
   act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
-  lin(w->x, w->mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
-  for (size_t i = 0; i < (size_t)N * D; i++) w->h[i] += w->x[i];
+  lin_add(w->h, w->mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
 }
 
 /* The last block when only one row per sequence is wanted (the vision CLS row, the text
@@ -77,7 +83,7 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
     float *out[2] = {w->k, w->v};
     const float *wt[2] = {b->k_w, b->v_w}, *bs[2] = {b->k_b, b->v_b};
     const void *pks[2] = {pk ? pk_at(pk, pk->qkv, dd) : NULL, pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
-    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D);
+    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
   }
   float *xq = w->att, *q = w->q, *att = w->mlp; /* [B, D] each, then reused */
   for (int bb = 0; bb < B; bb++)

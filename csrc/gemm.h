@@ -47,8 +47,9 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
 size_t ct_pack_a_floats(int M, int K);
 int ct_pack_a_blocks(int M);
 void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1);
+/* ... and adds bias[j] (NULL: none) to column j: C = alpha A B^T + bias + beta C */
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
-                       const float *apa, const void *P, int kind, float beta, float *C, int ldc,
-                       int p0, int p1);
+                       const float *apa, const void *P, int kind, float beta, const float *bias,
+                       float *C, int ldc, int p0, int p1);
 
 #endif

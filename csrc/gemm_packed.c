@@ -101,7 +101,8 @@ void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0,
  * C += ...; ET/LOADB: the panel's element type and its conversion to float (exact) */
 #define UKR(MR, SUF, ET, LOADB)                                                         \
   TGT static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, \
-                               int nc, float alpha, float beta, int first, const void *pfv) { \
+                               int nc, float alpha, float beta, int first, const void *pfv, \
+                               const float *bias) {                                       \
     const ET *bp = bv, *pf = pfv;                                                        \
     __m512 acc[MR][2];                                                                   \
     _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
@@ -132,9 +133,15 @@ void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0,
       if (!first) {                                                                      \
         x0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), x0);                           \
         x1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), x1);                      \
-      } else if (beta != 0.0f) {                                                         \
-        x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);                     \
-        x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);                \
+      } else {                                                                           \
+        if (bias) {                                                                      \
+          x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, bias));                       \
+          x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, bias + 16));                  \
+        }                                                                                \
+        if (beta != 0.0f) {                                                              \
+          x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);                   \
+          x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);              \
+        }                                                                                \
       }                                                                                  \
       _mm512_mask_storeu_ps(cr, m0, x0);                                                 \
       _mm512_mask_storeu_ps(cr + 16, m1, x1);                                            \
@@ -151,7 +158,7 @@ UKRS(b, uint16_t, LOADB_BF16)
 #undef UKR
 
 typedef void (*ukr_fn)(int, const float *, const void *, float *, int, int, float, float, int,
-                       const void *);
+                       const void *, const float *);
 #define TABLE(SUF) \
   {NULL, ukr##SUF##1, ukr##SUF##2, ukr##SUF##3, ukr##SUF##4, ukr##SUF##5, ukr##SUF##6, \
    ukr##SUF##7, ukr##SUF##8, ukr##SUF##9, ukr##SUF##10, ukr##SUF##11, ukr##SUF##12}
@@ -187,12 +194,12 @@ int ct_pack_a_blocks(int M) { return (M + MC - 1) / MC; }
 
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1) {
-  ct_gemm_packed_pa(M, N, K, alpha, A, lda, NULL, P, kind, beta, C, ldc, p0, p1);
+  ct_gemm_packed_pa(M, N, K, alpha, A, lda, NULL, P, kind, beta, NULL, C, ldc, p0, p1);
 }
 
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
-                       const float *apa, const void *P, int kind, float beta, float *C, int ldc,
-                       int p0, int p1) {
+                       const float *apa, const void *P, int kind, float beta, const float *bias,
+                       float *C, int ldc, int p0, int p1) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
   const unsigned char *Pb = P;
   size_t es = kind == PK_F32 ? 4 : 2;
@@ -202,7 +209,7 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
     for (int i = 0; i < M; i++)
       for (int j = j0; j < j1; j++) {
         float *c = &C[(size_t)i * ldc + j];
-        *c = beta == 0.0f ? 0.0f : beta * *c;
+        *c = (beta == 0.0f ? 0.0f : beta * *c) + (bias ? bias[j] : 0.0f);
       }
     return;
   }
@@ -230,7 +237,8 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
           for (int b = 0; b < nb; b++) {
             int mr = bi[b + 1] - bi[b];
             tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc,
-                    alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL);
+                    alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL,
+                    bias ? bias + j0 : NULL);
           }
         }
       }
@@ -244,10 +252,10 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
   (void)ldc; (void)p0; (void)p1; /* never called: ct_gemm_packed_available() is 0 */
 }
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
-                       const float *apa, const void *P, int kind, float beta, float *C, int ldc,
-                       int p0, int p1) {
+                       const float *apa, const void *P, int kind, float beta, const float *bias,
+                       float *C, int ldc, int p0, int p1) {
   (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)apa; (void)P; (void)kind;
-  (void)beta; (void)C; (void)ldc; (void)p0; (void)p1;
+  (void)beta; (void)bias; (void)C; (void)ldc; (void)p0; (void)p1;
 }
 size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {

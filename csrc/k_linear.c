@@ -22,31 +22,35 @@ void linear_forward(float *out, const float *inp, const float *weight,
 
 /* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
  * on chunks of ct_packed_max_m() rows; linear_forward without packs. nout layers of the same shape
- * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. */
+ * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. beta: out =
+ * inp W^T + bias + beta out (1: a residual added in the same pass). */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
                            const void *const *pk, int kind, const float *const *bias, int N,
-                           int IC, int OC) {
+                           int IC, int OC, float beta) {
   if (pk && ct_gemm_packed_available()) {
-    int any = 0; /* with no bias at all, C is not read (beta 0); else every C starts at its bias */
-    for (int r = 0; r < nout; r++) any |= bias[r] != NULL;
-    for (int r = 0; r < nout && any; r++)
-      for (int i = 0; i < N; i++) {
-        float *row = out[r] + (size_t)i * OC;
-        if (bias[r]) memcpy(row, bias[r], sizeof(float) * OC);
-        else memset(row, 0, sizeof(float) * OC);
-      }
-    /* rows in chunks: the packed kernel keeps its small-M speed at any batch size */
+    /* rows in chunks: the packed kernel keeps its small-M speed at any batch size; the bias
+     * is added as the kernel stores its first K block (no pass over out beforehand) */
     int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
     for (int i0 = 0; i0 < N; i0 += chunk) {
       int n = N - i0 < chunk ? N - i0 : chunk;
       float *o[3];
       for (int r = 0; r < nout && r < 3; r++) o[r] = out[r] + (size_t)i0 * OC;
-      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, kind, o, OC,
-                      any ? 1.0f : 0.0f);
+      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, kind, bias, o, OC, beta);
     }
     return;
   }
-  for (int r = 0; r < nout; r++) linear_forward(out[r], inp, w[r], bias[r], N, IC, OC);
+  for (int r = 0; r < nout; r++) {
+    if (beta == 0.0f) {
+      linear_forward(out[r], inp, w[r], bias[r], N, IC, OC);
+    } else { /* out = beta out + inp W^T + bias */
+      if (bias[r])
+        for (int i = 0; i < N; i++)
+          for (int o = 0; o < OC; o++) out[r][(size_t)i * OC + o] = beta * out[r][(size_t)i * OC + o] + bias[r][o];
+      else if (beta != 1.0f)
+        for (size_t i = 0; i < (size_t)N * OC; i++) out[r][i] *= beta;
+      ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, w[r], IC, 1.0f, out[r], OC);
+    }
+  }
 }
 
 void linear_forward_ref(float *out, const float *inp, const float *weight,

@@ -43,7 +43,7 @@ void linear_forward(float *out, const float *inp, const float *weight,
  * layout, or NULL): the packed kernel in chunks of ct_packed_max_m() rows (k_linear.c). */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
                            const void *const *pk, int kind, const float *const *bias, int N,
-                           int IC, int OC);
+                           int IC, int OC, float beta);
 void linear_forward_ref(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int IC, int OC);
 void linear_forward_f64(double *out, const double *inp, const double *weight,

@@ -620,7 +620,7 @@ static int k_gemm_packed(lua_State *L) {
   if (pooled) {
     const void *P = pt->data;
     float *C = c->data;
-    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, kind, &C, N, beta);
+    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, kind, NULL, &C, N, beta);
   } else {
     ct_pool *prev = ct_pool_make_current(NULL);
     ct_gemm_packed(M, N, K, 1.0f, a->data, K, pt->data, kind, beta, c->data, N, 0,
