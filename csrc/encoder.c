@@ -210,7 +210,14 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   }
   ct_vision_im2col(cols, pixels, B, c);
   /* patch embeddings into w.x, laid out [B*NP, D] */
-  linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
+  if (m->patch_pk.ready && m->patch_pk.src && *m->patch_pk.src == m->patch_pk.gen) {
+    const void *pk = m->patch_pk.p;
+    const float *pw = m->patch_w, *nob = NULL;
+    float *out = w.x;
+    linear_forward_packed(1, &out, cols, &pw, &pk, PK_F32, &nob, B * NP, K, D, 0.0f);
+  } else {
+    linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
+  }
   if (cols != w.mlp) free(cols);
   ct_vision_embed(w.h, w.x, m, B);
   layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);

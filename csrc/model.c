@@ -466,6 +466,27 @@ void ct_model_unpack(ct_model *m) {
   free_packs(m->tpk, m->cfg.text.layers);
   free_packs(m->vpk, m->cfg.vision.layers);
   m->tpk = m->vpk = NULL;
+  free(m->patch_pk.p);
+  memset(&m->patch_pk, 0, sizeof m->patch_pk);
+}
+
+/* The patch embedding (a GEMM of every image's patches at the start of the vision tower). */
+static int pack_patch(ct_model *m, int frozen_only, ct_err *e) {
+  int i = ct_model_find_param(m, "vision_model.embeddings.patch_embedding.weight");
+  if (i < 0) return 0;
+  ct_param *p = &m->params[i];
+  if (!p->data || (frozen_only && p->requires_grad)) return 0;
+  m->patch_pk.src = &p->gen;
+  if (m->patch_pk.ready && m->patch_pk.gen == p->gen) return 0;
+  const ct_tower_cfg *c = &m->cfg.vision;
+  int N = c->hidden, K = c->channels * c->patch_size * c->patch_size;
+  m->patch_pk.ready = 0;
+  if (!m->patch_pk.p) m->patch_pk.p = pack_alloc(N, K, sizeof(float));
+  if (!m->patch_pk.p) return ct_errf(e, "out of memory packing the patch embedding");
+  ct_pack_parallel(N, K, p->data, K, m->patch_pk.p, PK_F32);
+  m->patch_pk.gen = p->gen;
+  m->patch_pk.ready = 1;
+  return 0;
 }
 
 static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pack_blk **pkp,
@@ -570,7 +591,8 @@ int ct_model_materialize(ct_model *m, ct_err *e) {
 int ct_model_pack(ct_model *m, int frozen_only, ct_err *e) {
   if (m->pack_off || !ct_gemm_packed_available() || !m->params) return 0;
   if (pack_tower(m, "text_model", &m->cfg.text, &m->tpk, m->tblocks, frozen_only, e) != 0 ||
-      pack_tower(m, "vision_model", &m->cfg.vision, &m->vpk, m->vblocks, frozen_only, e) != 0) {
+      pack_tower(m, "vision_model", &m->cfg.vision, &m->vpk, m->vblocks, frozen_only, e) != 0 ||
+      pack_patch(m, frozen_only, e) != 0) {
     /* out of memory: back to the float weights, when they are all there */
     if (!ct_model_lazy(m)) ct_model_unpack(m);
     return -1;

@@ -88,6 +88,12 @@ typedef struct ct_model {
   struct { void *p; size_t n; } spare[6];
   /* packed weights, one per block (NULL until ct_model_pack); pack_off: never pack */
   ct_pack_blk *tpk, *vpk;
+  struct { /* the patch embedding as a [hidden, channels * patch^2] matrix, packed (float) */
+    float *p;
+    unsigned gen;
+    const unsigned *src;
+    int ready;
+  } patch_pk;
   int pack_off;
   /* half precision kept (CT_LOAD_HALF): PK_F16 or PK_BF16, 0 when the model is all float;
    * the block weights then exist only packed in that type and tok_emb_h replaces tok_emb */

@@ -114,6 +114,19 @@ describe("packed weights in the encoders", function()
     end
   end)
 
+  it("include the patch embedding, rebuilt after a write", function()
+    local m = clip.load(TINY, { tokenizer = false })
+    local u = clip.load(TINY, { tokenizer = false, pack = false })
+    local a0, b0 = encode(m), encode(u)
+    assert.is_true(maxdiff(a0, b0) <= 1e-5)
+    local pn = "vision_model.embeddings.patch_embedding.weight"
+    m:param(pn):scale_(-0.5) u:param(pn):scale_(-0.5)
+    local a1, b1 = encode(m), encode(u)
+    assert.is_true(maxdiff(a1, a0) > 1e-3, "the write changed the embeddings")
+    assert.is_true(maxdiff(a1, b1) <= 1e-5, "packed and unpacked agree after the write: " .. maxdiff(a1, b1))
+    m:close() u:close()
+  end)
+
   it("are rebuilt after an optimizer step on a trainable block", function()
     local m = clip.load(TINY, { tokenizer = false })
     local u = clip.load(TINY, { tokenizer = false, pack = false })
