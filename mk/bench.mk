@@ -3,12 +3,13 @@
 #   make bench-all         the same plus ViT-L/14 (bench/models/l14, ~1.7 GB, minutes per round)
 #   make bench-models      random-weight B/32 (and bench-models-l14: L/14) checkpoints, git-ignored
 #   make bench-ort         npm onnxruntime-node into bench/node_modules (git-ignored)
+#   make bench-gemm        one-thread GEMM kernels at the towers' shapes (bench/gemm_bench.c)
 #   BENCH_ROUNDS=N, BENCH_ARGS="--only ours,ort image" to narrow a run.
 BENCH_ROUNDS ?= 3
 BENCH_ARGS   ?=
 BENCH_ENV    := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
 
-.PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak
+.PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak bench-gemm
 
 bench: all bench-models
 	$(BENCH_ENV) $(LUA) bench/run.lua --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
@@ -29,3 +30,9 @@ bench-peak:
 	@mkdir -p $(BUILD)/bench
 	$(CC) -O2 -pthread bench/peak.c -o $(BUILD)/bench/peak
 	$(BUILD)/bench/peak
+
+bench-gemm:
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 $(PKG_CFLAGS) -Icsrc bench/gemm_bench.c csrc/gemm.c csrc/gemm_packed.c -lopenblas -lm \
+	  -o $(BUILD)/bench/gemm_bench
+	$(BUILD)/bench/gemm_bench $(BENCH_ROUNDS)
