@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -36,9 +37,10 @@ enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
 int ct_gemm_packed_available(void) {
 #ifdef CT_PK_X86
   static int cached = -1;
-  if (cached < 0) {
+  if (cached < 0) { /* CLIP_NO_AVX512=1: behave as on a CPU without it (tests, benchmarks) */
+    const char *off = getenv("CLIP_NO_AVX512");
     __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f");
+    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
   }
   return cached;
 #else

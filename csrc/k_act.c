@@ -11,6 +11,8 @@
  * relu'       = 1 for x > 0, else 0 (0 at x = 0, as torch's threshold_backward)
  * dinp may be NULL (skipped). */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "pool.h"
@@ -21,9 +23,10 @@
 
 static int have_avx512(void) {
   static int cached = -1;
-  if (cached < 0) {
+  if (cached < 0) { /* CLIP_NO_AVX512=1: as on a CPU without it (gemm_packed.c) */
+    const char *off = getenv("CLIP_NO_AVX512");
     __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f");
+    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
   }
   return cached;
 }
