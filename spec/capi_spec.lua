@@ -228,6 +228,36 @@ int main(int argc, char **argv) {
   printf("no_tokenizer: %d %d|%s\n", ni.has_tokenizer, r, err);
   clip_model_free(nt);
 
+  /* an F16 checkpoint kept half (CLIP_LOAD_HALF) gives the float32 load's embeddings */
+  {
+    char half_dir[1200];
+    snprintf(half_dir, sizeof half_dir, "%s-gelu-fp16", model);
+    clip_model *hf = clip_model_load_ex(half_dir, CLIP_LOAD_NO_TOKENIZER | CLIP_LOAD_HALF, err, sizeof err);
+    clip_model *ff = clip_model_load_ex(half_dir, CLIP_LOAD_NO_TOKENIZER, err, sizeof err);
+    clip_model *bad = clip_model_load_ex(half_dir, CLIP_LOAD_HALF | CLIP_LOAD_NO_PACK, err, sizeof err);
+    printf("half_nopack: %d|%s\n", bad == NULL, err);
+    int eq = 0;
+    if (hf && ff) {
+      clip_info hi;
+      clip_model_info(hf, &hi);
+      size_t np = (size_t)3 * hi.image_size * hi.image_size;
+      float *hp = malloc(sizeof(float) * np), *o1 = malloc(sizeof(float) * 2 * hi.embed_dim),
+            *o2 = malloc(sizeof(float) * 2 * hi.embed_dim);
+      for (size_t i = 0; i < np; i++) hp[i] = (float)((i * 7919) % 101) / 50.0f - 1.0f;
+      int32_t hid[2][3] = {{1, 320, 2}, {1, 929, 2}}; /* the fixture's vocabulary is 1000 */
+      eq = clip_encode_pixels(hf, hp, 1, o1, 0, err, sizeof err) == 0 &&
+           clip_encode_pixels(ff, hp, 1, o2, 0, err, sizeof err) == 0 &&
+           memcmp(o1, o2, sizeof(float) * hi.embed_dim) == 0 &&
+           clip_encode_ids(hf, &hid[0][0], 2, 3, o1, 0, err, sizeof err) == 0 &&
+           clip_encode_ids(ff, &hid[0][0], 2, 3, o2, 0, err, sizeof err) == 0 &&
+           memcmp(o1, o2, sizeof(float) * 2 * hi.embed_dim) == 0;
+      free(hp); free(o1); free(o2);
+    }
+    printf("half_equal: %d|%s\n", eq, eq ? "" : err);
+    clip_model_free(hf);
+    clip_model_free(ff);
+  }
+
   clip_model_free(m);
   free(ids); free(px); free(px2); free(e); free(f); free(te); free(tf); free(blk);
   printf("done\n");
@@ -370,6 +400,9 @@ describe("C API", function()
       assert.equal("1", r.threads_equal)
       assert.truthy(r.no_tokenizer:find("^0 %-1|clip_tokenize: model was loaded without a tokenizer"),
         r.no_tokenizer)
+      assert.equal("1|", r.half_equal)
+      assert.truthy(r.half_nopack:find("^1|clip_model_load: CLIP_LOAD_HALF needs the packed weights"),
+        r.half_nopack)
     end
     assert.equal(outs.static, outs.shared)
     model:close()
