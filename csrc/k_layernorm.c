@@ -14,21 +14,102 @@
 #include "kernels.h"
 #include "pool.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+static int have_avx512(void) {
+  static int cached = -1;
+  if (cached < 0) { /* CLIP_NO_AVX512=1: as on a CPU without it (gemm_packed.c) */
+    const char *off = getenv("CLIP_NO_AVX512");
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
+  }
+  return cached;
+}
+
+/* sum of x and sum of (x - m)^2 over C floats, in double: 16 independent double lanes (the
+ * scalar loop below is one dependent chain), each lane a plain double sum */
+__attribute__((target("avx512f"))) static void sums16(const float *x, int C, float m, double *s,
+                                                      double *v) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0, v0 = s0, v1 = s0;
+  __m512 mm = _mm512_set1_ps(m);
+  int j = 0;
+  if (s) {
+    for (; j + 16 <= C; j += 16) {
+      __m512 xv = _mm512_loadu_ps(x + j);
+      __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
+      __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xv), 1)));
+      s0 = _mm512_add_pd(s0, lo);
+      s1 = _mm512_add_pd(s1, hi);
+    }
+    double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; j < C; j++) ss += x[j];
+    *s = ss;
+  }
+  if (!v) return;
+  j = 0;
+  for (; j + 16 <= C; j += 16) {
+    __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + j), mm); /* float difference, as the scalar loop */
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
+    __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(d), 1)));
+    v0 = _mm512_fmadd_pd(lo, lo, v0);
+    v1 = _mm512_fmadd_pd(hi, hi, v1);
+  }
+  double vv = _mm512_reduce_add_pd(_mm512_add_pd(v0, v1));
+  for (; j < C; j++) {
+    float d = x[j] - m;
+    vv += (double)d * d;
+  }
+  *v = vv;
+}
+#endif
+
+#if defined(__x86_64__)
+/* o = (x - m) * r * w + b, the same three roundings as the scalar loop (no FMA) */
+__attribute__((target("avx512f"))) static void norm16(float *o, const float *x, const float *w,
+                                                      const float *b, int C, float m, float r) {
+  __m512 mm = _mm512_set1_ps(m), rr = _mm512_set1_ps(r);
+  for (int j = 0; j < C; j += 16) {
+    __mmask16 k = C - j >= 16 ? 0xffff : (__mmask16)((1u << (C - j)) - 1);
+    __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mm), rr);
+    t = _mm512_add_ps(_mm512_mul_ps(t, _mm512_maskz_loadu_ps(k, w + j)), _mm512_maskz_loadu_ps(k, b + j));
+    _mm512_mask_storeu_ps(o + j, k, t);
+  }
+}
+#endif
+
 static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
                     const float *w, const float *b, int64_t N, int C, float eps) {
+#if defined(__x86_64__)
+  int vec = have_avx512();
+#endif
   for (int64_t i = 0; i < N; i++) {
     const float *x = inp + i * C;
     float *o = out + i * C;
-    double s = 0;
-    for (int j = 0; j < C; j++) s += x[j];
-    float m = (float)(s / C);
-    double v = 0;
-    for (int j = 0; j < C; j++) {
-      float d = x[j] - m;
-      v += (double)d * d;
+    double s = 0, v = 0;
+    float m;
+#if defined(__x86_64__)
+    if (vec) {
+      sums16(x, C, 0.0f, &s, NULL);
+      m = (float)(s / C);
+      sums16(x, C, m, NULL, &v);
+    } else
+#endif
+    {
+      for (int j = 0; j < C; j++) s += x[j];
+      m = (float)(s / C);
+      for (int j = 0; j < C; j++) {
+        float d = x[j] - m;
+        v += (double)d * d;
+      }
     }
     float r = (float)(1.0 / sqrt(v / C + eps));
-    for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * w[j] + b[j];
+#if defined(__x86_64__)
+    if (vec) norm16(o, x, w, b, C, m, r);
+    else
+#endif
+      for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * w[j] + b[j];
     if (mean) mean[i] = m;
     if (rstd) rstd[i] = r;
   }
