@@ -13,9 +13,24 @@
 
 typedef ct_fwd_ws workspace;
 
-static int ws_alloc(workspace *w, int64_t N, int D, int I, int T, ct_err *e) {
+/* The scratch of one pass: malloc'd, or one of o->scratch's recycled blocks. */
+enum { WS_KEEP_MAX = 64 << 20 };
+
+static void ws_free(workspace *w, const ct_fwd_out *o) {
+  if (o->scratch && w->bytes <= WS_KEEP_MAX) ct_scratch_put(o->scratch, w->mem, w->bytes);
+  else free(w->mem);
+  w->mem = NULL;
+}
+
+static int ws_alloc(workspace *w, const ct_fwd_out *o, int64_t N, int D, int I, int T, ct_err *e) {
   size_t nd = (size_t)N * D, total = 6 * nd + (size_t)N * I + (size_t)T * T;
-  float *m = malloc(total * sizeof(float));
+  float *m;
+  if (o->scratch) {
+    m = ct_scratch_get(o->scratch, total * sizeof(float), &w->bytes);
+  } else {
+    m = malloc(total * sizeof(float));
+    w->bytes = total * sizeof(float);
+  }
   if (!m) return ct_errf(e, "out of memory: forward pass needs %zu MB of scratch",
                          total * sizeof(float) >> 20);
   w->mem = m;
@@ -195,7 +210,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   int64_t N = (int64_t)B * T;
   if (N > (1 << 30) / (D > 0 ? D : 1))
     return ct_errf(e, "encode_image: batch of %d images is too large", B);
-  if (ws_alloc(&w, N, D, c->inter, T, e) != 0) return -1;
+  if (ws_alloc(&w, o, N, D, c->inter, T, e) != 0) return -1;
   /* im2col into w.mlp (N*I >= B*NP*K holds when I >= K; else use a separate buffer) */
   float *cols = NULL;
   size_t need = (size_t)B * NP * K;
@@ -204,7 +219,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   } else {
     cols = malloc(need * sizeof(float));
     if (!cols) {
-      free(w.mem);
+      ws_free(&w, o);
       return ct_errf(e, "out of memory");
     }
   }
@@ -232,7 +247,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
     if (!rows || !hp) {
       free(rows);
       free(hp);
-      free(w.mem);
+      ws_free(&w, o);
       return ct_errf(e, "out of memory");
     }
   }
@@ -255,7 +270,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   free(hp);
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
   if (o->embeds) linear_forward(o->embeds, pooled, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
-  free(w.mem);
+  ws_free(&w, o);
   return 0;
 }
 
@@ -298,7 +313,7 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   if (o->last_hidden || o->captured) Te = T;
   workspace w;
   int64_t N = (int64_t)B * Te;
-  if (ws_alloc(&w, N, D, c->inter, Te, e) != 0) {
+  if (ws_alloc(&w, o, N, D, c->inter, Te, e) != 0) {
     free(eos);
     return -1;
   }
@@ -307,7 +322,7 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
   float *hp = shortcut ? malloc(sizeof(float) * (size_t)B * (D + c->inter)) : NULL;
   if (shortcut && !hp) {
-    free(w.mem);
+    ws_free(&w, o);
     free(eos);
     return ct_errf(e, "out of memory");
   }
@@ -335,7 +350,7 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   }
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
   if (o->embeds) linear_forward(o->embeds, pooled, m->text_proj, NULL, B, D, m->cfg.projection_dim);
-  free(w.mem);
+  ws_free(&w, o);
   free(eos);
   return 0;
 }

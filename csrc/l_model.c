@@ -397,6 +397,7 @@ static int mc_encode_pixels(lua_State *L) {
   ct_err e;
   still_open(L, m);
   pack_model(L, m, 0);
+  o.scratch = &m->m; /* this state owns the model: reuse its scratch blocks */
   if (ct_encode_image(&m->m, px->data, B, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }
@@ -470,6 +471,7 @@ static int mc_encode_ids(lua_State *L) {
   ct_err e;
   still_open(L, m);
   pack_model(L, m, 0);
+  o.scratch = &m->m;
   if (ct_encode_text(&m->m, ids, B, T, &o, &e) != 0) return luaL_error(L, "%s", e.msg);
   return 2;
 }

@@ -170,6 +170,11 @@ typedef struct ct_fwd_out {
   float *last_hidden;  /* [B, T, D]: vision before post_layernorm, text after final_layer_norm */
   int capture_layer;   /* with captured: hidden state after block capture_layer (0-based) */
   float *captured;     /* [B, T, D] */
+  struct ct_model *scratch; /* non-NULL: take the pass's workspace from this model's scratch
+                               blocks (ct_scratch_get) and give it back (up to 64 MB kept), so
+                               repeated calls do not fault in fresh pages; only for a caller
+                               that owns the model exclusively (the Lua binding), never for
+                               concurrent encodes (the C API leaves it NULL) */
 } ct_fwd_out;
 
 /* pixels: [B, C, S, S] float32 */
@@ -192,6 +197,7 @@ void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T
 typedef struct ct_fwd_ws {
   float *h, *x, *q, *k, *v, *att, *mlp, *probs;
   void *mem;
+  size_t bytes; /* of mem */
 } ct_fwd_ws;
 /* One pre-LN block over w->h in place (encoder.c; also train.c's frozen bottom). */
 void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,

@@ -216,7 +216,7 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
   int causal = !vision;
   for (int l = 0; l < t->L; l++) {
     if (l < t->first) {
-      ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL};
+      ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0};
       ct_block_forward(&ws, &blocks[l], c, B, Tt, causal);
       continue;
     }
