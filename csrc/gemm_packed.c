@@ -182,17 +182,22 @@ static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc
 
 size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 
+/* Row blocks of at most MC rows, of near-equal size (257 rows: 86 + 86 + 85, not
+ * 120 + 120 + 17, whose last block would run on small micro-kernels). */
+static int mblocks(int M) { return (M + MC - 1) / MC; }
+static int mstart(int M, int b) { return (int)((long)M * b / mblocks(M)); }
+
 void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {
   for (int k0 = 0; k0 < K; k0 += KC) {
     int kc = K - k0 < KC ? K - k0 : KC;
     for (int b = b0; b < b1; b++) {
-      int m0 = b * MC, mc = M - m0 < MC ? M - m0 : MC;
+      int m0 = mstart(M, b), mc = mstart(M, b + 1) - m0;
       if (mc > 0) pack_a_block(A, lda, m0, mc, k0, kc, apa + (size_t)k0 * M + (size_t)m0 * kc);
     }
   }
 }
 
-int ct_pack_a_blocks(int M) { return (M + MC - 1) / MC; }
+int ct_pack_a_blocks(int M) { return mblocks(M); }
 
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1) {
@@ -221,8 +226,8 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
     int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
     for (int k0 = 0; k0 < K; k0 += KC) {
       int kc = K - k0 < KC ? K - k0 : KC;
-      for (int m0 = 0; m0 < M; m0 += MC) {
-        int mc = M - m0 < MC ? M - m0 : MC;
+      for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
+        int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
         int nb = (mc + MRMAX - 1) / MRMAX; /* row blocks of near-equal size */
         int bi[MC / MRMAX + 1];
         for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);

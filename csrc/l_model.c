@@ -293,6 +293,7 @@ static int mc_param(lua_State *L) {
   if (!m->m.params[i].data) need_float(L, m); /* one of the half weights */
   ct_param *p = &m->m.params[i];
   m->views++;
+  p->pinned = 1; /* the view points at p->data: packing must never free it */
   l_tensor *t = l_tensor_view(L, 1, p->data, p->ndim, p->shape, 0);
   t->wgen = &p->gen; /* writes through the view make the packed copies stale */
   return 1;

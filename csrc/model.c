@@ -424,9 +424,6 @@ static ct_param *param_of(ct_model *m, const char *tw, int l, const char *nm) {
   return i < 0 ? NULL : &m->params[i];
 }
 
-/* Drop the resident pages of a mapped parameter never written since loading: the packed copy
- * replaces it in the encoders, and any later reader (training, saving, a view) faults the
- * same bytes back from the file. Only whole pages inside the tensor are dropped. */
 /* Drop the resident pages wholly inside [p, p + n) of a read-only file mapping (they are read
  * back from the file if touched again). */
 static void release_range(const void *p, size_t n) {
@@ -437,6 +434,8 @@ static void release_range(const void *p, size_t n) {
   if (b1 > a1) (void)madvise((void *)a1, b1 - a1, MADV_DONTNEED);
 }
 
+/* A mapped parameter never written since loading: the packed copy replaces it in the encoders,
+ * and any later reader (training, saving, a view) faults the same bytes back from the file. */
 static void release_mapped(const ct_param *p) {
   if (p->owned || p->gen != 0) return;
   if (p->data) release_range(p->data, (size_t)p->numel * sizeof(float));
@@ -546,7 +545,7 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
       const void *src = ps[i]->data ? (const void *)ps[i]->data : (const void *)ps[i]->half;
       ct_pack_parallel(rows[i], cols[i], src, cols[i], dst[i], kind);
       pk->gen[i] = ps[i]->gen;
-      if (ps[i]->owned && ps[i]->half && ps[i]->gen == 0) {
+      if (ps[i]->owned && ps[i]->half && ps[i]->gen == 0 && !ps[i]->pinned) {
         /* a float copy converted from the file's F16/BF16 and never written: the pack
          * replaces it, and ct_model_materialize converts it again if it is ever needed */
         free(ps[i]->data);

@@ -42,6 +42,7 @@ typedef struct ct_param {
   int has_grad;  /* a backward wrote into grad since the last zero_grad (torch: grad is not None) */
   unsigned gen;  /* bumped by every write through the bindings (tensor views, optimizers);
                     packed copies built from an older gen are stale */
+  int pinned;    /* a view of data was handed out: data is never freed or moved */
   const uint16_t *half; /* the F16/BF16 values in the mapped file, for the block weights and
                            token embedding of a half checkpoint: data is NULL in a half model
                            (and once packed, when never written) until ct_model_materialize */

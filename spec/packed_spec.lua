@@ -303,6 +303,21 @@ describe("half-precision models (clip.load(dir, {half = true}))", function()
     m:close() u:close()
   end)
 
+  it("never frees a float copy a view points at (repacking after set_packing)", function()
+    local dir = H.fixtures .. "models/tiny-gelu-fp16"
+    local m = clip.load(dir, { tokenizer = false })
+    local file = clip.load_safetensors(dir .. "/model.safetensors")
+    local pn = "text_model.encoder.layers.0.mlp.fc1.weight"
+    local w = m:param(pn) -- converted float copy, viewed from here on
+    m:set_packing(false)
+    m:set_packing(true)
+    encode(m, dir) -- packs again: the viewed copy must stay
+    assert.equal(0, maxdiff(w, file[pn]))
+    collectgarbage()
+    assert.equal(0, maxdiff(w, file[pn]))
+    m:close()
+  end)
+
   it("a checkpoint not uniformly half loads as float32", function()
     local src = H.fixtures .. "models/tiny-gelu-fp16"
     local dir = H.tmpdir() .. "/mixed-half"
