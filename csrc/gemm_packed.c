@@ -34,6 +34,8 @@
 #endif
 enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
 
+int ct_have_avx512(void) { return ct_gemm_packed_available(); }
+
 int ct_gemm_packed_available(void) {
 #ifdef CT_PK_X86
   static int cached = -1;

@@ -15,42 +15,13 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "simd.h"
 #include "pool.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define CT_ACT_X86 1
 
-static int have_avx512(void) {
-  static int cached = -1;
-  if (cached < 0) { /* CLIP_NO_AVX512=1: as on a CPU without it (gemm_packed.c) */
-    const char *off = getenv("CLIP_NO_AVX512");
-    __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
-  }
-  return cached;
-}
-
-/* exp(x) for 16 floats: n = round(x log2 e), r = x - n ln 2 in two steps (Cody-Waite), Cephes'
- * expf polynomial on r, times 2^n (scalef); x clamped to [-88.38, 88.38]. Within 2 ulp of
- * expf over that range (spec/kernels_spec.lua compares the activation with the double twin). */
-__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)),
-                    _mm512_set1_ps(88.3762626647949f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
-}
 
 /* quick_gelu over n floats, 16 at a time (the tail masked) */
 __attribute__((target("avx512f"))) static void quick_gelu16(float *out, const float *inp,
@@ -59,7 +30,7 @@ __attribute__((target("avx512f"))) static void quick_gelu16(float *out, const fl
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
     __m512 x = _mm512_maskz_loadu_ps(m, inp + i);
-    __m512 y = _mm512_div_ps(x, _mm512_add_ps(one, exp16(_mm512_mul_ps(k, x))));
+    __m512 y = _mm512_div_ps(x, _mm512_add_ps(one, ct_exp16(_mm512_mul_ps(k, x))));
     _mm512_mask_storeu_ps(out + i, m, y);
   }
 }
@@ -69,7 +40,7 @@ static void act_range(float *out, const float *inp, int64_t n, int act) {
   switch (act) {
   case CT_ACT_QUICK_GELU:
 #ifdef CT_ACT_X86
-    if (have_avx512()) {
+    if (ct_have_avx512()) {
       quick_gelu16(out, inp, n);
       break;
     }

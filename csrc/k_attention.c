@@ -18,6 +18,30 @@
 #include "blas.h"
 #include "kernels.h"
 #include "pool.h"
+#include "simd.h"
+
+#ifdef CT_SIMD_X86
+/* softmax of r[0..m) in place (16 lanes: max, exp with ct_exp16, sum per lane then across) */
+__attribute__((target("avx512f"))) static void softmax16(float *r, int m) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int j = 0; j < m; j += 16) {
+    __mmask16 k = m - j >= 16 ? 0xffff : (__mmask16)((1u << (m - j)) - 1);
+    mx = _mm512_mask_max_ps(mx, k, mx, _mm512_maskz_loadu_ps(k, r + j));
+  }
+  __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+  for (int j = 0; j < m; j += 16) {
+    __mmask16 k = m - j >= 16 ? 0xffff : (__mmask16)((1u << (m - j)) - 1);
+    __m512 e = ct_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, r + j), vmx));
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    _mm512_mask_storeu_ps(r + j, k, e);
+  }
+  __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (int j = 0; j < m; j += 16) {
+    __mmask16 k = m - j >= 16 ? 0xffff : (__mmask16)((1u << (m - j)) - 1);
+    _mm512_mask_storeu_ps(r + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + j), inv));
+  }
+}
+#endif
 
 /* The forward is row-separable: row i of the scores, its softmax and row i of the output
  * need only q_i. With a pool (pool.h) each thread takes a contiguous range of rows of every
@@ -34,6 +58,9 @@ static void att_rows(void *ctx, int tid, int nt) {
   int i0 = (int)((long)T * tid / nt), i1 = (int)((long)T * (tid + 1) / nt), n = i1 - i0;
   if (n <= 0) return;
   float scale = 1.0f / sqrtf((float)hs);
+#ifdef CT_SIMD_X86
+  int vec = ct_have_avx512();
+#endif
   for (int b = 0; b < a->B; b++)
     for (int h = 0; h < a->NH; h++) {
       size_t base = (size_t)b * T * C + (size_t)h * hs, rows = base + (size_t)i0 * C;
@@ -45,6 +72,13 @@ static void att_rows(void *ctx, int tid, int nt) {
       for (int i = 0; i < n; i++) {
         float *r = p + (size_t)i * T;
         int m = a->causal ? i0 + i + 1 : T;
+#ifdef CT_SIMD_X86
+        if (vec) {
+          softmax16(r, m);
+          for (int j = m; j < T; j++) r[j] = 0.0f;
+          continue;
+        }
+#endif
         float mx = r[0];
         for (int j = 1; j < m; j++) if (r[j] > mx) mx = r[j];
         float sum = 0;

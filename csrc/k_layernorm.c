@@ -12,21 +12,13 @@
 #include <stddef.h>
 
 #include "kernels.h"
+#include "simd.h"
 #include "pool.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
-static int have_avx512(void) {
-  static int cached = -1;
-  if (cached < 0) { /* CLIP_NO_AVX512=1: as on a CPU without it (gemm_packed.c) */
-    const char *off = getenv("CLIP_NO_AVX512");
-    __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
-  }
-  return cached;
-}
 
 /* sum of x and sum of (x - m)^2 over C floats, in double: 16 independent double lanes (the
  * scalar loop below is one dependent chain), each lane a plain double sum */
@@ -82,7 +74,7 @@ __attribute__((target("avx512f"))) static void norm16(float *o, const float *x, 
 static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
                     const float *w, const float *b, int64_t N, int C, float eps) {
 #if defined(__x86_64__)
-  int vec = have_avx512();
+  int vec = ct_have_avx512();
 #endif
   for (int64_t i = 0; i < N; i++) {
     const float *x = inp + i * C;
