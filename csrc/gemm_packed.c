@@ -8,10 +8,13 @@
  *
  * Micro-kernel (AVX-512F): mr <= 12 rows of A x 32 columns = up to 24 zmm accumulators; per k
  * two loads of the panel and mr broadcasts of A (packed k-major per row block, so the
- * broadcasts are sequential). Rows are cut into ceil(M/12) blocks of equal size (50 rows ->
- * five blocks of 10) so that no block is mostly padding. Loops: column blocks of PK_NC (the
- * panels' chunk stays in L2) -> K blocks of PK_KC -> row blocks (A block packed, in L1) ->
- * panels. Columns are handed out whole panels at a time (threads split panels).
+ * broadcasts are sequential). Rows are cut into blocks of at most MC = 120 of equal size,
+ * each into ceil(rows/12) micro-blocks of equal size (50 rows -> five of 10), so that no
+ * block is mostly padding. Loops: column blocks of NC = 512 (the panels' chunk stays in L2)
+ * -> K blocks of KC = 192 (a panel's block, 24 KB, stays in L1) -> row blocks (A packed,
+ * once per call by blas.c or here per block) -> panels -> micro-blocks. Threads split the
+ * panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
+ * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
  * Never -ffast-math. */
 #include "gemm.h"
