@@ -55,34 +55,25 @@ int ct_gemm_packed_available(void) {
 
 size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)K; }
 
-void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1) {
-  for (int p = p0; p < p1; p++) {
-    float *dst = P + (size_t)p * NR * K;
-    int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;
-    /* 8 k at a time per row keeps the reads sequential and the writes in a few lines */
-    for (int k0 = 0; k0 < K; k0 += 8) {
-      int kn = K - k0 < 8 ? K - k0 : 8;
-      for (int j = 0; j < NR; j++) {
-        const float *src = B + (size_t)(n0 + j) * ldb + k0;
-        for (int k = 0; k < kn; k++) dst[(size_t)(k0 + k) * NR + j] = j < nc ? src[k] : 0.0f;
-      }
-    }
+/* ct_pack_nt (float) and ct_pack_nt_h (16-bit values copied as they are): one body; 8 k at a
+ * time per row keeps the reads sequential and the writes in a few lines */
+#define PACK_NT(NAME, ET)                                                                    \
+  void NAME(int N, int K, const ET *B, int ldb, ET *P, int p0, int p1) {                     \
+    for (int p = p0; p < p1; p++) {                                                          \
+      ET *dst = P + (size_t)p * NR * K;                                                      \
+      int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;                                       \
+      for (int k0 = 0; k0 < K; k0 += 8) {                                                    \
+        int kn = K - k0 < 8 ? K - k0 : 8;                                                    \
+        for (int j = 0; j < NR; j++) {                                                       \
+          const ET *src = B + (size_t)(n0 + j) * ldb + k0;                                   \
+          for (int k = 0; k < kn; k++) dst[(size_t)(k0 + k) * NR + j] = j < nc ? src[k] : (ET)0; \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
   }
-}
-
-void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0, int p1) {
-  for (int p = p0; p < p1; p++) {
-    uint16_t *dst = P + (size_t)p * NR * K;
-    int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;
-    for (int k0 = 0; k0 < K; k0 += 8) {
-      int kn = K - k0 < 8 ? K - k0 : 8;
-      for (int j = 0; j < NR; j++) {
-        const uint16_t *src = B + (size_t)(n0 + j) * ldb + k0;
-        for (int k = 0; k < kn; k++) dst[(size_t)(k0 + k) * NR + j] = j < nc ? src[k] : 0;
-      }
-    }
-  }
-}
+PACK_NT(ct_pack_nt, float)
+PACK_NT(ct_pack_nt_h, uint16_t)
+#undef PACK_NT
 
 #ifdef CT_PK_X86
 #define TGT __attribute__((target("avx512f")))
