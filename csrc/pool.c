@@ -122,7 +122,8 @@ void ct_pool_free(ct_pool *p) {
 }
 
 void *ct_pool_scratch(ct_pool *p, size_t bytes) {
-  if (!p) return NULL;
+  /* inside a run (a nested call) the buffer may be in use by the outer job: none */
+  if (!p || atomic_load(&p->running)) return NULL;
   if (bytes > p->scratch_n) {
     void *n = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!n) return NULL;

@@ -31,8 +31,9 @@ int ct_pool_size(const ct_pool *p);
 void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx);
 
 /* A buffer of at least bytes owned by p (64-byte aligned, kept and reused until a larger one
- * is asked for or p is freed), for data the threads of one run share; NULL when p is NULL or
- * out of memory. Call it from the thread that runs jobs on p, outside a run. */
+ * is asked for or p is freed), for data the threads of one run share; NULL when p is NULL,
+ * out of memory, or a run is in progress on p (a nested call: the outer job may be using it).
+ * Call it from the thread that runs jobs on p. */
 #include <stddef.h>
 void *ct_pool_scratch(ct_pool *p, size_t bytes);
 
