@@ -35,4 +35,19 @@ int ct_path_join(char *out, size_t n, const char *dir, const char *name);
 /* 1 if path names an existing regular file. */
 int ct_file_exists(const char *path);
 
+/* Atomic file writes: write into a temporary file beside path (f), then ct_atomic_commit
+ * flushes, fsyncs and renames it over path; on any failure the temporary file is removed and
+ * path keeps what it held before. Messages name path. */
+#include <stdio.h>
+typedef struct ct_atomic {
+  FILE *f;
+  char *tmp;
+  const char *path;
+} ct_atomic;
+int ct_atomic_open(ct_atomic *a, const char *path, ct_err *e);
+/* werr: nonzero when the caller's own writes failed (the file is then discarded). */
+int ct_atomic_commit(ct_atomic *a, int werr, ct_err *e);
+/* Discard the temporary file (after an error of the caller's). */
+void ct_atomic_abort(ct_atomic *a);
+
 #endif

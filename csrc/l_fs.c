@@ -4,15 +4,22 @@
  * Environment failures return nil, message (path first). */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ct.h"
 #include "lauxlib.h"
 #include "lclip.h"
+
+/* nil, a message that already names the file (ct_err) */
+static int fail_msg(lua_State *L, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
 
 static int fail(lua_State *L, const char *path, const char *what) {
   lua_pushnil(L);
@@ -81,39 +88,11 @@ static int l_listdir(lua_State *L) {
   return 1;
 }
 
-static int write_atomic(const char *path, const char *data, size_t n, char *err, size_t errn) {
-  size_t pl = strlen(path) + 32;
-  char *tmp = malloc(pl);
-  if (!tmp) {
-    snprintf(err, errn, "out of memory");
-    return -1;
-  }
-  snprintf(tmp, pl, "%s.tmp%ld", path, (long)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    snprintf(err, errn, "%s", strerror(errno));
-    free(tmp);
-    return -1;
-  }
-  size_t off = 0;
-  while (off < n) {
-    ssize_t w = write(fd, data + off, n - off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    off += (size_t)w;
-  }
-  int ok = off == n && fsync(fd) == 0;
-  if (close(fd) != 0) ok = 0;
-  if (!ok || rename(tmp, path) != 0) {
-    snprintf(err, errn, "write failed: %s", strerror(errno));
-    unlink(tmp);
-    free(tmp);
-    return -1;
-  }
-  free(tmp);
-  return 0;
+/* data[0..n) into path, atomically (ct_atomic) */
+static int write_atomic(const char *path, const char *data, size_t n, ct_err *e) {
+  ct_atomic at;
+  if (ct_atomic_open(&at, path, e) != 0) return -1;
+  return ct_atomic_commit(&at, fwrite(data, 1, n, at.f) != n, e);
 }
 
 /* core.write_file(path, string) - atomic */
@@ -121,8 +100,8 @@ static int l_write_file(lua_State *L) {
   size_t n;
   const char *p = luaL_checkstring(L, 1);
   const char *s = luaL_checklstring(L, 2, &n);
-  char err[256];
-  if (write_atomic(p, s, n, err, sizeof err) != 0) return fail(L, p, err);
+  ct_err e;
+  if (write_atomic(p, s, n, &e) != 0) return fail_msg(L, e.msg);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -143,8 +122,8 @@ static int l_copy_file(lua_State *L) {
   luaL_pushresult(&b);
   size_t n;
   const char *s = lua_tolstring(L, -1, &n);
-  char err[256];
-  if (write_atomic(dst, s, n, err, sizeof err) != 0) return fail(L, dst, err);
+  ct_err e;
+  if (write_atomic(dst, s, n, &e) != 0) return fail_msg(L, e.msg);
   lua_pushboolean(L, 1);
   return 1;
 }

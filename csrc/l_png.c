@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ct.h"
 #include "lauxlib.h"
 #include "lclip.h"
 #include "lua.h"
@@ -52,22 +53,10 @@ static void on_png_warning(png_structp png, png_const_charp msg) {
   (void)msg;
 }
 
-/* Write an 8-bit RGB PNG atomically. Returns 0, or -1 with err filled. */
-static int png_write_rgb(const char *path, int w, int h, const unsigned char *rgb, char *err,
-                         size_t errn) {
-  size_t pl = strlen(path) + 32;
-  char *tmp = malloc(pl);
-  if (!tmp) {
-    snprintf(err, errn, "out of memory");
-    return -1;
-  }
-  snprintf(tmp, pl, "%s.tmp%ld", path, (long)getpid());
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    snprintf(err, errn, "%s", strerror(errno));
-    free(tmp);
-    return -1;
-  }
+/* Write an 8-bit RGB PNG atomically (ct_atomic). Returns 0, or -1 with e filled. */
+static int png_write_rgb(const char *path, int w, int h, const unsigned char *rgb, ct_err *e) {
+  ct_atomic at;
+  if (ct_atomic_open(&at, path, e) != 0) return -1;
   png_ctx ctx;
   ctx.msg[0] = 0;
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &ctx, on_png_error,
@@ -75,37 +64,22 @@ static int png_write_rgb(const char *path, int w, int h, const unsigned char *rg
   png_infop info = png ? png_create_info_struct(png) : NULL;
   if (!png || !info) {
     if (png) png_destroy_write_struct(&png, NULL);
-    fclose(f);
-    unlink(tmp);
-    free(tmp);
-    snprintf(err, errn, "out of memory");
-    return -1;
+    ct_atomic_abort(&at);
+    return ct_errf(e, "%s: out of memory", path);
   }
   if (setjmp(ctx.jb)) {
     png_destroy_write_struct(&png, &info);
-    fclose(f);
-    unlink(tmp);
-    free(tmp);
-    snprintf(err, errn, "PNG encode failed (%s)", ctx.msg);
-    return -1;
+    ct_atomic_abort(&at);
+    return ct_errf(e, "%s: PNG encode failed (%s)", path, ctx.msg);
   }
-  png_init_io(png, f);
+  png_init_io(png, at.f);
   png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   for (int y = 0; y < h; y++) png_write_row(png, rgb + (size_t)y * (size_t)w * 3);
   png_write_end(png, NULL);
   png_destroy_write_struct(&png, &info);
-  int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-  if (fclose(f) != 0) ok = 0;
-  if (!ok || rename(tmp, path) != 0) {
-    snprintf(err, errn, "write failed: %s", strerror(errno));
-    unlink(tmp);
-    free(tmp);
-    return -1;
-  }
-  free(tmp);
-  return 0;
+  return ct_atomic_commit(&at, 0, e);
 }
 
 typedef struct canvas {
@@ -175,10 +149,10 @@ static int l_png_write(lua_State *L) {
   if (n != (size_t)w * (size_t)h * 3)
     return luaL_error(L, "png_write: %d bytes of RGB for %dx%d (expected %d)", (int)n, (int)w,
                       (int)h, (int)(w * h * 3));
-  char err[256];
-  if (png_write_rgb(path, (int)w, (int)h, (const unsigned char *)rgb, err, sizeof err) != 0) {
+  ct_err e;
+  if (png_write_rgb(path, (int)w, (int)h, (const unsigned char *)rgb, &e) != 0) {
     lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", path, err);
+    lua_pushstring(L, e.msg);
     return 2;
   }
   lua_pushboolean(L, 1);
@@ -256,10 +230,10 @@ static int m_bytes(lua_State *L) {
 static int m_write_png(lua_State *L) {
   canvas *c = check_canvas(L, 1);
   const char *path = luaL_checkstring(L, 2);
-  char err[256];
-  if (png_write_rgb(path, c->w, c->h, c->px, err, sizeof err) != 0) {
+  ct_err e;
+  if (png_write_rgb(path, c->w, c->h, c->px, &e) != 0) {
     lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", path, err);
+    lua_pushstring(L, e.msg);
     return 2;
   }
   lua_pushboolean(L, 1);

@@ -323,8 +323,7 @@ int ct_st_write(const char *path, const ct_st_out *t, int n, const char *metadat
       return -1;
     }
   cJSON *root = cJSON_CreateObject();
-  char *hdr = NULL, *tmp = NULL;
-  FILE *fp = NULL;
+  char *hdr = NULL;
   int rc = -1;
   if (!root) goto oom;
   if (metadata_json) {
@@ -367,15 +366,9 @@ int ct_st_write(const char *path, const ct_st_out *t, int n, const char *metadat
   hdr = cJSON_PrintUnformatted(root);
   if (!hdr) goto oom;
   size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7;
-  size_t tl = strlen(path) + 32;
-  tmp = malloc(tl);
-  if (!tmp) goto oom;
-  snprintf(tmp, tl, "%s.tmp%ld", path, (long)getpid());
-  fp = fopen(tmp, "wb");
-  if (!fp) {
-    ct_errf(e, "%s: cannot write: %s", tmp, strerror(errno));
-    goto done;
-  }
+  ct_atomic at;
+  if (ct_atomic_open(&at, path, e) != 0) goto done;
+  FILE *fp = at.f;
   uint8_t le[8];
   for (int i = 0; i < 8; i++) le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
   int werr = write_all(fp, le, 8) || write_all(fp, hdr, hl);
@@ -397,26 +390,12 @@ int ct_st_write(const char *path, const ct_st_out *t, int n, const char *metadat
       }
     }
   }
-  if (!werr) werr = fflush(fp) != 0 || fsync(fileno(fp)) != 0;
-  if (fclose(fp) != 0) werr = 1;
-  fp = NULL;
-  if (werr) {
-    ct_errf(e, "%s: write failed: %s", tmp, strerror(errno));
-    unlink(tmp);
-    goto done;
-  }
-  if (rename(tmp, path) != 0) {
-    ct_errf(e, "%s: cannot rename temporary file into place: %s", path, strerror(errno));
-    unlink(tmp);
-    goto done;
-  }
+  if (ct_atomic_commit(&at, werr, e) != 0) goto done;
   rc = 0;
   goto done;
 oom:
   ct_errf(e, "%s: out of memory", path);
 done:
-  if (fp) fclose(fp);
-  free(tmp);
   free(hdr);
   cJSON_Delete(root);
   free(s);

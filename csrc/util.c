@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int ct_errf(ct_err *e, const char *fmt, ...) {
   if (e) {
@@ -72,4 +73,50 @@ int ct_path_join(char *out, size_t n, const char *dir, const char *name) {
 int ct_file_exists(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int ct_atomic_open(ct_atomic *a, const char *path, ct_err *e) {
+  size_t n = strlen(path) + 32;
+  a->path = path;
+  a->f = NULL;
+  a->tmp = malloc(n);
+  if (!a->tmp) return ct_errf(e, "%s: out of memory", path);
+  snprintf(a->tmp, n, "%s.tmp%ld", path, (long)getpid());
+  a->f = fopen(a->tmp, "wb");
+  if (!a->f) {
+    ct_errf(e, "%s: cannot write: %s", path, strerror(errno));
+    free(a->tmp);
+    a->tmp = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+void ct_atomic_abort(ct_atomic *a) {
+  if (a->f) fclose(a->f);
+  if (a->tmp) {
+    unlink(a->tmp);
+    free(a->tmp);
+  }
+  a->f = NULL;
+  a->tmp = NULL;
+}
+
+int ct_atomic_commit(ct_atomic *a, int werr, ct_err *e) {
+  if (!werr) werr = fflush(a->f) != 0 || fsync(fileno(a->f)) != 0;
+  if (fclose(a->f) != 0) werr = 1;
+  a->f = NULL;
+  if (werr) {
+    ct_errf(e, "%s: write failed: %s", a->path, strerror(errno));
+    ct_atomic_abort(a);
+    return -1;
+  }
+  if (rename(a->tmp, a->path) != 0) {
+    ct_errf(e, "%s: cannot rename the temporary file into place: %s", a->path, strerror(errno));
+    ct_atomic_abort(a);
+    return -1;
+  }
+  free(a->tmp);
+  a->tmp = NULL;
+  return 0;
 }
