@@ -19,13 +19,6 @@
 #include "gemm.h"
 #include "pool.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define CPU_RELAX() _mm_pause()
-#else
-#define CPU_RELAX() ((void)0)
-#endif
-
 /* The CBLAS ABI is declared here rather than through cblas.h, whose
  * location differs between distributions (Debian keeps OpenBLAS's under
  * /usr/include/x86_64-linux-gnu/openblas-*); linking -lopenblas suffices. */
@@ -164,7 +157,7 @@ static void packed_part(void *ctx, int tid, int nt) {
     ct_pack_a(g->M, g->K, g->A, g->lda, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
     atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
-    while (atomic_load_explicit(&g->arrived, memory_order_acquire) < nt) CPU_RELAX();
+    while (atomic_load_explicit(&g->arrived, memory_order_acquire) < nt) ct_cpu_relax();
   }
   int total = g->nout * g->npan;
   int u0 = (int)((long)total * tid / nt), u1 = (int)((long)total * (tid + 1) / nt);

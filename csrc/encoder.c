@@ -55,7 +55,7 @@ static void lin_add(float *out, const float *inp, const float *w, const ct_pack_
 
 /* element i of a packed buffer of kind */
 static const void *pk_at(const ct_pack_blk *pk, const void *p, size_t i) {
-  return (const char *)p + i * (pk->kind == PK_F32 ? sizeof(float) : sizeof(uint16_t));
+  return (const char *)p + i * ct_pack_elem_size(pk->kind);
 }
 
 /* One pre-LN block over w->h [B, T, D] in place; the packed weights (b->pk) when they are
@@ -225,7 +225,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   }
   ct_vision_im2col(cols, pixels, B, c);
   /* patch embeddings into w.x, laid out [B*NP, D] */
-  if (m->patch_pk.ready && m->patch_pk.src && *m->patch_pk.src == m->patch_pk.gen) {
+  if (ct_patch_pack_ok(m)) {
     const void *pk = m->patch_pk.p;
     const float *pw = m->patch_w, *nob = NULL;
     float *out = w.x;

@@ -8,6 +8,9 @@
 #ifndef CT_GEMM_H
 #define CT_GEMM_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* 1 when this CPU runs the AVX2/FMA kernel (checked once, at run time). */
 int ct_gemm_available(void);
 
@@ -25,10 +28,10 @@ void ct_gemm_nt_ref(int M, int N, int K, float alpha, const float *A, int lda, c
 enum { PK_NR = 32 };
 /* element types of a packed panel: float, or IEEE half / bfloat16 converted on the fly */
 enum { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };
+/* bytes per packed element of a kind */
+static inline size_t ct_pack_elem_size(int kind) { return kind == PK_F32 ? 4 : 2; }
 int ct_gemm_packed_available(void);
 /* floats needed for the packed copy of an N x K matrix (panels padded to PK_NR rows) */
-#include <stddef.h>
-#include <stdint.h>
 size_t ct_pack_nt_floats(int N, int K);
 /* pack panels p0 .. p1-1 of B (panel p = rows 32p .. 32p+31) into P */
 void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1);

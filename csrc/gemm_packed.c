@@ -205,7 +205,7 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
                        float *C, int ldc, int p0, int p1) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
   const unsigned char *Pb = P;
-  size_t es = kind == PK_F32 ? 4 : 2;
+  size_t es = ct_pack_elem_size(kind);
   const ukr_fn *tab = ukrs[kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0];
   if (K <= 0) {
     int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;

@@ -329,16 +329,6 @@ int ct_model_find_param(const ct_model *m, const char *name) {
   return -1;
 }
 
-static float *P(ct_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static float *P(ct_model *m, const char *fmt, ...) {
-  char name[96];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  int i = ct_model_find_param(m, name);
-  return i < 0 ? NULL : m->params[i].data;
-}
 
 static float *data_of(ct_model *m, const char *name) {
   int i = ct_model_find_param(m, name);
@@ -361,20 +351,20 @@ void ct_block_fill(ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_l
 }
 
 void ct_model_resolve(ct_model *m) {
-  m->tok_emb = P(m, "text_model.embeddings.token_embedding.weight");
-  m->tpos_emb = P(m, "text_model.embeddings.position_embedding.weight");
-  m->final_ln_w = P(m, "text_model.final_layer_norm.weight");
-  m->final_ln_b = P(m, "text_model.final_layer_norm.bias");
-  m->text_proj = P(m, "text_projection.weight");
-  m->cls_emb = P(m, "vision_model.embeddings.class_embedding");
-  m->patch_w = P(m, "vision_model.embeddings.patch_embedding.weight");
-  m->vpos_emb = P(m, "vision_model.embeddings.position_embedding.weight");
-  m->pre_ln_w = P(m, "vision_model.pre_layrnorm.weight");
-  m->pre_ln_b = P(m, "vision_model.pre_layrnorm.bias");
-  m->post_ln_w = P(m, "vision_model.post_layernorm.weight");
-  m->post_ln_b = P(m, "vision_model.post_layernorm.bias");
-  m->vis_proj = P(m, "visual_projection.weight");
-  m->logit_scale = P(m, "logit_scale");
+  m->tok_emb = data_of(m, "text_model.embeddings.token_embedding.weight");
+  m->tpos_emb = data_of(m, "text_model.embeddings.position_embedding.weight");
+  m->final_ln_w = data_of(m, "text_model.final_layer_norm.weight");
+  m->final_ln_b = data_of(m, "text_model.final_layer_norm.bias");
+  m->text_proj = data_of(m, "text_projection.weight");
+  m->cls_emb = data_of(m, "vision_model.embeddings.class_embedding");
+  m->patch_w = data_of(m, "vision_model.embeddings.patch_embedding.weight");
+  m->vpos_emb = data_of(m, "vision_model.embeddings.position_embedding.weight");
+  m->pre_ln_w = data_of(m, "vision_model.pre_layrnorm.weight");
+  m->pre_ln_b = data_of(m, "vision_model.pre_layrnorm.bias");
+  m->post_ln_w = data_of(m, "vision_model.post_layernorm.weight");
+  m->post_ln_b = data_of(m, "vision_model.post_layernorm.bias");
+  m->vis_proj = data_of(m, "visual_projection.weight");
+  m->logit_scale = data_of(m, "logit_scale");
   for (int l = 0; l < m->cfg.text.layers; l++) ct_block_fill(m, &m->tblocks[l], "text_model", l, data_of);
   for (int l = 0; l < m->cfg.vision.layers; l++)
     ct_block_fill(m, &m->vblocks[l], "vision_model", l, data_of);
@@ -471,12 +461,12 @@ void ct_model_unpack(ct_model *m) {
 
 /* The patch embedding (a GEMM of every image's patches at the start of the vision tower). */
 static int pack_patch(ct_model *m, int frozen_only, ct_err *e) {
+  if (ct_patch_pack_ok(m)) return 0; /* current: no lookup */
   int i = ct_model_find_param(m, "vision_model.embeddings.patch_embedding.weight");
   if (i < 0) return 0;
   ct_param *p = &m->params[i];
   if (!p->data || (frozen_only && p->requires_grad)) return 0;
   m->patch_pk.src = &p->gen;
-  if (m->patch_pk.ready && m->patch_pk.gen == p->gen) return 0;
   const ct_tower_cfg *c = &m->cfg.vision;
   int N = c->hidden, K = c->channels * c->patch_size * c->patch_size;
   m->patch_pk.ready = 0;
@@ -502,36 +492,38 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
   size_t dd = ct_pack_nt_floats(D, D);
   for (int l = 0; l < L; l++) {
     ct_pack_blk *pk = &(*pkp)[l];
+    if (ct_pack_ok(pk)) { /* current: nothing to look up (every encode passes here) */
+      blocks[l].pk = pk;
+      continue;
+    }
     ct_param *ps[6];
     for (int i = 0; i < 6; i++) {
       ps[i] = param_of(m, tw, l, nm[i]);
       if (!ps[i]) return ct_errf(e, "packing: %s layer %d has no %s", tw, l, nm[i]);
       pk->src[i] = &ps[i]->gen;
     }
-    if (ct_pack_ok(pk)) {
-      blocks[l].pk = pk;
-      continue;
-    }
     int frozen = 1;
     for (int i = 0; i < 6; i++) frozen &= !ps[i]->requires_grad;
     if (frozen_only && !frozen) continue;
     blocks[l].pk = NULL;
     pk->ready = 0;
-    /* half-precision weights (no float data) stay half in their packs */
-    int kind = ps[0]->data || !m->half_kind ? PK_F32 : m->half_kind;
-    for (int i = 0; i < 6; i++)
-      if ((ps[i]->data || !m->half_kind ? PK_F32 : m->half_kind) != kind ||
-          (!ps[i]->data && !ps[i]->half))
+    /* float data, or in a half model the mapped half values (packed half); a float copy
+     * dropped after packing in a float model must be converted back first */
+    int kind = -1;
+    for (int i = 0; i < 6; i++) {
+      if (!ps[i]->data && !(m->half_kind && ps[i]->half))
+        return ct_errf(e, "packing: %s needs ct_model_materialize", ps[i]->name);
+      int k = ps[i]->data ? PK_F32 : m->half_kind;
+      if (kind >= 0 && k != kind)
         return ct_errf(e, "packing: %s layer %d mixes float and half weights", tw, l);
-    if (kind == PK_F32 && ct_model_lazy(m))
-      for (int i = 0; i < 6; i++) /* float packs of weights whose float copy was dropped */
-        if (!ps[i]->data) return ct_errf(e, "packing: %s needs ct_model_materialize", ps[i]->name);
+      kind = k;
+    }
     if (pk->qkv && pk->kind != kind) { /* the model left half precision: new buffers */
       free(pk->qkv); free(pk->o); free(pk->fc1); free(pk->fc2);
       pk->qkv = pk->o = pk->fc1 = pk->fc2 = NULL;
     }
     pk->kind = kind;
-    size_t es = kind == PK_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t es = ct_pack_elem_size(kind);
     if (!pk->qkv) pk->qkv = aligned_alloc(64, ((3 * dd * es) + 63) & ~(size_t)63);
     if (!pk->o) pk->o = pack_alloc(D, D, es);
     if (!pk->fc1) pk->fc1 = pack_alloc(I, D, es);

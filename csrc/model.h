@@ -118,6 +118,10 @@ int ct_model_materialize(ct_model *m, ct_err *e);
  * frozen part of a training forward; trainable blocks change every step). Returns -1 with e set when out of memory (the model stays usable,
  * unpacked). */
 int ct_model_pack(ct_model *m, int frozen_only, ct_err *e);
+/* 1 when the packed patch embedding is built from the current weights. */
+static inline int ct_patch_pack_ok(const ct_model *m) {
+  return m->patch_pk.ready && m->patch_pk.src && *m->patch_pk.src == m->patch_pk.gen;
+}
 /* Free the packed copies (the encoders fall back to the original weights). */
 void ct_model_unpack(ct_model *m);
 

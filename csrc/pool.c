@@ -5,12 +5,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define CPU_RELAX() _mm_pause()
-#else
-#define CPU_RELAX() ((void)0)
-#endif
 
 enum { SPIN = 4000 }; /* pause iterations before sleeping: some tens of microseconds */
 
@@ -54,7 +48,7 @@ static void *worker(void *v) {
     unsigned g;
     int spins = 0;
     while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && spins < SPIN) {
-      CPU_RELAX();
+      ct_cpu_relax();
       spins++;
     }
     if (g == seen) {
@@ -150,7 +144,7 @@ void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx) {
   fn(ctx, 0, p->n);
   int spins = 0;
   while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < SPIN) {
-    CPU_RELAX();
+    ct_cpu_relax();
     spins++;
   }
   if (atomic_load(&p->pending) > 0) {

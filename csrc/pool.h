@@ -42,6 +42,14 @@ ct_pool *ct_pool_current(void);
 /* Make p current for the calling OS thread (NULL: none); returns the previous one. */
 ct_pool *ct_pool_make_current(ct_pool *p);
 
+/* A pause for spin loops (the pool's workers, blas.c's barrier). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void ct_cpu_relax(void) { _mm_pause(); }
+#else
+static inline void ct_cpu_relax(void) {}
+#endif
+
 /* Threads a kernel may use: the current pool's size, or 1. */
 int ct_pool_threads(void);
 

@@ -499,6 +499,24 @@ function M.is_image_path(p)
   return ext ~= nil and IMAGE_EXT[ext:lower()] == true
 end
 
+-- the image files below d (hidden names skipped, sub-folders when recursive), in
+-- listdir's sorted order, appended to out; ext: the extensions accepted (lowercase keys)
+local function walk_images(d, out, recursive, ext)
+  local list, err = core.listdir(d)
+  if not list then error(err, 0) end
+  for _, nm in ipairs(list) do
+    if nm:sub(1, 1) ~= "." then
+      local p = join(d, nm)
+      if core.is_dir(p) then
+        if recursive then walk_images(p, out, recursive, ext) end
+      else
+        local e = nm:match("%.([%w]+)$")
+        if e and ext[e:lower()] then out[#out + 1] = p end
+      end
+    end
+  end
+end
+
 local function format_of(path)
   local ext = (path:match("%.([%w]+)$") or ""):lower()
   if ext == "csv" then return "csv" end
@@ -595,27 +613,12 @@ function M.image_folder(dir, opts)
   end
   local names = assert(core.listdir(dir))
   local classes, rows = {}, {}
-  local function walk(d, out)
-    local list, err = core.listdir(d)
-    if not list then error(err, 0) end
-    for _, nm in ipairs(list) do
-      if nm:sub(1, 1) ~= "." then
-        local p = join(d, nm)
-        if core.is_dir(p) then
-          walk(p, out)
-        else
-          local e = nm:match("%.([%w]+)$")
-          if e and ext[e:lower()] then out[#out + 1] = p end
-        end
-      end
-    end
-  end
   for _, nm in ipairs(names) do
     local p = join(dir, nm)
     if nm:sub(1, 1) ~= "." and core.is_dir(p) then
       classes[#classes + 1] = nm
       local files = {}
-      walk(p, files)
+      walk_images(p, files, true, ext)
       for _, f in ipairs(files) do rows[#rows + 1] = { image = f, label = #classes, class = nm } end
     end
   end
@@ -629,21 +632,7 @@ function M.list_images(dir, opts)
   opts = opts or {}
   if not core.is_dir(dir) then error(dir .. ": not a directory", 2) end
   local out = {}
-  local function walk(d)
-    local list, err = core.listdir(d)
-    if not list then error(err, 0) end
-    for _, nm in ipairs(list) do
-      if nm:sub(1, 1) ~= "." then
-        local p = join(d, nm)
-        if core.is_dir(p) then
-          if opts.recursive ~= false then walk(p) end
-        elseif M.is_image_path(p) then
-          out[#out + 1] = p
-        end
-      end
-    end
-  end
-  walk(dir)
+  walk_images(dir, out, opts.recursive ~= false, IMAGE_EXT)
   return out
 end
 
