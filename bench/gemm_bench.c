@@ -1,5 +1,5 @@
 /* bench/gemm_bench.c - one thread, C = A W^T at the towers' shapes: OpenBLAS (which packs W on
- * every call), csrc/gemm.c's unpacked AVX2 kernel, and csrc/gemm_packed.c's AVX-512 kernel on
+ * every call), csrc/kernels/gemm.c's unpacked AVX2 kernel, and csrc/kernels/gemm_packed.c's AVX-512 kernel on
  * weights packed once (as the model keeps them), in chunks of 400 rows above 400.
  * Weights are cycled through L distinct matrices (> L3 in all) so that, as in a forward pass,
  * every call reads its weights from memory. Prints GFLOP/s per implementation and the largest

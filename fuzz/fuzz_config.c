@@ -8,8 +8,8 @@
  * and ct_config_to_json + ct_config_parse gives back the same config. */
 #include "fuzz_common.h"
 
-#include "../csrc/image.h"
-#include "../csrc/model.h"
+#include "image.h"
+#include "model.h"
 
 static void same_tower(const ct_tower_cfg *a, const ct_tower_cfg *b, int vision) {
   CHECK(a->hidden == b->hidden && a->inter == b->inter && a->heads == b->heads &&

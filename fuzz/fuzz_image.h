@@ -13,7 +13,7 @@
 
 #include <math.h>
 
-#include "../csrc/image.h"
+#include "image.h"
 
 #define FUZZ_MAX_PIXELS (1 << 18)
 #define NAME "fuzz-input"

@@ -8,7 +8,7 @@
  * inside it; a loaded model has every parameter resolved. */
 #include "fuzz_common.h"
 
-#include "../csrc/model.h"
+#include "model.h"
 #include "micro_config.h"
 
 static char dir[300], weights[340];

@@ -8,7 +8,7 @@
  * ct_st_open bit for bit. */
 #include "fuzz_common.h"
 
-#include "../csrc/safetensors.h"
+#include "safetensors.h"
 
 static memfile in;
 static char out_path[320];

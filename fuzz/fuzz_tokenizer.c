@@ -16,7 +16,7 @@
  * UTF-8. */
 #include "fuzz_common.h"
 
-#include "../csrc/bpe.c"
+#include "bpe.c"
 
 #ifndef CLIP_TOKENIZER_DIR
 #define CLIP_TOKENIZER_DIR "spec/fixtures/tokenizer"

@@ -34,6 +34,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* CLIP_API marks the public functions: the only symbols libclip.so exports (the
+ * library is built with -fvisibility=hidden). */
+#if defined(__GNUC__) || defined(__clang__)
+#define CLIP_API __attribute__((visibility("default")))
+#else
+#define CLIP_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -57,7 +65,7 @@ extern "C" {
 typedef struct clip_model clip_model;
 
 /* The library's version string, CLIP_VERSION of the build. */
-const char *clip_version(void);
+CLIP_API const char *clip_version(void);
 
 /* ------------------------------------------------------------------ load */
 
@@ -76,11 +84,11 @@ const char *clip_version(void);
  * they take half the memory of float32 and give the same embeddings as loading it without
  * the flag. Checkpoints not uniformly F16 or BF16, or CPUs without AVX-512, load as float32.
  * Returns NULL on failure. */
-clip_model *clip_model_load(const char *dir, char *err, size_t errlen);
-clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_t errlen);
+CLIP_API clip_model *clip_model_load(const char *dir, char *err, size_t errlen);
+CLIP_API clip_model *clip_model_load_ex(const char *dir, unsigned flags, char *err, size_t errlen);
 
 /* Release everything the model holds. NULL is accepted. */
-void clip_model_free(clip_model *m);
+CLIP_API void clip_model_free(clip_model *m);
 
 typedef struct clip_info {
   int embed_dim;       /* projection_dim: width of every embedding */
@@ -102,7 +110,7 @@ typedef struct clip_info {
 } clip_info;
 
 /* Fill info (always succeeds for a loaded model). */
-void clip_model_info(const clip_model *m, clip_info *info);
+CLIP_API void clip_model_info(const clip_model *m, clip_info *info);
 
 /* ------------------------------------------------------------- tokenize */
 
@@ -111,7 +119,7 @@ void clip_model_info(const clip_model *m, clip_info *info);
  * CLIPTokenizerFast(text, truncation=True). Writes up to cap ids and returns
  * the number of ids (> 0), or CLIP_ERROR (invalid UTF-8, no tokenizer, or cap
  * too small: cap = info.context_length always suffices). */
-int clip_tokenize(clip_model *m, const char *text, int32_t *ids, int cap, char *err,
+CLIP_API int clip_tokenize(clip_model *m, const char *text, int32_t *ids, int cap, char *err,
                   size_t errlen);
 
 /* ----------------------------------------------------------- preprocess */
@@ -119,41 +127,41 @@ int clip_tokenize(clip_model *m, const char *text, int32_t *ids, int cap, char *
 /* CLIPImageProcessor on one image, into pixels[3 * S * S] (S = image_size):
  * decode (JPEG or PNG, as Pillow's convert("RGB")), resize, center crop,
  * rescale, normalize. The three forms differ in where the image comes from. */
-int clip_preprocess_file(const clip_model *m, const char *path, float *pixels, char *err,
+CLIP_API int clip_preprocess_file(const clip_model *m, const char *path, float *pixels, char *err,
                          size_t errlen);
 /* Encoded JPEG/PNG bytes in memory; name (may be NULL) is used in messages. */
-int clip_preprocess_mem(const clip_model *m, const void *data, size_t len, const char *name,
+CLIP_API int clip_preprocess_mem(const clip_model *m, const void *data, size_t len, const char *name,
                         float *pixels, char *err, size_t errlen);
 /* Decoded 8-bit RGB, row-major HWC (width * height * 3 bytes). */
-int clip_preprocess_rgb(const clip_model *m, const uint8_t *rgb, int width, int height,
+CLIP_API int clip_preprocess_rgb(const clip_model *m, const uint8_t *rgb, int width, int height,
                         float *pixels, char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- encode */
 
 /* Image embeddings from preprocessed pixels [n, 3, S, S] into out[n, embed_dim].
  * Refuses NaN / Inf pixels. */
-int clip_encode_pixels(const clip_model *m, const float *pixels, int n, float *out,
+CLIP_API int clip_encode_pixels(const clip_model *m, const float *pixels, int n, float *out,
                        unsigned flags, char *err, size_t errlen);
 /* Text embeddings from token ids [n, len] (each row as clip_tokenize gives it,
  * padded to len with any valid id, e.g. eos: positions after a row's first
  * end token do not change its embedding) into out[n, embed_dim]. */
-int clip_encode_ids(const clip_model *m, const int32_t *ids, int n, int len, float *out,
+CLIP_API int clip_encode_ids(const clip_model *m, const int32_t *ids, int n, int len, float *out,
                     unsigned flags, char *err, size_t errlen);
 /* Convenience: preprocess + encode image files / tokenize + encode texts, in
  * batches of 32. An error names the item (0-based) and the file. */
-int clip_encode_image_files(const clip_model *m, const char *const *paths, int n, float *out,
+CLIP_API int clip_encode_image_files(const clip_model *m, const char *const *paths, int n, float *out,
                             unsigned flags, char *err, size_t errlen);
-int clip_encode_texts(clip_model *m, const char *const *texts, int n, float *out,
+CLIP_API int clip_encode_texts(clip_model *m, const char *const *texts, int n, float *out,
                       unsigned flags, char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- helpers */
 
 /* L2-normalize n rows of width dim in place (x / max(||x||, 1e-12)). */
-void clip_normalize(float *x, int n, int dim);
+CLIP_API void clip_normalize(float *x, int n, int dim);
 /* Cosine similarity of every row of a [na, dim] with every row of b [nb, dim]
  * into out[na, nb]. Multiply by exp(info.logit_scale) for CLIP's logits.
  * CLIP_ERROR only for empty or NULL arguments or out of memory. */
-int clip_cosine_similarity(const float *a, int na, const float *b, int nb, int dim,
+CLIP_API int clip_cosine_similarity(const float *a, int na, const float *b, int nb, int dim,
                            float *out);
 
 #ifdef __cplusplus

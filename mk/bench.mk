@@ -33,6 +33,6 @@ bench-peak:
 
 bench-gemm:
 	@mkdir -p $(BUILD)/bench
-	$(CC) -O2 $(PKG_CFLAGS) -Icsrc bench/gemm_bench.c csrc/gemm.c csrc/gemm_packed.c -lopenblas -lm \
+	$(CC) -O2 $(PKG_CFLAGS) -Icsrc/kernels bench/gemm_bench.c csrc/kernels/gemm.c csrc/kernels/gemm_packed.c -lopenblas -lm \
 	  -o $(BUILD)/bench/gemm_bench
 	$(BUILD)/bench/gemm_bench $(BENCH_ROUNDS)

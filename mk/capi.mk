@@ -18,8 +18,9 @@ AR           ?= ar
 
 CAPI_VERSION := $(shell sed -n 's/^\#define CLIP_VERSION "\(.*\)"/\1/p' include/clip.h)
 CAPI_SONAME  := libclip.so.$(firstword $(subst ., ,$(CAPI_VERSION)))
-CORE_OBJS    := $(filter-out $(BUILD)/obj/l_%.o $(BUILD)/obj/lclip.o,$(OBJS))
-BIND_OBJS    := $(filter-out $(CORE_OBJS),$(OBJS))
+# libclip: the C API over the core and the kernels (no Lua); the host links the bindings too
+CLIB_OBJS    := $(CAPI_OBJS) $(CORE_OBJS) $(KERNEL_OBJS)
+BIND_OBJS    := $(LUA_OBJS)
 CLIB_A       := $(BUILD)/libclip.a
 CLIB_SO      := $(BUILD)/libclip.so
 HOST_BINS    := $(BUILD)/host/host $(BUILD)/host/static_host
@@ -27,25 +28,19 @@ C_EXAMPLE    := $(BUILD)/examples/c/embed
 
 .PHONY: lib host c-example install-capi install-cli capi-libs
 
-$(BUILD)/obj/capi.o: include/clip.h
-
 lib: $(CLIB_A) $(CLIB_SO)
 
-$(CLIB_A): $(CORE_OBJS)
+$(CLIB_A): $(CLIB_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@
-	$(AR) rcs $@ $(CORE_OBJS)
+	$(AR) rcs $@ $(CLIB_OBJS)
 
-# Only clip_* is exported from the shared library; ct_* stay internal.
-$(BUILD)/libclip.map: mk/capi.mk
-	@mkdir -p $(dir $@)
-	printf '{\n  global: clip_*;\n  local: *;\n};\n' > $@
-
-# build/libclip.so.0 (the soname) points at it, so programs linked with
-# -Lbuild -lclip run from the tree with an rpath or LD_LIBRARY_PATH.
-$(CLIB_SO): $(CORE_OBJS) $(BUILD)/libclip.map
-	$(CC) $(LIBFLAG) $(CFLAGS) -Wl,-soname,$(CAPI_SONAME) \
-	  -Wl,--version-script=$(BUILD)/libclip.map -o $@ $(CORE_OBJS) $(LIBS)
+# Only clip_* (CLIP_API in include/clip.h) is exported: everything is compiled with
+# -fvisibility=hidden, so the core's ct_* stay internal. build/libclip.so.0 (the
+# soname) points at it, so programs linked with -Lbuild -lclip run from the tree
+# with an rpath or LD_LIBRARY_PATH.
+$(CLIB_SO): $(CLIB_OBJS)
+	$(CC) $(LIBFLAG) $(CFLAGS) -Wl,-soname,$(CAPI_SONAME) -o $@ $(CLIB_OBJS) $(LIBS)
 	ln -sf libclip.so $(BUILD)/$(CAPI_SONAME)
 
 # The libraries a program linking build/libclip.a needs (used by the specs).

@@ -89,7 +89,7 @@ FUZZ_SMOKE_TIME ?= 30
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -Wall -Wextra $(FUZZ_SAN) \
                -fsanitize-coverage-ignorelist=$(CURDIR)/fuzz/coverage_ignore.txt
-FUZZ_CORE    := $(filter-out csrc/l_% csrc/lclip.c,$(SRCS))
+FUZZ_CORE    := $(CORE_SRCS) $(KERNEL_SRCS)
 FUZZ_OBJS    := $(patsubst csrc/%.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_CORE))
 FUZZ_LIB     := $(FUZZ_DIR)/libclipcore.a
 FUZZ_BINS    := $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
@@ -105,14 +105,14 @@ FUZZ_COMMON_OPTS      := -seed=1 -timeout=20 -rss_limit_mb=3072 -malloc_limit_mb
 
 $(FUZZ_DIR)/obj/%.o: csrc/%.c $(HDRS) fuzz/coverage_ignore.txt
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -I$(LUA_INCDIR) -c $< -o $@
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) $(INC_$(call layer_of,$@)) -c $< -o $@
 
 $(FUZZ_LIB): $(FUZZ_OBJS)
 	@rm -f $@
 	ar rcs $@ $(FUZZ_OBJS)
 
 $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h fuzz/fuzz_image.h fuzz/micro_config.h $(FUZZ_LIB) $(HDRS)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) $(INC_core) \
 	  -DCLIP_TOKENIZER_DIR='"$(CURDIR)/spec/fixtures/tokenizer"' \
 	  $< $(FUZZ_LIB) -o $@ $(LIBS)
 

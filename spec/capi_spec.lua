@@ -1,4 +1,4 @@
--- spec/capi_spec.lua - the C API (include/clip.h, csrc/capi.c): the static and
+-- spec/capi_spec.lua - the C API (include/clip.h, csrc/capi/capi.c): the static and
 -- shared libraries, a C program that exercises every function and whose
 -- outputs must equal the Lua API's (pixels and ids bit for bit, embeddings to
 -- 1e-5), thread use of one model, and

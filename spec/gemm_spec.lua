@@ -1,4 +1,4 @@
--- spec/gemm_spec.lua - csrc/gemm.c's AVX2/FMA kernel against its naive twin on odd shapes,
+-- spec/gemm_spec.lua - csrc/kernels/gemm.c's AVX2/FMA kernel against its naive twin on odd shapes,
 -- and the GEMM door (ct_sgemm: own kernel or OpenBLAS, split over the module's thread pool)
 -- against the naive twin for every transpose combination, with 1, 2 and 3 threads.
 local H = require "spec.helpers"

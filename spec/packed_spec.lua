@@ -1,4 +1,4 @@
--- spec/packed_spec.lua - packed weights (csrc/gemm_packed.c, model.c's ct_model_pack):
+-- spec/packed_spec.lua - packed weights (csrc/kernels/gemm_packed.c, model.c's ct_model_pack):
 -- the AVX-512 kernel against the naive twin on odd shapes, in one thread and split over the
 -- pool; the encoders with packed weights against the same model unpacked; packs rebuilt
 -- after every kind of write to a weight; mapped weights released after packing read back

@@ -15,7 +15,7 @@
 -- ticks, a light grid, one colour per series (tab10), markers when a series
 -- has few points, and a legend. A point whose y is nil or NaN breaks the line.
 -- Text uses a built-in 5x7 pixel font (ASCII; other characters print as ?).
--- The drawing primitives are clip.core.canvas (csrc/l_png.c); the file is
+-- The drawing primitives are clip.core.canvas (csrc/lua/l_canvas.c); the file is
 -- written to a temporary name and renamed into place.
 local core = require "clip.core"
 

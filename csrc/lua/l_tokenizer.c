@@ -1,4 +1,4 @@
-/* l_tokenizer.c - Lua bindings of the BPE tokenizer (csrc/bpe.c).
+/* l_tokenizer.c - Lua bindings of the BPE tokenizer (csrc/core/bpe.c).
  *
  * clip.core.tokenizer_load(vocab_json, merges_txt) -> clip.Tokenizer userdata
  * Methods (mode is "hf" (default) or "openai"):

@@ -5,6 +5,9 @@
 #define LCLIP_H
 #include "lua.h"
 
+/* luaopen_clip_core is the one symbol core.so exports (built with -fvisibility=hidden) */
+#define L_EXPORT __attribute__((visibility("default")))
+
 void l_tensor_open(lua_State *L);
 void l_safetensors_open(lua_State *L);
 void l_tokenizer_open(lua_State *L);
@@ -13,12 +16,13 @@ void l_model_open(lua_State *L);
 void l_kernels_open(lua_State *L);
 void l_json_open(lua_State *L);
 void l_loss_open(lua_State *L);
-void l_fs_open(lua_State *L);
-void l_png_open(lua_State *L);
-void l_eval_open(lua_State *L);
-void l_idx_open(lua_State *L);
+void l_os_open(lua_State *L);
+void l_canvas_open(lua_State *L);
+void l_ranking_open(lua_State *L);
+void l_dataset_open(lua_State *L);
+void l_pool_open(lua_State *L);
 
-/* Make the calling state's thread pool current (l_kernels.c); call at the
+/* Make the calling state's thread pool current (l_pool.c); call at the
  * start of every binding that runs heavy kernels. */
 void l_pool_enter(lua_State *L);
 

@@ -1,4 +1,4 @@
-/* blas.h - the only door to BLAS (csrc/blas.c is the only cblas user). */
+/* blas.h - the only door to BLAS (blas.c is the only cblas user). */
 #ifndef CT_BLAS_H
 #define CT_BLAS_H
 

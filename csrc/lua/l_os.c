@@ -1,6 +1,8 @@
-/* l_fs.c - the few file-system operations the Lua layer needs and Lua lacks:
- * core.mkdir_p, core.is_dir, core.is_file, core.listdir, core.write_file
- * (atomic: temporary file + fsync + rename), core.copy_file (atomic).
+/* l_os.c - the few operating-system services the Lua layer needs and Lua lacks:
+ * files: core.mkdir_p, core.is_dir, core.is_file, core.listdir, core.write_file
+ * (atomic: temporary file + fsync + rename), core.copy_file (atomic);
+ * terminal and time: core.isatty(fd) (the progress bar, clip.progress) and
+ * core.clock() (seconds of a monotonic wall clock, for rates and ETAs).
  * Environment failures return nil, message (path first). */
 #include <dirent.h>
 #include <errno.h>
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ct.h"
@@ -128,10 +131,23 @@ static int l_copy_file(lua_State *L) {
   return 1;
 }
 
-void l_fs_open(lua_State *L) {
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+  return 1;
+}
+
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+void l_os_open(lua_State *L) {
   static const luaL_Reg fs[] = {{"mkdir_p", l_mkdir_p},     {"is_dir", l_is_dir},
                                 {"is_file", l_is_file},     {"listdir", l_listdir},
                                 {"write_file", l_write_file}, {"copy_file", l_copy_file},
+                                {"isatty", l_isatty},       {"clock", l_clock},
                                 {NULL, NULL}};
   luaL_setfuncs(L, fs, 0);
 }

@@ -1,4 +1,4 @@
-/* l_png.c - PNG writing (libpng) and a small RGB raster canvas for charts.
+/* l_canvas.c - PNG writing (libpng) and a small RGB raster canvas for charts.
  *
  * clip.core functions added here:
  *   png_write(path, w, h, rgb) -> true | nil, msg
@@ -246,7 +246,7 @@ static int m_tostring(lua_State *L) {
   return 1;
 }
 
-void l_png_open(lua_State *L) {
+void l_canvas_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"size", m_size},   {"fill_rect", m_fill_rect},
                                      {"line", m_line},   {"pixel", m_pixel},
                                      {"bytes", m_bytes}, {"write_png", m_write_png},

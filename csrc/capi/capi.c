@@ -6,7 +6,7 @@
  * malloc'd and freed inside one call; no thread is started. Nothing here is
  * static and mutable: two models (or two Lua states, or two hosts in one
  * process) share nothing but OpenBLAS's threads (docs/c-api.md). */
-#include "../include/clip.h"
+#include "clip.h"
 
 #include <stdarg.h>
 #include <stdio.h>

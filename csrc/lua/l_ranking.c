@@ -1,5 +1,4 @@
-/* l_eval.c - the loops of the evaluators (clip.eval) that are too slow in Lua,
- * and isatty for the command-line progress bar (clip.progress).
+/* l_ranking.c - the loops of the evaluators (clip.eval) that are too slow in Lua.
  *
  * clip.core functions added here:
  *   eval_ranks(scores {n,m}, targets) -> ranks
@@ -9,13 +8,9 @@
  *       equal scores keeping their column order (the lower column first, as
  *       Tensor:topk and Tensor:argmax). NaN sorts last.
  *   eval_rowdot(a {n,d}, b {n,d}) -> {n}: the row-wise dot products.
- *   isatty(fd) -> boolean
- *   clock() -> seconds of a monotonic wall clock (for rates and ETAs)
  * Wrong arguments raise, with shapes in the message. */
 #include <math.h>
-#include <time.h>
 #include <stdint.h>
-#include <unistd.h>
 
 #include "l_tensor.h"
 #include "lauxlib.h"
@@ -99,23 +94,9 @@ static int l_eval_rowdot(lua_State *L) {
   return 1;
 }
 
-static int l_isatty(lua_State *L) {
-  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
-  return 1;
-}
-
-static int l_clock(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
-  return 1;
-}
-
-void l_eval_open(lua_State *L) {
+void l_ranking_open(lua_State *L) {
   static const luaL_Reg fns[] = {{"eval_ranks", l_eval_ranks},
                                  {"eval_rowdot", l_eval_rowdot},
-                                 {"isatty", l_isatty},
-                                 {"clock", l_clock},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

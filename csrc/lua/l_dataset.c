@@ -1,4 +1,4 @@
-/* l_idx.c - reading IDX files (MNIST / Fashion-MNIST format), gzip'd or not,
+/* l_dataset.c - dataset files read in C: IDX files (MNIST / Fashion-MNIST format), gzip'd or not,
  * through zlib, and turning 8-bit grayscale rows into normalized CLIP pixel
  * batches.
  *
@@ -110,7 +110,7 @@ static int l_gray_pixels(lua_State *L) {
   return 1;
 }
 
-void l_idx_open(lua_State *L) {
+void l_dataset_open(lua_State *L) {
   luaL_newmetatable(L, GZ_MT);
   lua_pushcfunction(L, gz_gc);
   lua_setfield(L, -2, "__gc");

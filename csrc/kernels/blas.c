@@ -222,7 +222,7 @@ void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind) {
 }
 
 /* Without a pool these set OpenBLAS's own threads (a C host's choice); the Lua module's
- * clip.set_num_threads resizes its pool instead (l_kernels.c). */
+ * clip.set_num_threads resizes its pool instead (csrc/lua/l_pool.c). */
 void ct_set_num_threads(int n) {
   if (n < 1) n = 1;
   openblas_set_num_threads(n);
