@@ -96,23 +96,12 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
   }
 }
 
-/* Naive twin: plain loops, double accumulation. */
+/* Naive twin: the two products by the naive GEMM (blas.c, double accumulation, beta = 1
+ * adds in double before the one rounding), the column sums in double. */
 void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
                          const float *inp, const float *weight, int N, int IC, int OC) {
-  if (dinp)
-    for (int i = 0; i < N; i++)
-      for (int k = 0; k < IC; k++) {
-        double acc = 0;
-        for (int o = 0; o < OC; o++) acc += (double)dout[(size_t)i * OC + o] * weight[(size_t)o * IC + k];
-        dinp[(size_t)i * IC + k] = (float)(dinp[(size_t)i * IC + k] + acc);
-      }
-  if (dweight)
-    for (int o = 0; o < OC; o++)
-      for (int k = 0; k < IC; k++) {
-        double acc = 0;
-        for (int i = 0; i < N; i++) acc += (double)dout[(size_t)i * OC + o] * inp[(size_t)i * IC + k];
-        dweight[(size_t)o * IC + k] = (float)(dweight[(size_t)o * IC + k] + acc);
-      }
+  if (dinp) ct_sgemm_ref(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+  if (dweight) ct_sgemm_ref(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
   if (dbias)
     for (int o = 0; o < OC; o++) {
       double acc = 0;
