@@ -203,9 +203,10 @@ typedef struct {
   const double *mx, *den, *D; /* per row: max score, softmax denominator, sum_j P dP */
 } att_slice;
 
+/* P_ij, recomputed as att_row_naive computes the row's scores */
 static double att_prob(const att_slice *a, int i, int j) {
   if (a->causal && j > i) return 0.0;
-  double s = dot_f(a->q + (size_t)i * a->C, a->k + (size_t)j * a->C, a->hs) * a->scale;
+  double s = att_score(a->q, (size_t)i * a->C, a->k, (size_t)j * a->C, a->hs, 0);
   return exp(s - a->mx[i]) / a->den[i];
 }
 
@@ -213,6 +214,16 @@ static double att_dscore(const att_slice *a, int i, int j) {
   if (a->causal && j > i) return 0.0;
   double dp = dot_f(a->g + (size_t)i * a->C, a->v + (size_t)j * a->C, a->hs);
   return att_prob(a, i, j) * (dp - a->D[i]);
+}
+
+/* o[x] += scale * sum_j w[j] src[j * C + x] for x < hs, j < n, the sum in double */
+static void att_acc_naive(float *o, const double *w, const float *src, int n, int C, int hs,
+                          double scale) {
+  for (int x = 0; x < hs; x++) {
+    double acc = 0;
+    for (int j = 0; j < n; j++) acc += w[j] * src[(size_t)j * C + x];
+    o[x] = (float)(o[x] + scale * acc);
+  }
 }
 
 /* Naive twin: recomputes the probabilities from q and k in double, plain
@@ -231,46 +242,25 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
       /* softmax stats per row, and D_i = sum_j P_ij dP_ij */
       for (int i = 0; i < T; i++) {
         int n = causal ? i + 1 : T;
-        double m = -INFINITY, sum = 0, d = 0;
-        for (int j = 0; j < n; j++) {
-          row[j] = dot_f(a.q + (size_t)i * C, a.k + (size_t)j * C, hs) * a.scale;
-          if (row[j] > m) m = row[j];
-        }
-        for (int j = 0; j < n; j++) sum += (row[j] = exp(row[j] - m));
-        for (int j = 0; j < n; j++) d += row[j] / sum * dot_f(a.g + (size_t)i * C, a.v + (size_t)j * C, hs);
-        mx[i] = m;
-        den[i] = sum;
+        double d = 0;
+        den[i] = att_row_naive(row, &mx[i], a.q, (size_t)i * C, a.k, 0, C, hs, n, 0);
+        for (int j = 0; j < n; j++) d += row[j] / den[i] * dot_f(a.g + (size_t)i * C, a.v + (size_t)j * C, hs);
         D[i] = d;
       }
       if (dq) /* dq_i += scale sum_j dS_ij k_j */
         for (int i = 0; i < T; i++) {
           for (int j = 0; j < T; j++) row[j] = att_dscore(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int j = 0; j < T; j++) acc += row[j] * a.k[(size_t)j * C + x];
-            float *o = dq + base + (size_t)i * C + x;
-            *o = (float)(*o + a.scale * acc);
-          }
+          att_acc_naive(dq + base + (size_t)i * C, row, a.k, T, C, hs, a.scale);
         }
       if (dk) /* dk_j += scale sum_i dS_ij q_i */
         for (int j = 0; j < T; j++) {
           for (int i = 0; i < T; i++) row[i] = att_dscore(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int i = 0; i < T; i++) acc += row[i] * a.q[(size_t)i * C + x];
-            float *o = dk + base + (size_t)j * C + x;
-            *o = (float)(*o + a.scale * acc);
-          }
+          att_acc_naive(dk + base + (size_t)j * C, row, a.q, T, C, hs, a.scale);
         }
       if (dv) /* dv_j += sum_i P_ij dout_i */
         for (int j = 0; j < T; j++) {
           for (int i = 0; i < T; i++) row[i] = att_prob(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int i = 0; i < T; i++) acc += row[i] * a.g[(size_t)i * C + x];
-            float *o = dv + base + (size_t)j * C + x;
-            *o = (float)(*o + acc);
-          }
+          att_acc_naive(dv + base + (size_t)j * C, row, a.g, T, C, hs, 1.0);
         }
     }
 }
