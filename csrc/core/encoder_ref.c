@@ -4,7 +4,6 @@
  * compare the fast towers against it (spec/model_spec.lua, and at ViT-B/32
  * shapes in the slow check). T <= 1024. */
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels.h"
 #include "model.h"
@@ -44,27 +43,17 @@ int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *em
   float *h, *x, *q, *k, *v, *att, *mlp;
   size_t N = (size_t)B * T;
   float *mem = alloc_ws(N, D, c->inter, &h, &x, &q, &k, &v, &att, &mlp);
-  float *cols = malloc(sizeof(float) * (size_t)NP * K), *pe = malloc(sizeof(float) * (size_t)NP * D);
+  size_t NR = (size_t)B * NP; /* patch rows */
+  float *cols = malloc(sizeof(float) * NR * K), *pe = malloc(sizeof(float) * NR * D);
   if (!mem || !cols || !pe) {
     free(mem); free(cols); free(pe);
     return ct_errf(e, "out of memory");
   }
-  for (int b = 0; b < B; b++) {
-    for (int gi = 0; gi < g; gi++)
-      for (int gj = 0; gj < g; gj++)
-        for (int ch = 0; ch < C; ch++)
-          for (int u = 0; u < p; u++)
-            for (int w = 0; w < p; w++)
-              cols[((size_t)gi * g + gj) * K + (ch * p + u) * p + w] =
-                  pixels[(((size_t)b * C + ch) * S + gi * p + u) * S + gj * p + w];
-    linear_forward_ref(pe, cols, m->patch_w, NULL, NP, K, D);
-    float *hb = h + (size_t)b * T * D;
-    for (int j = 0; j < D; j++) hb[j] = m->cls_emb[j] + m->vpos_emb[j];
-    for (int t = 1; t < T; t++)
-      for (int j = 0; j < D; j++)
-        hb[(size_t)t * D + j] = pe[(size_t)(t - 1) * D + j] + m->vpos_emb[(size_t)t * D + j];
-  }
-  memcpy(x, h, sizeof(float) * N * D);
+  /* the embedding steps are exact data movement and float adds, shared with encoder.c; the
+   * patch projection is the naive linear */
+  ct_vision_im2col(cols, pixels, B, c);
+  linear_forward_ref(pe, cols, m->patch_w, NULL, (int)NR, K, D);
+  ct_vision_embed(x, pe, m, B);
   layernorm_forward_ref(h, x, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
   for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->vblocks[l], c, B, T, 0);
   for (int b = 0; b < B; b++)
@@ -84,9 +73,7 @@ int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, floa
   size_t N = (size_t)B * T;
   float *mem = alloc_ws(N, D, c->inter, &h, &x, &q, &k, &v, &att, &mlp);
   if (!mem) return ct_errf(e, "out of memory");
-  for (size_t r = 0; r < N; r++)
-    for (int j = 0; j < D; j++)
-      h[r * D + j] = m->tok_emb[(size_t)ids[r] * D + j] + m->tpos_emb[(size_t)(r % T) * D + j];
+  ct_text_embed(h, m, ids, B, T, T);
   for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->tblocks[l], c, B, T, 1);
   for (int b = 0; b < B; b++) {
     int t = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);

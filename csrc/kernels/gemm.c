@@ -133,14 +133,3 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
   (void)C; (void)ldc; (void)n0; (void)n1; /* never called: ct_gemm_available() is 0 */
 }
 #endif
-
-void ct_gemm_nt_ref(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                    int ldb, float beta, float *C, int ldc) {
-  for (int i = 0; i < M; i++)
-    for (int j = 0; j < N; j++) {
-      double acc = 0;
-      for (int k = 0; k < K; k++) acc += (double)A[(size_t)i * lda + k] * B[(size_t)j * ldb + k];
-      float *c = &C[(size_t)i * ldc + j];
-      *c = (float)(alpha * acc + (beta == 0.0f ? 0.0 : (double)beta * *c));
-    }
-}

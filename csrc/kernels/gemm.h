@@ -19,9 +19,8 @@ int ct_gemm_available(void);
 void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                 int ldb, float beta, float *C, int ldc, int n0, int n1);
 
-/* Naive twin: plain loops, double accumulation (the oracle of spec/gemm_spec.lua). */
-void ct_gemm_nt_ref(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                    int ldb, float beta, float *C, int ldc);
+/* Its naive twin (the oracle of spec/gemm_spec.lua) is the door's: ct_sgemm_ref(0, 1, ...)
+ * (blas.h), plain loops, double accumulation. */
 
 /* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel.
  * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel. */

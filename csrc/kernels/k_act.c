@@ -89,35 +89,23 @@ void act_forward(float *out, const float *inp, int64_t n, int act) {
     act_range(out, inp, n, act);
 }
 
-void act_forward_ref(float *out, const float *inp, int64_t n, int act) {
-  for (int64_t i = 0; i < n; i++) {
-    double x = inp[i], y;
-    switch (act) {
-    case CT_ACT_QUICK_GELU: y = x / (1.0 + exp(-1.702 * x)); break;
-    case CT_ACT_GELU: y = 0.5 * x * (1.0 + erf(x / sqrt(2.0))); break;
-    case CT_ACT_GELU_TANH:
-      y = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-      break;
-    default: y = x > 0 ? x : 0;
-    }
-    out[i] = (float)y;
+/* The naive activation of one value, in double: both forward twins map it over their arrays. */
+static double act_naive(double x, int act) {
+  switch (act) {
+  case CT_ACT_QUICK_GELU: return x / (1.0 + exp(-1.702 * x));
+  case CT_ACT_GELU: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+  case CT_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+  default: return x > 0 ? x : 0;
   }
+}
+
+void act_forward_ref(float *out, const float *inp, int64_t n, int act) {
+  for (int64_t i = 0; i < n; i++) out[i] = (float)act_naive(inp[i], act);
 }
 
 /* Double twin of the forward, for the finite-difference gradient checks. */
 void act_forward_f64(double *out, const double *inp, int64_t n, int act) {
-  for (int64_t i = 0; i < n; i++) {
-    double x = inp[i], y;
-    switch (act) {
-    case CT_ACT_QUICK_GELU: y = x / (1.0 + exp(-1.702 * x)); break;
-    case CT_ACT_GELU: y = 0.5 * x * (1.0 + erf(x / sqrt(2.0))); break;
-    case CT_ACT_GELU_TANH:
-      y = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-      break;
-    default: y = x > 0 ? x : 0;
-    }
-    out[i] = y;
-  }
+  for (int64_t i = 0; i < n; i++) out[i] = act_naive(inp[i], act);
 }
 
 /* dinp may be NULL: not needed -> skipped (no work). ACCUMULATES (+=). */

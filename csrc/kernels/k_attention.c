@@ -104,58 +104,60 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
     att_rows(&a, 0, 1);
 }
 
-void attention_forward_ref(float *out, const float *q, const float *k,
-                           const float *v, int B, int T, int C, int NH, int causal) {
+/* q_i . k_j / sqrt(hs) in double, the naive twins' score; qi, kj: element offsets of the two
+ * rows; f64: double arrays, else float. */
+static double att_score(const void *q, size_t qi, const void *k, size_t kj, int hs, int f64) {
+  double d = 0;
+  for (int x = 0; x < hs; x++) d += ct_twin_ld(q, f64, qi + x) * ct_twin_ld(k, f64, kj + x);
+  return d / sqrt((double)hs);
+}
+
+/* Row i of one (b, h) slice's softmax, the naive way, for all three twins: over the keys
+ * j < n, e[j] = exp(s_j - m), s_j = att_score(q_i, k_j), m = max_j s_j; returns
+ * sum_j e[j] and sets *mx = m (mx may be NULL). qi, k0: element offsets of q_i in q and of
+ * k_0 in k (rows C apart); f64: double arrays, else float. */
+static double att_row_naive(double *e, double *mx, const void *q, size_t qi, const void *k,
+                            size_t k0, int C, int hs, int n, int f64) {
+  double m = -INFINITY, sum = 0;
+  for (int j = 0; j < n; j++) {
+    e[j] = att_score(q, qi, k, k0 + (size_t)j * C, hs, f64);
+    if (e[j] > m) m = e[j];
+  }
+  for (int j = 0; j < n; j++) sum += (e[j] = exp(e[j] - m));
+  if (mx) *mx = m;
+  return sum;
+}
+
+/* The naive forward, once for both twins: float (f64 = 0) or double (f64 = 1) arrays;
+ * T <= 1024 (larger T: does nothing). */
+static void attention_naive(void *out, const void *q, const void *k, const void *v, int B,
+                            int T, int C, int NH, int causal, int f64) {
   int hs = C / NH;
-  double s[1024];
+  double e[1024];
+  if (T > 1024) return;
   for (int b = 0; b < B; b++)
     for (int h = 0; h < NH; h++)
       for (int i = 0; i < T; i++) {
-        const float *qi = q + ((size_t)b * T + i) * C + h * hs;
+        size_t base = (size_t)b * T * C + (size_t)h * hs, qi = base + (size_t)i * C;
         int n = causal ? i + 1 : T;
-        double m = -INFINITY, sum = 0;
-        for (int j = 0; j < n && j < 1024; j++) {
-          const float *kj = k + ((size_t)b * T + j) * C + h * hs;
-          double d = 0;
-          for (int x = 0; x < hs; x++) d += (double)qi[x] * kj[x];
-          s[j] = d / sqrt((double)hs);
-          if (s[j] > m) m = s[j];
-        }
-        for (int j = 0; j < n; j++) sum += (s[j] = exp(s[j] - m));
+        double sum = att_row_naive(e, NULL, q, qi, k, base, C, hs, n, f64);
         for (int x = 0; x < hs; x++) {
           double acc = 0;
-          for (int j = 0; j < n; j++) acc += s[j] * v[((size_t)b * T + j) * C + h * hs + x];
-          out[((size_t)b * T + i) * C + h * hs + x] = (float)(acc / sum);
+          for (int j = 0; j < n; j++) acc += e[j] * ct_twin_ld(v, f64, base + (size_t)j * C + x);
+          ct_twin_st(out, f64, qi + x, acc / sum);
         }
       }
+}
+
+void attention_forward_ref(float *out, const float *q, const float *k,
+                           const float *v, int B, int T, int C, int NH, int causal) {
+  attention_naive(out, q, k, v, B, T, C, NH, causal, 0);
 }
 
 /* Double twin of the forward, for the finite-difference gradient checks; T <= 1024. */
 void attention_forward_f64(double *out, const double *q, const double *k,
                            const double *v, int B, int T, int C, int NH, int causal) {
-  int hs = C / NH;
-  double s[1024];
-  if (T > 1024) return;
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
-      for (int i = 0; i < T; i++) {
-        const double *qi = q + ((size_t)b * T + i) * C + h * hs;
-        int n = causal ? i + 1 : T;
-        double m = -INFINITY, sum = 0;
-        for (int j = 0; j < n; j++) {
-          const double *kj = k + ((size_t)b * T + j) * C + h * hs;
-          double d = 0;
-          for (int x = 0; x < hs; x++) d += qi[x] * kj[x];
-          s[j] = d / sqrt((double)hs);
-          if (s[j] > m) m = s[j];
-        }
-        for (int j = 0; j < n; j++) sum += (s[j] = exp(s[j] - m));
-        for (int x = 0; x < hs; x++) {
-          double acc = 0;
-          for (int j = 0; j < n; j++) acc += s[j] * v[((size_t)b * T + j) * C + h * hs + x];
-          out[((size_t)b * T + i) * C + h * hs + x] = acc / sum;
-        }
-      }
+  attention_naive(out, q, k, v, B, T, C, NH, causal, 1);
 }
 
 /* dq, dk, dv may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
@@ -201,9 +203,10 @@ typedef struct {
   const double *mx, *den, *D; /* per row: max score, softmax denominator, sum_j P dP */
 } att_slice;
 
+/* P_ij, recomputed as att_row_naive computes the row's scores */
 static double att_prob(const att_slice *a, int i, int j) {
   if (a->causal && j > i) return 0.0;
-  double s = dot_f(a->q + (size_t)i * a->C, a->k + (size_t)j * a->C, a->hs) * a->scale;
+  double s = att_score(a->q, (size_t)i * a->C, a->k, (size_t)j * a->C, a->hs, 0);
   return exp(s - a->mx[i]) / a->den[i];
 }
 
@@ -211,6 +214,16 @@ static double att_dscore(const att_slice *a, int i, int j) {
   if (a->causal && j > i) return 0.0;
   double dp = dot_f(a->g + (size_t)i * a->C, a->v + (size_t)j * a->C, a->hs);
   return att_prob(a, i, j) * (dp - a->D[i]);
+}
+
+/* o[x] += scale * sum_j w[j] src[j * C + x] for x < hs, j < n, the sum in double */
+static void att_acc_naive(float *o, const double *w, const float *src, int n, int C, int hs,
+                          double scale) {
+  for (int x = 0; x < hs; x++) {
+    double acc = 0;
+    for (int j = 0; j < n; j++) acc += w[j] * src[(size_t)j * C + x];
+    o[x] = (float)(o[x] + scale * acc);
+  }
 }
 
 /* Naive twin: recomputes the probabilities from q and k in double, plain
@@ -229,46 +242,25 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
       /* softmax stats per row, and D_i = sum_j P_ij dP_ij */
       for (int i = 0; i < T; i++) {
         int n = causal ? i + 1 : T;
-        double m = -INFINITY, sum = 0, d = 0;
-        for (int j = 0; j < n; j++) {
-          row[j] = dot_f(a.q + (size_t)i * C, a.k + (size_t)j * C, hs) * a.scale;
-          if (row[j] > m) m = row[j];
-        }
-        for (int j = 0; j < n; j++) sum += (row[j] = exp(row[j] - m));
-        for (int j = 0; j < n; j++) d += row[j] / sum * dot_f(a.g + (size_t)i * C, a.v + (size_t)j * C, hs);
-        mx[i] = m;
-        den[i] = sum;
+        double d = 0;
+        den[i] = att_row_naive(row, &mx[i], a.q, (size_t)i * C, a.k, 0, C, hs, n, 0);
+        for (int j = 0; j < n; j++) d += row[j] / den[i] * dot_f(a.g + (size_t)i * C, a.v + (size_t)j * C, hs);
         D[i] = d;
       }
       if (dq) /* dq_i += scale sum_j dS_ij k_j */
         for (int i = 0; i < T; i++) {
           for (int j = 0; j < T; j++) row[j] = att_dscore(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int j = 0; j < T; j++) acc += row[j] * a.k[(size_t)j * C + x];
-            float *o = dq + base + (size_t)i * C + x;
-            *o = (float)(*o + a.scale * acc);
-          }
+          att_acc_naive(dq + base + (size_t)i * C, row, a.k, T, C, hs, a.scale);
         }
       if (dk) /* dk_j += scale sum_i dS_ij q_i */
         for (int j = 0; j < T; j++) {
           for (int i = 0; i < T; i++) row[i] = att_dscore(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int i = 0; i < T; i++) acc += row[i] * a.q[(size_t)i * C + x];
-            float *o = dk + base + (size_t)j * C + x;
-            *o = (float)(*o + a.scale * acc);
-          }
+          att_acc_naive(dk + base + (size_t)j * C, row, a.q, T, C, hs, a.scale);
         }
       if (dv) /* dv_j += sum_i P_ij dout_i */
         for (int j = 0; j < T; j++) {
           for (int i = 0; i < T; i++) row[i] = att_prob(&a, i, j);
-          for (int x = 0; x < hs; x++) {
-            double acc = 0;
-            for (int i = 0; i < T; i++) acc += row[i] * a.g[(size_t)i * C + x];
-            float *o = dv + base + (size_t)j * C + x;
-            *o = (float)(*o + acc);
-          }
+          att_acc_naive(dv + base + (size_t)j * C, row, a.g, T, C, hs, 1.0);
         }
     }
 }

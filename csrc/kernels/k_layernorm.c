@@ -132,31 +132,35 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
     ln_rows(out, mean, rstd, inp, w, b, N, C, eps);
 }
 
+/* The naive forward, once for both twins: float (f64 = 0) or double (f64 = 1) arrays; the
+ * mean, the (two-pass) variance and the output in double. */
+static void layernorm_naive(void *out, const void *inp, const void *w, const void *b, int64_t N,
+                            int C, double eps, int f64) {
+  for (int64_t i = 0; i < N; i++) {
+    size_t row = (size_t)i * C;
+    double s = 0, v = 0;
+    for (int j = 0; j < C; j++) s += ct_twin_ld(inp, f64, row + j);
+    double m = s / C;
+    for (int j = 0; j < C; j++) {
+      double d = ct_twin_ld(inp, f64, row + j) - m;
+      v += d * d;
+    }
+    double r = 1.0 / sqrt(v / C + eps);
+    for (int j = 0; j < C; j++)
+      ct_twin_st(out, f64, row + j,
+                 (ct_twin_ld(inp, f64, row + j) - m) * r * ct_twin_ld(w, f64, j) + ct_twin_ld(b, f64, j));
+  }
+}
+
 void layernorm_forward_ref(float *out, const float *inp, const float *w,
                            const float *b, int64_t N, int C, float eps) {
-  for (int64_t i = 0; i < N; i++) {
-    const float *x = inp + i * C;
-    long double s = 0, v = 0;
-    for (int j = 0; j < C; j++) s += x[j];
-    long double m = s / C;
-    for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
-    long double r = 1.0L / sqrtl(v / C + eps);
-    for (int j = 0; j < C; j++) out[i * C + j] = (float)((x[j] - m) * r * w[j] + b[j]);
-  }
+  layernorm_naive(out, inp, w, b, N, C, eps, 0);
 }
 
 /* Double twin of the forward, for the finite-difference gradient checks. */
 void layernorm_forward_f64(double *out, const double *inp, const double *w,
                            const double *b, int64_t N, int C, double eps) {
-  for (int64_t i = 0; i < N; i++) {
-    const double *x = inp + i * C;
-    double s = 0, v = 0;
-    for (int j = 0; j < C; j++) s += x[j];
-    double m = s / C;
-    for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
-    double r = 1.0 / sqrt(v / C + eps);
-    for (int j = 0; j < C; j++) out[i * C + j] = (x[j] - m) * r * w[j] + b[j];
-  }
+  layernorm_naive(out, inp, w, b, N, C, eps, 1);
 }
 
 /* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */

@@ -53,25 +53,27 @@ void linear_forward_packed(int nout, float *const *out, const float *inp, const 
   }
 }
 
-void linear_forward_ref(float *out, const float *inp, const float *weight,
-                        const float *bias, int N, int IC, int OC) {
+/* The naive forward, once for both twins: float (f64 = 0) or double (f64 = 1) arrays. */
+static void linear_naive(void *out, const void *inp, const void *weight, const void *bias,
+                         int N, int IC, int OC, int f64) {
   for (int i = 0; i < N; i++)
     for (int o = 0; o < OC; o++) {
-      double acc = bias ? bias[o] : 0.0;
-      for (int k = 0; k < IC; k++) acc += (double)inp[(size_t)i * IC + k] * weight[(size_t)o * IC + k];
-      out[(size_t)i * OC + o] = (float)acc;
+      double acc = bias ? ct_twin_ld(bias, f64, o) : 0.0;
+      for (int k = 0; k < IC; k++)
+        acc += ct_twin_ld(inp, f64, (size_t)i * IC + k) * ct_twin_ld(weight, f64, (size_t)o * IC + k);
+      ct_twin_st(out, f64, (size_t)i * OC + o, acc);
     }
+}
+
+void linear_forward_ref(float *out, const float *inp, const float *weight,
+                        const float *bias, int N, int IC, int OC) {
+  linear_naive(out, inp, weight, bias, N, IC, OC, 0);
 }
 
 /* Double twin of the forward, for the finite-difference gradient checks. */
 void linear_forward_f64(double *out, const double *inp, const double *weight,
                         const double *bias, int N, int IC, int OC) {
-  for (int i = 0; i < N; i++)
-    for (int o = 0; o < OC; o++) {
-      double acc = bias ? bias[o] : 0.0;
-      for (int k = 0; k < IC; k++) acc += inp[(size_t)i * IC + k] * weight[(size_t)o * IC + k];
-      out[(size_t)i * OC + o] = acc;
-    }
+  linear_naive(out, inp, weight, bias, N, IC, OC, 1);
 }
 
 /* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
@@ -94,23 +96,12 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
   }
 }
 
-/* Naive twin: plain loops, double accumulation. */
+/* Naive twin: the two products by the naive GEMM (blas.c, double accumulation, beta = 1
+ * adds in double before the one rounding), the column sums in double. */
 void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
                          const float *inp, const float *weight, int N, int IC, int OC) {
-  if (dinp)
-    for (int i = 0; i < N; i++)
-      for (int k = 0; k < IC; k++) {
-        double acc = 0;
-        for (int o = 0; o < OC; o++) acc += (double)dout[(size_t)i * OC + o] * weight[(size_t)o * IC + k];
-        dinp[(size_t)i * IC + k] = (float)(dinp[(size_t)i * IC + k] + acc);
-      }
-  if (dweight)
-    for (int o = 0; o < OC; o++)
-      for (int k = 0; k < IC; k++) {
-        double acc = 0;
-        for (int i = 0; i < N; i++) acc += (double)dout[(size_t)i * OC + o] * inp[(size_t)i * IC + k];
-        dweight[(size_t)o * IC + k] = (float)(dweight[(size_t)o * IC + k] + acc);
-      }
+  if (dinp) ct_sgemm_ref(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+  if (dweight) ct_sgemm_ref(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
   if (dbias)
     for (int o = 0; o < OC; o++) {
       double acc = 0;

@@ -11,10 +11,23 @@
  *   call.
  * - Each fast kernel has a naive twin (*_ref: plain loops, double
  *   accumulation) used by the specs as the oracle, and each forward a double
- *   twin (*_forward_f64) used by the finite-difference gradient checks. */
+ *   twin (*_forward_f64) used by the finite-difference gradient checks. The
+ *   two naive forwards of an op are one body (k_*.c) over float or double
+ *   arrays, read and written through ct_twin_ld / ct_twin_st below. */
 #ifndef CT_KERNELS_H
 #define CT_KERNELS_H
+#include <stddef.h>
 #include <stdint.h>
+
+/* Element i of a naive twin's array: float (f64 = 0) or double (f64 = 1) storage; the
+ * arithmetic is double either way, a float is rounded once, on the store. */
+static inline double ct_twin_ld(const void *p, int f64, size_t i) {
+  return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+static inline void ct_twin_st(void *p, int f64, size_t i, double v) {
+  if (f64) ((double *)p)[i] = v;
+  else ((float *)p)[i] = (float)v;
+}
 
 enum { CT_ACT_QUICK_GELU = 0, CT_ACT_GELU = 1, CT_ACT_GELU_TANH = 2, CT_ACT_RELU = 3 };
 

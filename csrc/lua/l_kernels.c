@@ -479,8 +479,8 @@ static int k_sgemm(lua_State *L) {
 }
 
 /* kernels.gemm_nt(a, b [, ref [, c, alpha, beta]]) -> alpha a b^T + beta c with gemm.c's kernel
- * in the calling thread (ref: its naive twin); a {M,K}, b {N,K}, c {M,N} (a new tensor when
- * nil). kernels.gemm_available() says whether this CPU runs the kernel. */
+ * in the calling thread (ref: its naive twin, ct_sgemm_ref); a {M,K}, b {N,K}, c {M,N} (a new
+ * tensor when nil). kernels.gemm_available() says whether this CPU runs the kernel. */
 static int k_gemm_nt(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   int ref = lua_toboolean(L, 3);
@@ -503,7 +503,7 @@ static int k_gemm_nt(lua_State *L) {
     lua_pushvalue(L, 4);
   }
   if (ref) {
-    ct_gemm_nt_ref(M, N, K, alpha, a->data, K, b->data, K, beta, c->data, N);
+    ct_sgemm_ref(0, 1, M, N, K, alpha, a->data, K, b->data, K, beta, c->data, N);
   } else {
     if (!ct_gemm_available()) return luaL_error(L, "gemm_nt: this CPU has no AVX2/FMA");
     ct_gemm_nt(M, N, K, alpha, a->data, K, b->data, K, beta, c->data, N, 0, N);
