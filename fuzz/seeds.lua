@@ -49,6 +49,21 @@ copy_files("png", FX .. "images/*.png")
 
 -- configs: config.json, preprocessor_config.json, modules.json, index files
 copy_files("config", FX .. "models/*/*.json " .. FX .. "models/*/*/*.json " .. FX .. "images/config_*.json")
+-- and those of the layouts the specs assemble from models/tiny (modules.json,
+-- the sentence-transformers config, the legacy preprocessor form)
+do
+  local H = require "spec.helpers"
+  for _, name in ipairs({ "st", "st-root", "legacy-eos" }) do
+    local d = H.layout(name)
+    for _, p in ipairs(ls(d .. "/*.json " .. d .. "/*/*.json")) do
+      local tiny = io.open(FX .. "models/tiny/" .. p:match("[^/]+$"), "rb")
+      local same = tiny and tiny:read("a") == read(p)
+      if tiny then tiny:close() end
+      if not same then seed("config", "layout-" .. name .. p:sub(#d + 1), read(p)) end
+    end
+    H.rmtree(d)
+  end
+end
 
 -- safetensors: the small fixture files, hand-made edge cases, micro models
 copy_files("safetensors", FX .. "train/*_projections.safetensors " .. FX .. "train/batch.safetensors " ..

@@ -62,4 +62,69 @@ function M.tmpdir()
   return p
 end
 
+local function sh(cmd)
+  assert(os.execute(cmd), cmd)
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Other layouts of the tiny model, assembled from models/tiny's files in a fresh
+-- temporary directory (the same thing make_models.py's assemble_layout does):
+--   "st"          sentence-transformers: modules.json -> 0_CLIPModel/ holding
+--                 the HF files; the reference files in the root
+--   "st-root"     sentence-transformers >= 3.1: modules.json path "", the HF
+--                 files in the root
+--   "legacy-eos"  text bos/eos/pad 0/2/1 in config.json (argmax pooling), the
+--                 older CLIPFeatureExtractor preprocessor_config.json; its own
+--                 reference files (fixtures/layouts/legacy-eos/)
+-- Returns the directory; remove it with M.rmtree when done.
+function M.layout(name)
+  local src = M.fixtures .. "models/tiny"
+  local dir = M.tmpdir()
+  local hf = dir
+  if name == "st" then
+    hf = dir .. "/0_CLIPModel"
+    sh("mkdir " .. q(hf))
+  elseif name ~= "st-root" and name ~= "legacy-eos" then
+    error("unknown layout " .. tostring(name), 2)
+  end
+  sh(("cp %s/* %s && rm %s/reference.json %s/reference.safetensors"):format(q(src), q(hf), q(hf), q(hf)))
+  local rdir = src
+  if name == "st" or name == "st-root" then
+    write(dir .. "/modules.json", ('[{"idx": 0, "name": "0", "path": "%s", '
+      .. '"type": "sentence_transformers.models.CLIPModel"}]\n'):format(name == "st" and "0_CLIPModel" or ""))
+    write(dir .. "/config_sentence_transformers.json", '{\n  "__version__": {\n'
+      .. '    "pytorch": "2.5.1",\n    "sentence_transformers": "3.3.1",\n    "transformers": "4.48.0"\n  },\n'
+      .. '  "default_prompt_name": null,\n  "prompts": {},\n  "similarity_fn_name": "cosine"\n}\n')
+  else -- legacy-eos
+    local cfg = M.read(src .. "/config.json")
+    for key, v in pairs({ bos_token_id = 0, eos_token_id = 2, pad_token_id = 1 }) do
+      local n
+      cfg, n = cfg:gsub('("' .. key .. '": )%d+', "%1" .. v)
+      assert(n == 1, key)
+    end
+    write(hf .. "/config.json", cfg)
+    local pp = M.read(src .. "/preprocessor_config.json")
+    local S = assert(pp:match('"shortest_edge": (%d+)'))
+    local mean, std = assert(pp:match('"image_mean": (%b[])')), assert(pp:match('"image_std": (%b[])'))
+    write(hf .. "/preprocessor_config.json", ('{\n  "crop_size": %s,\n  "do_center_crop": true,\n'
+      .. '  "do_normalize": true,\n  "do_resize": true,\n  "feature_extractor_type": "CLIPFeatureExtractor",\n'
+      .. '  "image_mean": %s,\n  "image_std": %s,\n  "resample": 3,\n  "size": %s\n}\n'):format(S, mean, std, S))
+    rdir = M.fixtures .. "layouts/legacy-eos"
+  end
+  sh(("cp %s/reference.json %s/reference.safetensors %s"):format(q(rdir), q(rdir), q(dir)))
+  return dir
+end
+
+function M.rmtree(dir)
+  assert(dir:match("^/tmp/"), dir)
+  sh("rm -rf " .. q(dir))
+end
+
 return M

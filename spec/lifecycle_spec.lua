@@ -31,7 +31,7 @@ describe("use after close", function()
     m:close()
     assert.is_true(m:is_closed())
     closed_error(m.encode_texts, m, { "a cat" })
-    closed_error(m.encode_texts, m, { { 49406, 320, 49407 } })
+    closed_error(m.encode_texts, m, { { 4094, 320, 4095 } })
     closed_error(m.encode_images, m, px)
     closed_error(m.encode_images, m, { IMAGE })
     closed_error(m.param, m, "logit_scale")
@@ -45,7 +45,7 @@ describe("use after close", function()
     local mc = m.core
     local calls = {
       config = {}, config_json = {}, param_info = {}, param = { "logit_scale" },
-      encode_pixels = { px }, encode_ids = { { { 49406, 49407 } } },
+      encode_pixels = { px }, encode_ids = { { { 4094, 4095 } } },
       set_requires_grad = { "logit_scale", true }, requires_grad = { "logit_scale" },
       grad = { "logit_scale", true }, alloc_grads = {}, zero_grad = {},
       trainable = { "vision" }, forward_train = { px }, project = { clip.zeros({ 1, 48 }), "vision" },
@@ -225,13 +225,13 @@ describe("garbage collection in the middle of an iteration", function()
       __len = function() return 3 end,
       __index = function(_, k)
         if k == 2 then mc2:close() end
-        return ({ 49406, 320, 49407 })[k]
+        return ({ 4094, 320, 4095 })[k]
       end,
     })
     assert.truthy(err_of(mc2.encode_ids, mc2, { ids }):find("model is closed", 1, true))
     local mc3 = clip.core.model_load(TINY)
     local o3 = setmetatable({}, { __index = function(_, k) if k == "capture_layer" then mc3:close() end end })
-    assert.truthy(err_of(mc3.encode_ids, mc3, { { 49406, 49407 } }, o3):find("model is closed", 1, true))
+    assert.truthy(err_of(mc3.encode_ids, mc3, { { 4094, 4095 } }, o3):find("model is closed", 1, true))
   end)
 
   it("finalizers that close objects at any allocation inside a call never crash", function()
@@ -267,7 +267,7 @@ describe("garbage collection in the middle of an iteration", function()
       stress(function() return clip.tokenizer.load(TINY) end,
         function(t) return t:encode("a photo of a cat") end, 14)
       stress(function() return clip.core.model_load(TINY) end,
-        function(m) return m:encode_ids({ { 49406, 320, 1125, 49407 } }, { pooled = true }) end, 14)
+        function(m) return m:encode_ids({ { 4094, 320, 1125, 4095 } }, { pooled = true }) end, 14)
       stress(function() return clip.core.model_load(TINY) end,
         function(m) return m:encode_pixels(clip.zeros({ 1, 3, 32, 32 }), { last_hidden = true }) end, 14)
       stress(function() return clip.core.model_load(TINY) end,

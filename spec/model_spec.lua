@@ -22,9 +22,10 @@ local cases = {
   { "tiny-gelu-fp16", nil, false },
   { "tiny-bf16", nil, false },
   { "tiny-sharded", nil, false },
-  { "tiny-st", nil, true },
-  { "tiny-st-root", nil, true },
-  { "tiny-legacy-eos", nil, true },
+  -- tiny's files in other layouts, assembled by H.layout in a temporary directory
+  { "st", nil, true, layout = true },
+  { "st-root", nil, true, layout = true },
+  { "legacy-eos", nil, true, layout = true },
 }
 
 describe("model parity with PyTorch", function()
@@ -34,11 +35,14 @@ describe("model parity with PyTorch", function()
       local dir = MODELS .. name
       local model, ref, js
       setup(function()
+        if case.layout then dir = H.layout(name) end
         model = clip.load(dir, { tokenizer = has_tok })
         ref, js = ref_of(dir)
-        if not ref.pixel_values then ref, js = ref_of(dir .. "/0_CLIPModel") end
       end)
-      teardown(function() model:close() end)
+      teardown(function()
+        model:close()
+        if case.layout then H.rmtree(dir) end
+      end)
 
       it("embeds images (projection, pooled, hidden states)", function()
         local emb = model:encode_images(ref.pixel_values)
@@ -69,10 +73,20 @@ describe("model parity with PyTorch", function()
         end
       end)
 
-      if name == "tiny" or name == "tiny-legacy-eos" then
+      if has_tok then
         it("embeds a full 77-token sequence", function()
           local e = model:encode_texts(js.input_ids_long)
           H.assert_close(e, ref.text_embeds_long, { atol = ATOL, label = "text_embeds_long" })
+        end)
+      end
+
+      if name == "legacy-eos" then
+        it("is tiny with the legacy text config and preprocessor form", function()
+          local t = model.config.text_config
+          assert.same({ 0, 2, 1 }, { t.bos_token_id, t.eos_token_id, t.pad_token_id })
+          assert.equal("argmax", js.pooling)
+          local image = require "clip.image"
+          assert.same(image.processor(MODELS .. "tiny"):config(), image.processor(dir):config())
         end)
       end
 
@@ -105,6 +119,42 @@ describe("model loading", function()
     assert.equal("gelu", g.config.vision_config.hidden_act)
     assert.equal("F16", g:parameter_info()[1].dtype)
     g:close()
+  end)
+
+  it("tokenizes tiny's texts to the ids make_models.py recorded", function()
+    -- tiny's tokenizer is CLIP's vocabulary cut to its first 3582 merges, the
+    -- special tokens renumbered to 4094/4095 (spec/fixtures/make_models.py);
+    -- text_ids were computed by make_tokens.py's Python BPE over those files
+    local m <close> = clip.load(tiny)
+    local _, js = ref_of(tiny)
+    local t = m.config.text_config
+    assert.same({ 4096, 4094, 4095 }, { t.vocab_size, t.bos_token_id, t.eos_token_id })
+    assert.equal(t.vocab_size, m.tokenizer:vocab_size())
+    assert.equal(8, #js.texts)
+    assert.equal(#js.texts, #js.text_ids)
+    for i, text in ipairs(js.texts) do
+      assert.same(js.text_ids[i], m:tokenize(text), ("text %d %q"):format(i, text))
+    end
+    -- the full vocabulary gives the same tokens wherever its ids all lie below
+    -- the cut (special ids mapped), and other pieces for the rare words
+    local full <close> = require("clip.tokenizer").load(H.fixtures .. "tokenizer")
+    local same, differ = 0, 0
+    for i, text in ipairs(js.texts) do
+      local ids, below = full:encode(text), true
+      for k, id in ipairs(ids) do
+        if id == 49406 then ids[k] = 4094
+        elseif id == 49407 then ids[k] = 4095
+        elseif id >= 4094 then below = false end
+      end
+      if below then
+        assert.same(ids, js.text_ids[i], ("text %d %q"):format(i, text))
+        same = same + 1
+      else
+        assert.are_not.same(ids, js.text_ids[i])
+        differ = differ + 1
+      end
+    end
+    assert.is_true(same >= 4 and differ >= 2, same .. " same, " .. differ .. " differ")
   end)
 
   it("maps fp32 weights instead of copying them", function()
@@ -158,7 +208,7 @@ describe("model loading", function()
       return e
     end
     assert.matches("expected {n,3,32,32}", err(m.encode_images, m, clip.zeros({ 1, 3, 16, 16 })))
-    assert.matches("outside the vocabulary", err(m.encode_texts, m, { { 49406, 60000, 49407 } }))
+    assert.matches("token id 4096 .*outside the vocabulary of 4096", err(m.encode_texts, m, { { 4094, 4096, 4095 } }))
     assert.matches("exceed max_position_embeddings", err(m.encode_texts, m, { (function() local t = {} for i = 1, 78 do t[i] = 1 end return t end)() }))
     assert.matches("empty batch", err(m.encode_texts, m, {}))
     assert.matches("empty batch", err(m.encode_images, m, {}))
