@@ -35,6 +35,18 @@ local function load(set)
   return m
 end
 
+-- projections trainable, MNRL, the mnrl batch: after one backward, the value and a
+-- copy of the gradient of `name`; the gradients are zeroed again
+local function mnrl_once(name)
+  local m = load("projections")
+  local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
+  local b = make_batch("mnrl")
+  local v = loss:backward(b)
+  local g = m.core:grad(name):clone()
+  m:zero_grad()
+  return m, loss, b, v, g
+end
+
 describe("losses and gradients vs PyTorch autograd", function()
   for _, lname in ipairs({ "mnrl", "mnrl_sym", "clip", "triplet", "siglip" }) do
     for _, set in ipairs({ "projections", "all" }) do
@@ -99,12 +111,7 @@ describe("losses and gradients vs PyTorch autograd", function()
   end)
 
   it("caches frozen features: the same numbers as re-encoding, and fewer forwards", function()
-    local m = load("projections")
-    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local b = make_batch("mnrl")
-    local v1 = loss:backward(b)
-    local g1 = m.core:grad("visual_projection.weight"):clone()
-    m:zero_grad()
+    local m, loss, b, v1, g1 = mnrl_once("visual_projection.weight")
     local v2 = loss:backward(b) -- texts now come from the cache
     assert.equal(v1, v2)
     H.assert_close(m.core:grad("visual_projection.weight"), g1, { atol = 0 })
@@ -115,12 +122,7 @@ describe("losses and gradients vs PyTorch autograd", function()
   end)
 
   it("scales gradients for accumulation over micro-batches", function()
-    local m = load("projections")
-    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local b = make_batch("mnrl")
-    loss:backward(b)
-    local g = m.core:grad("text_projection.weight"):clone()
-    m:zero_grad()
+    local m, loss, b, _, g = mnrl_once("text_projection.weight")
     loss:backward(b, { scale = 0.5 })
     loss:backward(b, { scale = 0.5 })
     H.assert_close(m.core:grad("text_projection.weight"), g, { atol = 1e-6 })
