@@ -33,12 +33,15 @@ static double now(void) {
                      "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9));                     \
   }
 
+/* s = the sum of the ten accumulators (kept live, so the chains are not dropped) */
+#define SUM(T, ADD)                                                               \
+  T s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));        \
+  s = ADD(s, ADD(a8, a9));
+
 __attribute__((target("avx2,fma"))) static float run_avx2(long iters) {
   __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
   BODY(__m256, _mm256_fmadd_ps)
-  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                           _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-  s = _mm256_add_ps(s, _mm256_add_ps(a8, a9));
+  SUM(__m256, _mm256_add_ps)
   float o[8];
   _mm256_storeu_ps(o, s);
   return o[0];
@@ -47,9 +50,7 @@ __attribute__((target("avx2,fma"))) static float run_avx2(long iters) {
 __attribute__((target("avx512f"))) static float run_avx512(long iters) {
   __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
   BODY(__m512, _mm512_fmadd_ps)
-  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                           _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-  s = _mm512_add_ps(s, _mm512_add_ps(a8, a9));
+  SUM(__m512, _mm512_add_ps)
   return _mm512_reduce_add_ps(s);
 }
 

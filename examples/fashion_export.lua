@@ -5,11 +5,7 @@
 -- scripts a user runs on their own photos.
 --
 --   lua5.4 examples/fashion_export.lua [--out models/fashion-data] [--per-class N]
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 local clip = require "clip"
 local core = clip.core
 local fashion = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "fashion_classes.lua")

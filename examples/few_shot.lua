@@ -4,11 +4,7 @@
 -- photos/<class>/<image>: k images per class (chosen with --seed) are the
 -- examples; each class's prototype is the mean of their normalized
 -- embeddings; every other image is classified by its nearest prototype.
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 local clip = require "clip"
 local cli, progress = require "clip.cli", require "clip.progress"
 
@@ -17,12 +13,10 @@ local args = cli.parse(arg, {
   usage = "lua5.4 examples/few_shot.lua --model DIR --folder DIR [--k N] [--seed N]",
   description = "Few-shot classification: k examples per class, nearest class prototype.",
   options = {
-    { "model", "DIR", "CLIP model directory", required = true },
-    { "folder", "DIR", "labelled images: DIR/<class>/<image>", required = true },
+    "model", "folder",
     { "k", "N", "examples per class", type = "integer", default = 5 },
     { "seed", "N", "which examples are chosen", type = "integer", default = 0 },
-    { "batch-size", "N", "images per forward", type = "integer", default = 32 },
-    { "quiet", nil, "no progress output", type = "flag" },
+    "batch-size", "quiet",
   },
 })
 

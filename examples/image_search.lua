@@ -4,11 +4,7 @@
 --   lua5.4 examples/image_search.lua query  --model DIR --index photos.index --text "a dog on a beach"
 --   lua5.4 examples/image_search.lua query  --model DIR --index photos.index --image query.jpg
 --   lua5.4 examples/image_search.lua captions --model DIR --captions "a cat,a dog" photo.jpg
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 local clip = require "clip"
 local cli, progress = require "clip.cli", require "clip.progress"
 
@@ -19,16 +15,16 @@ local args = cli.parse(arg, {
     .. "query: the --k images closest to --text or --image in --index.\n"
     .. "captions: rank the --captions for an image, best first.",
   options = {
-    { "model", "DIR", "CLIP model directory", required = true },
+    "model",
     { "out", "DIR", "where index saves", default = "images.index" },
     { "index", "DIR", "the index query reads", default = "images.index" },
     { "text", "TEXT", "query text" },
     { "image", "PATH", "query image" },
     { "captions", "LIST", "candidate captions (comma-separated, repeatable)", type = "list" },
     { "k", "N", "results to show", type = "integer", default = 5 },
-    { "batch-size", "N", "images per forward", type = "integer", default = 32 },
+    "batch-size",
     { "skip-errors", nil, "leave out images that fail to decode", type = "flag" },
-    { "quiet", nil, "no progress output", type = "flag" },
+    "quiet",
   },
   positional = { "COMMAND [PATH...]", "index, query or captions, then folders or an image", min = 1 },
 })

@@ -3,11 +3,7 @@
 --   lua5.4 examples/linear_probe.lua --model DIR --folder photos/
 -- photos/<class>/<image> is split into train/valid/test (--split, --seed); the
 -- L2 strength is chosen on the validation split, the test accuracy reported.
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 local clip = require "clip"
 local cli, progress = require "clip.cli", require "clip.progress"
 
@@ -17,15 +13,13 @@ local args = cli.parse(arg, {
   description = "Linear probe: a softmax classifier trained on frozen CLIP image embeddings,\n"
     .. "with an L2 sweep on a validation split.",
   options = {
-    { "model", "DIR", "CLIP model directory", required = true },
-    { "folder", "DIR", "labelled images: DIR/<class>/<image>", required = true },
+    "model", "folder",
     { "split", "FRACTIONS", "train,valid,test fractions", type = "list", default = { "0.6", "0.2", "0.2" } },
     { "l2", "LIST", "L2 strengths to try", type = "list", default = { "0", "1e-4", "1e-3", "1e-2", "1e-1", "1" } },
     { "steps", "N", "optimizer steps (full batch)", type = "integer", default = 300 },
     { "lr", "LR", "AdamW learning rate", type = "number", default = 1e-2 },
     { "seed", "N", "split seed", type = "integer", default = 0 },
-    { "batch-size", "N", "images per forward", type = "integer", default = 32 },
-    { "quiet", nil, "no progress output", type = "flag" },
+    "batch-size", "quiet",
   },
 })
 

@@ -5,11 +5,7 @@
 --
 --   lua5.4 examples/train.lua --model models/clip-vit-large-patch14 --data pairs.csv
 --   lua5.4 examples/train.lua --help
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 
 local clip = require "clip"
 local cli = require "clip.cli"

@@ -2,11 +2,7 @@
 --
 --   lua5.4 examples/zero_shot.lua --model DIR --classes cat,dog photo1.jpg photo2.jpg
 --   lua5.4 examples/zero_shot.lua --model DIR --folder photos/     # photos/<class>/*.jpg: accuracy
-local root = (arg and arg[0] or ""):match("^(.-)examples/[^/]*$")
-if root and io.open(root .. "lua/clip/init.lua") then
-  package.path = package.path .. ";" .. root .. "lua/?.lua;" .. root .. "lua/?/init.lua"
-  package.cpath = package.cpath .. ";" .. root .. "build/?.so"
-end
+pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 local clip = require "clip"
 local cli, progress = require "clip.cli", require "clip.progress"
 
@@ -16,14 +12,14 @@ local args = cli.parse(arg, {
   description = "Classify images by comparing them with text prompts of each class (no training).\n"
     .. "With --folder (one sub-folder per class) it reports accuracy, per-class accuracy and the confusion matrix.",
   options = {
-    { "model", "DIR", "CLIP model directory", required = true },
+    "model",
     { "classes", "LIST", "class names (with --folder: names for the sub-folders, in sorted order)", type = "list" },
     { "folder", "DIR", "labelled images: DIR/<class>/<image>" },
     { "templates", "SET", "openai_imagenet (80), openai_imagenet_7, simple, @FILE (one a line), or one template with {}",
       default = "openai_imagenet" },
     { "top", "K", "classes shown per image", type = "integer", default = 3 },
     { "batch-size", "N", "images or prompts per forward", type = "integer", default = 32 },
-    { "quiet", nil, "no progress output", type = "flag" },
+    "quiet",
   },
   positional = { "IMAGE", "images to classify" },
 })

@@ -22,11 +22,7 @@ local function ls(pattern)
   return out
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = require("spec.support.files").write
 
 local LAYERS = { "kernels", "core", "capi", "lua" }
 

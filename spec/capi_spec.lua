@@ -6,24 +6,13 @@
 local clip = require "clip"
 local H = require "spec.helpers"
 
-local root = H.spec_dir .. "../"
 local MODEL = H.fixtures .. "models/tiny"
 local IMG1 = H.fixtures .. "images/natural.jpg"
 local IMG2 = H.fixtures .. "images/palette_trns.png"
 local TEXT1, TEXT2 = "a photo of a cat", "Two dogs, playing in the SNOW!"
 
-local function sh(cmd)
-  local p = io.popen("cd '" .. root .. "' && (" .. cmd .. ") 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return ok, out, code
-end
-
-local function must(cmd)
-  local ok, out = sh(cmd)
-  assert(ok, cmd .. " failed:\n" .. out)
-  return out
-end
+local shell = require "spec.support.shell"
+local sh, must = shell.sh, shell.must
 
 -- round a number to float32 (values are printed with %.9g, which identifies a float32)
 local function f32(x) return (string.unpack("f", string.pack("f", x))) end

@@ -7,11 +7,7 @@ local H = require "spec.helpers"
 
 local IMAGES = H.fixtures .. "images/"
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = require("spec.support.files").write
 
 local function rows_of(n)
   local rows = {}

@@ -10,18 +10,8 @@ local MODEL = H.fixtures .. "models/tiny"
 local IMAGE = H.fixtures .. "images/natural.jpg"
 local TEXT = "a photo of a cat"
 
-local function sh(cmd)
-  local p = io.popen("cd '" .. root .. "' && (" .. cmd .. ") 2>&1")
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return ok, out, code
-end
-
-local function must(cmd)
-  local ok, out = sh(cmd)
-  assert(ok, cmd .. " failed:\n" .. out)
-  return out
-end
+local shell = require "spec.support.shell"
+local sh, must = shell.sh, shell.must
 
 -- run a command with stdout and stderr apart
 local function run_split(cmd)

@@ -15,15 +15,8 @@ local FX = H.fixtures
 local IMG = FX .. "images/"
 local TINY = FX .. "models/tiny"
 
-local function write(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
-local function st_bytes(header, data)
-  return string.pack("<I8", #header) .. header .. (data or "")
-end
+local files = require "spec.support.files"
+local write, st_bytes = files.write, files.st_bytes
 
 local function sh(cmd)
   local ok = os.execute(cmd)

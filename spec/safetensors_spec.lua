@@ -2,16 +2,8 @@
 local clip = require "clip"
 local H = require "spec.helpers"
 
-local function write(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
-local function st_bytes(header, data)
-  local n = #header
-  return string.pack("<I8", n) .. header .. (data or "")
-end
+local files = require "spec.support.files"
+local write, st_bytes = files.write, files.st_bytes
 
 describe("safetensors", function()
   local dir

@@ -71,11 +71,7 @@ local function raises(pattern, f, ...)
   return err
 end
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = require("spec.support.files").write
 
 describe("clip.tokenizer", function()
   local tok, tok_oa

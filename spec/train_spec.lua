@@ -35,6 +35,18 @@ local function load(set)
   return m
 end
 
+-- projections trainable, MNRL, the mnrl batch: after one backward, the value and a
+-- copy of the gradient of `name`; the gradients are zeroed again
+local function mnrl_once(name)
+  local m = load("projections")
+  local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
+  local b = make_batch("mnrl")
+  local v = loss:backward(b)
+  local g = m.core:grad(name):clone()
+  m:zero_grad()
+  return m, loss, b, v, g
+end
+
 describe("losses and gradients vs PyTorch autograd", function()
   for _, lname in ipairs({ "mnrl", "mnrl_sym", "clip", "triplet", "siglip" }) do
     for _, set in ipairs({ "projections", "all" }) do
@@ -99,12 +111,7 @@ describe("losses and gradients vs PyTorch autograd", function()
   end)
 
   it("caches frozen features: the same numbers as re-encoding, and fewer forwards", function()
-    local m = load("projections")
-    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local b = make_batch("mnrl")
-    local v1 = loss:backward(b)
-    local g1 = m.core:grad("visual_projection.weight"):clone()
-    m:zero_grad()
+    local m, loss, b, v1, g1 = mnrl_once("visual_projection.weight")
     local v2 = loss:backward(b) -- texts now come from the cache
     assert.equal(v1, v2)
     H.assert_close(m.core:grad("visual_projection.weight"), g1, { atol = 0 })
@@ -115,12 +122,7 @@ describe("losses and gradients vs PyTorch autograd", function()
   end)
 
   it("scales gradients for accumulation over micro-batches", function()
-    local m = load("projections")
-    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local b = make_batch("mnrl")
-    loss:backward(b)
-    local g = m.core:grad("text_projection.weight"):clone()
-    m:zero_grad()
+    local m, loss, b, _, g = mnrl_once("text_projection.weight")
     loss:backward(b, { scale = 0.5 })
     loss:backward(b, { scale = 0.5 })
     H.assert_close(m.core:grad("text_projection.weight"), g, { atol = 1e-6 })
@@ -146,43 +148,43 @@ describe("optimizers vs torch.optim", function()
 
   local function projections() return { "visual_projection.weight", "text_projection.weight" } end
 
-  it("AdamW: two steps reproduce weights and moment buffers", function()
-    local cfg = js.optim.adamw
+  -- MNRL on the projections, n optimizer steps (the losses before them as in cfg);
+  -- after each step check(step, name, m, opt) for every projection
+  local function optim_steps(cfg, n, make_opt, check)
     local m = load("projections")
     local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local opt = clip.optim.AdamW(m, { lr = cfg.lr, betas = cfg.betas, eps = cfg.eps, weight_decay = cfg.weight_decay })
-    for step = 1, 2 do
+    local opt = make_opt(m)
+    for step = 1, n do
       local v = loss:backward(make_batch("mnrl"))
       assert.is_true(math.abs(v - cfg.loss[step]) < 1e-5, "loss before step " .. step)
       opt:step()
       opt:zero_grad()
-      for _, name in ipairs(projections()) do
-        local pre = ("adamw.step%d."):format(step)
-        local st = opt.state[name]
-        H.assert_close(m:param(name), opt_ref[pre .. name], { atol = 2e-6, label = pre .. name })
-        H.assert_close(st.exp_avg, opt_ref[pre .. "exp_avg." .. name], { atol = 1e-6, rtol = 1e-3, label = "exp_avg" })
-        H.assert_close(st.exp_avg_sq, opt_ref[pre .. "exp_avg_sq." .. name], { atol = 1e-8, rtol = 1e-3, label = "exp_avg_sq" })
-      end
+      for _, name in ipairs(projections()) do check(step, name, m, opt) end
     end
     m:close()
+  end
+
+  it("AdamW: two steps reproduce weights and moment buffers", function()
+    local cfg = js.optim.adamw
+    optim_steps(cfg, 2, function(m)
+      return clip.optim.AdamW(m, { lr = cfg.lr, betas = cfg.betas, eps = cfg.eps, weight_decay = cfg.weight_decay })
+    end, function(step, name, m, opt)
+      local pre = ("adamw.step%d."):format(step)
+      local st = opt.state[name]
+      H.assert_close(m:param(name), opt_ref[pre .. name], { atol = 2e-6, label = pre .. name })
+      H.assert_close(st.exp_avg, opt_ref[pre .. "exp_avg." .. name], { atol = 1e-6, rtol = 1e-3, label = "exp_avg" })
+      H.assert_close(st.exp_avg_sq, opt_ref[pre .. "exp_avg_sq." .. name], { atol = 1e-8, rtol = 1e-3, label = "exp_avg_sq" })
+    end)
   end)
 
   it("SGD with momentum: three steps", function()
     local cfg = js.optim.sgd
-    local m = load("projections")
-    local loss = clip.loss.MultipleNegativesRankingLoss(m, MOD)
-    local opt = clip.optim.SGD(m, { lr = cfg.lr, momentum = cfg.momentum })
-    for step = 1, 3 do
-      local v = loss:backward(make_batch("mnrl"))
-      assert.is_true(math.abs(v - cfg.loss[step]) < 1e-5, "loss before step " .. step)
-      opt:step()
-      opt:zero_grad()
-      for _, name in ipairs(projections()) do
-        local key = ("sgd.step%d.%s"):format(step, name)
-        if opt_ref[key] then H.assert_close(m:param(name), opt_ref[key], { atol = 2e-6, label = key }) end
-      end
-    end
-    m:close()
+    optim_steps(cfg, 3, function(m)
+      return clip.optim.SGD(m, { lr = cfg.lr, momentum = cfg.momentum })
+    end, function(step, name, m)
+      local key = ("sgd.step%d.%s"):format(step, name)
+      if opt_ref[key] then H.assert_close(m:param(name), opt_ref[key], { atol = 2e-6, label = key }) end
+    end)
   end)
 
   for _, which in ipairs({ "trainer_proj", "trainer_all" }) do

@@ -400,15 +400,16 @@ int ct_image_decode_mem_into(const uint8_t *buf, size_t n, const char *name, int
   }
 }
 
-int ct_image_decode_mem(const uint8_t *buf, size_t n, const char *name, ct_image *out,
-                        ct_err *e) {
-  int w, h;
+static void image_clear(ct_image *out) {
   out->w = out->h = 0;
   out->rgb = NULL;
-  if (ct_image_probe_mem(buf, n, name, &w, &h, e)) return -1;
-  uint8_t *rgb = malloc((size_t)w * h * 3);
-  if (!rgb) return ct_errf(e, "%s: out of memory for a %dx%d image", nm(name), w, h);
-  if (ct_image_decode_mem_into(buf, n, name, w, h, rgb, e)) {
+}
+
+/* The allocating twins of the _into functions end here: rgb (malloc'ed, w x h)
+ * becomes out when the call that filled it returned rc 0; otherwise it is freed
+ * and out stays empty. */
+static int image_adopt(ct_image *out, int w, int h, uint8_t *rgb, int rc) {
+  if (rc) {
     free(rgb);
     return -1;
   }
@@ -418,10 +419,19 @@ int ct_image_decode_mem(const uint8_t *buf, size_t n, const char *name, ct_image
   return 0;
 }
 
+int ct_image_decode_mem(const uint8_t *buf, size_t n, const char *name, ct_image *out,
+                        ct_err *e) {
+  int w, h;
+  image_clear(out);
+  if (ct_image_probe_mem(buf, n, name, &w, &h, e)) return -1;
+  uint8_t *rgb = malloc((size_t)w * h * 3);
+  if (!rgb) return ct_errf(e, "%s: out of memory for a %dx%d image", nm(name), w, h);
+  return image_adopt(out, w, h, rgb, ct_image_decode_mem_into(buf, n, name, w, h, rgb, e));
+}
+
 int ct_image_decode_file(const char *path, ct_image *out, ct_err *e) {
   size_t n = 0;
-  out->w = out->h = 0;
-  out->rgb = NULL;
+  image_clear(out);
   char *buf = ct_read_file(path, &n, CT_IMAGE_MAX_FILE, e);
   if (!buf) return -1;
   int r = ct_image_decode_mem((const uint8_t *)buf, n, path, out, e);
@@ -720,19 +730,11 @@ int ct_image_resize_into(const ct_image *in, int w, int h, int filter, uint8_t *
 }
 
 int ct_image_resize(const ct_image *in, int w, int h, int filter, ct_image *out, ct_err *e) {
-  out->w = out->h = 0;
-  out->rgb = NULL;
+  image_clear(out);
   if (check_size("resize", w, h, e)) return -1;
   uint8_t *rgb = malloc((size_t)w * h * 3);
   if (!rgb) return ct_errf(e, "resize: out of memory for %dx%d", w, h);
-  if (ct_image_resize_into(in, w, h, filter, rgb, e)) {
-    free(rgb);
-    return -1;
-  }
-  out->w = w;
-  out->h = h;
-  out->rgb = rgb;
-  return 0;
+  return image_adopt(out, w, h, rgb, ct_image_resize_into(in, w, h, filter, rgb, e));
 }
 
 int ct_image_resize_bicubic(const ct_image *in, int w, int h, ct_image *out, ct_err *e) {
@@ -756,19 +758,11 @@ int ct_image_center_crop_into(const ct_image *in, int w, int h, uint8_t *out, ct
 }
 
 int ct_image_center_crop(const ct_image *in, int w, int h, ct_image *out, ct_err *e) {
-  out->w = out->h = 0;
-  out->rgb = NULL;
+  image_clear(out);
   if (check_size("center_crop", w, h, e)) return -1;
   uint8_t *rgb = malloc((size_t)w * h * 3);
   if (!rgb) return ct_errf(e, "center_crop: out of memory for %dx%d", w, h);
-  if (ct_image_center_crop_into(in, w, h, rgb, e)) {
-    free(rgb);
-    return -1;
-  }
-  out->w = w;
-  out->h = h;
-  out->rgb = rgb;
-  return 0;
+  return image_adopt(out, w, h, rgb, ct_image_center_crop_into(in, w, h, rgb, e));
 }
 
 /* ========================================================= preprocessing */

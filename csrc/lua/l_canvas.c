@@ -139,6 +139,17 @@ static void check_rgb(lua_State *L, int idx, double rgb[3]) {
   for (int k = 0; k < 3; k++) rgb[k] = luaL_checknumber(L, idx + k);
 }
 
+/* The result of a PNG write: true, or nil and the message. */
+static int push_written(lua_State *L, int rc, const ct_err *e) {
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, e->msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_png_write(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer w = luaL_checkinteger(L, 2), h = luaL_checkinteger(L, 3);
@@ -150,13 +161,7 @@ static int l_png_write(lua_State *L) {
     return luaL_error(L, "png_write: %d bytes of RGB for %dx%d (expected %d)", (int)n, (int)w,
                       (int)h, (int)(w * h * 3));
   ct_err e;
-  if (png_write_rgb(path, (int)w, (int)h, (const unsigned char *)rgb, &e) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, e.msg);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_written(L, png_write_rgb(path, (int)w, (int)h, (const unsigned char *)rgb, &e), &e);
 }
 
 static int l_canvas(lua_State *L) {
@@ -231,13 +236,7 @@ static int m_write_png(lua_State *L) {
   canvas *c = check_canvas(L, 1);
   const char *path = luaL_checkstring(L, 2);
   ct_err e;
-  if (png_write_rgb(path, c->w, c->h, c->px, &e) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, e.msg);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_written(L, png_write_rgb(path, c->w, c->h, c->px, &e), &e);
 }
 
 static int m_tostring(lua_State *L) {

@@ -483,16 +483,6 @@ static int l_processor_load(lua_State *L) {
   return 1;
 }
 
-static void set_bool(lua_State *L, const char *k, int v) {
-  lua_pushboolean(L, v);
-  lua_setfield(L, -2, k);
-}
-
-static void set_int(lua_State *L, const char *k, lua_Integer v) {
-  lua_pushinteger(L, v);
-  lua_setfield(L, -2, k);
-}
-
 static void set_triple(lua_State *L, const char *k, const double *v) {
   lua_createtable(L, 3, 0);
   for (int i = 0; i < 3; i++) {
@@ -505,25 +495,24 @@ static void set_triple(lua_State *L, const char *k, const double *v) {
 static int proc_config(lua_State *L) {
   ct_preproc *p = check_proc(L, 1);
   lua_createtable(L, 0, 12);
-  set_bool(L, "do_convert_rgb", p->do_convert_rgb);
-  set_bool(L, "do_resize", p->do_resize);
-  set_bool(L, "do_center_crop", p->do_center_crop);
-  set_bool(L, "do_rescale", p->do_rescale);
-  set_bool(L, "do_normalize", p->do_normalize);
+  l_set_bool(L, "do_convert_rgb", p->do_convert_rgb);
+  l_set_bool(L, "do_resize", p->do_resize);
+  l_set_bool(L, "do_center_crop", p->do_center_crop);
+  l_set_bool(L, "do_rescale", p->do_rescale);
+  l_set_bool(L, "do_normalize", p->do_normalize);
   lua_createtable(L, 0, 2);
-  if (p->shortest_edge > 0) set_int(L, "shortest_edge", p->shortest_edge);
+  if (p->shortest_edge > 0) l_set_int(L, "shortest_edge", p->shortest_edge);
   else {
-    set_int(L, "height", p->size_h);
-    set_int(L, "width", p->size_w);
+    l_set_int(L, "height", p->size_h);
+    l_set_int(L, "width", p->size_w);
   }
   lua_setfield(L, -2, "size");
   lua_createtable(L, 0, 2);
-  set_int(L, "height", p->crop_h);
-  set_int(L, "width", p->crop_w);
+  l_set_int(L, "height", p->crop_h);
+  l_set_int(L, "width", p->crop_w);
   lua_setfield(L, -2, "crop_size");
-  set_int(L, "resample", p->resample);
-  lua_pushnumber(L, p->rescale_factor);
-  lua_setfield(L, -2, "rescale_factor");
+  l_set_int(L, "resample", p->resample);
+  l_set_num(L, "rescale_factor", p->rescale_factor);
   set_triple(L, "image_mean", p->mean);
   set_triple(L, "image_std", p->std);
   return 1;
@@ -540,23 +529,30 @@ static int proc_output_size(lua_State *L) {
   return 2;
 }
 
-static int proc_resize_crop(lua_State *L) {
+/* proc:method(image): the processor, the image and the size it comes out at */
+static ct_preproc *check_proc_image(lua_State *L, const ct_image **img, int *ow, int *oh) {
   ct_preproc *p = check_proc(L, 1);
-  const ct_image *img = arg_image(L, 2);
-  int ow, oh;
+  *img = arg_image(L, 2);
   ct_err e;
-  if (ct_preproc_output_size(p, img->w, img->h, &ow, &oh, &e)) raise_err(L, &e);
+  if (ct_preproc_output_size(p, (*img)->w, (*img)->h, ow, oh, &e)) raise_err(L, &e);
+  return p;
+}
+
+static int proc_resize_crop(lua_State *L) {
+  const ct_image *img;
+  int ow, oh;
+  ct_preproc *p = check_proc_image(L, &img, &ow, &oh);
+  ct_err e;
   l_image *out = image_push(L, ow, oh);
   if (ct_preproc_resize_crop_into(img, p, out->img.rgb, &e)) raise_err(L, &e);
   return 1;
 }
 
 static int proc_preprocess(lua_State *L) {
-  ct_preproc *p = check_proc(L, 1);
-  const ct_image *img = arg_image(L, 2);
+  const ct_image *img;
   int ow, oh;
+  ct_preproc *p = check_proc_image(L, &img, &ow, &oh);
   ct_err e;
-  if (ct_preproc_output_size(p, img->w, img->h, &ow, &oh, &e)) raise_err(L, &e);
   int64_t shape[3] = {3, oh, ow};
   l_tensor *t = l_tensor_new(L, 3, shape);
   if (ct_preprocess(img, p, t->data, &e)) raise_err(L, &e);

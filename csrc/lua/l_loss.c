@@ -15,8 +15,18 @@ static void check_emb(lua_State *L, l_tensor *t, int E, const char *what) {
   if (t->shape[0] == 0) luaL_error(L, "%s: empty batch", what);
 }
 
-static void check_finite(lua_State *L, double v, const char *what) {
-  if (!isfinite(v)) luaL_error(L, "%s: loss is not finite (NaN or Inf in the embeddings?)", what);
+/* Two embedding columns {n,E} with the same E. */
+static void check_pair(lua_State *L, l_tensor *a, l_tensor *b, const char *what) {
+  check_emb(L, a, -1, what);
+  check_emb(L, b, (int)a->shape[1], what);
+}
+
+/* Push a finite loss below the ngrads gradients already on the stack. */
+static void push_loss(lua_State *L, double loss, int ngrads, const char *what) {
+  if (!isfinite(loss))
+    luaL_error(L, "%s: loss is not finite (NaN or Inf in the embeddings?)", what);
+  lua_pushnumber(L, loss);
+  lua_insert(L, -1 - ngrads);
 }
 
 /* core.loss_mnrl(a {B,E}, b {M,E}, scale, symmetric) -> loss, da, db */
@@ -24,15 +34,12 @@ static int l_mnrl(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double scale = luaL_optnumber(L, 3, 20.0);
   int sym = lua_toboolean(L, 4);
-  check_emb(L, a, -1, "MultipleNegativesRankingLoss");
-  check_emb(L, b, (int)a->shape[1], "MultipleNegativesRankingLoss");
+  check_pair(L, a, b, "MultipleNegativesRankingLoss");
   int B = (int)a->shape[0], M = (int)b->shape[0], E = (int)a->shape[1];
   if (M < B) return luaL_error(L, "MultipleNegativesRankingLoss: %d candidates for %d anchors", M, B);
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
   double loss = ct_loss_mnrl(da->data, db->data, a->data, b->data, B, M, E, scale, sym);
-  check_finite(L, loss, "MultipleNegativesRankingLoss");
-  lua_pushnumber(L, loss);
-  lua_insert(L, -3);
+  push_loss(L, loss, 2, "MultipleNegativesRankingLoss");
   return 3;
 }
 
@@ -40,15 +47,12 @@ static int l_mnrl(lua_State *L) {
 static int l_clip(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double ls = luaL_checknumber(L, 3);
-  check_emb(L, a, -1, "CLIPLoss");
-  check_emb(L, b, (int)a->shape[1], "CLIPLoss");
+  check_pair(L, a, b, "CLIPLoss");
   if (a->shape[0] != b->shape[0]) return luaL_error(L, "CLIPLoss: %d images but %d texts", (int)a->shape[0], (int)b->shape[0]);
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
   double dls = 0;
   double loss = ct_loss_clip(da->data, db->data, &dls, a->data, b->data, (int)a->shape[0], (int)a->shape[1], ls);
-  check_finite(L, loss, "CLIPLoss");
-  lua_pushnumber(L, loss);
-  lua_insert(L, -3);
+  push_loss(L, loss, 2, "CLIPLoss");
   lua_pushnumber(L, dls);
   return 4;
 }
@@ -57,8 +61,7 @@ static int l_clip(lua_State *L) {
 static int l_triplet(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *p = l_checktensor(L, 2), *n = l_checktensor(L, 3);
   double margin = luaL_optnumber(L, 4, 5.0);
-  check_emb(L, a, -1, "TripletLoss");
-  check_emb(L, p, (int)a->shape[1], "TripletLoss");
+  check_pair(L, a, p, "TripletLoss");
   check_emb(L, n, (int)a->shape[1], "TripletLoss");
   if (p->shape[0] != a->shape[0] || n->shape[0] != a->shape[0])
     return luaL_error(L, "TripletLoss: columns differ in length");
@@ -66,9 +69,7 @@ static int l_triplet(lua_State *L) {
            *dn = l_tensor_new(L, 2, a->shape);
   double loss = ct_loss_triplet(da->data, dp->data, dn->data, a->data, p->data, n->data,
                                 (int)a->shape[0], (int)a->shape[1], margin);
-  check_finite(L, loss, "TripletLoss");
-  lua_pushnumber(L, loss);
-  lua_insert(L, -4);
+  push_loss(L, loss, 3, "TripletLoss");
   return 4;
 }
 
@@ -76,16 +77,13 @@ static int l_triplet(lua_State *L) {
 static int l_siglip(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double t = luaL_checknumber(L, 3), bias = luaL_checknumber(L, 4);
-  check_emb(L, a, -1, "SigLIPLoss");
-  check_emb(L, b, (int)a->shape[1], "SigLIPLoss");
+  check_pair(L, a, b, "SigLIPLoss");
   if (a->shape[0] != b->shape[0]) return luaL_error(L, "SigLIPLoss: columns differ in length");
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
   double dt = 0, dbias = 0;
   double loss = ct_loss_siglip(da->data, db->data, &dt, &dbias, a->data, b->data,
                                (int)a->shape[0], (int)a->shape[1], t, bias);
-  check_finite(L, loss, "SigLIPLoss");
-  lua_pushnumber(L, loss);
-  lua_insert(L, -3);
+  push_loss(L, loss, 2, "SigLIPLoss");
   lua_pushnumber(L, dt);
   lua_pushnumber(L, dbias);
   return 5;
@@ -108,9 +106,7 @@ static int l_xent(lua_State *L) {
   }
   l_tensor *d = l_tensor_new(L, 2, x->shape);
   double loss = ct_softmax_xent(d->data, x->data, lab, N, C);
-  check_finite(L, loss, "cross_entropy");
-  lua_pushnumber(L, loss);
-  lua_insert(L, -2);
+  push_loss(L, loss, 1, "cross_entropy");
   return 2;
 }
 

@@ -64,49 +64,57 @@ static int mc_is_closed(lua_State *L) {
   return 1;
 }
 
-static void set_str(lua_State *L, const char *k, const char *v) {
-  lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
-}
-static void set_int(lua_State *L, const char *k, lua_Integer v) {
-  lua_pushinteger(L, v);
-  lua_setfield(L, -2, k);
-}
-static void set_num(lua_State *L, const char *k, lua_Number v) {
-  lua_pushnumber(L, v);
-  lua_setfield(L, -2, k);
-}
-
 static void push_tower(lua_State *L, const ct_tower_cfg *t, int vision) {
   lua_newtable(L);
-  set_int(L, "hidden_size", t->hidden);
-  set_int(L, "intermediate_size", t->inter);
-  set_int(L, "num_attention_heads", t->heads);
-  set_int(L, "num_hidden_layers", t->layers);
-  set_str(L, "hidden_act", t->act_name);
-  set_num(L, "layer_norm_eps", t->eps);
+  l_set_int(L, "hidden_size", t->hidden);
+  l_set_int(L, "intermediate_size", t->inter);
+  l_set_int(L, "num_attention_heads", t->heads);
+  l_set_int(L, "num_hidden_layers", t->layers);
+  l_set_str(L, "hidden_act", t->act_name);
+  l_set_num(L, "layer_norm_eps", t->eps);
   if (vision) {
-    set_int(L, "image_size", t->image_size);
-    set_int(L, "patch_size", t->patch_size);
-    set_int(L, "num_channels", t->channels);
+    l_set_int(L, "image_size", t->image_size);
+    l_set_int(L, "patch_size", t->patch_size);
+    l_set_int(L, "num_channels", t->channels);
   } else {
-    set_int(L, "vocab_size", t->vocab);
-    set_int(L, "max_position_embeddings", t->max_pos);
-    set_int(L, "bos_token_id", t->bos);
-    set_int(L, "eos_token_id", t->eos);
-    set_int(L, "pad_token_id", t->pad);
+    l_set_int(L, "vocab_size", t->vocab);
+    l_set_int(L, "max_position_embeddings", t->max_pos);
+    l_set_int(L, "bos_token_id", t->bos);
+    l_set_int(L, "eos_token_id", t->eos);
+    l_set_int(L, "pad_token_id", t->pad);
   }
 }
 
 static void push_config(lua_State *L, const ct_config *c) {
   lua_newtable(L);
-  set_int(L, "projection_dim", c->projection_dim);
-  set_num(L, "logit_scale_init_value", c->logit_scale_init);
-  set_str(L, "model_type", "clip");
+  l_set_int(L, "projection_dim", c->projection_dim);
+  l_set_num(L, "logit_scale_init_value", c->logit_scale_init);
+  l_set_str(L, "model_type", "clip");
   push_tower(L, &c->text, 0);
   lua_setfield(L, -2, "text_config");
   push_tower(L, &c->vision, 1);
   lua_setfield(L, -2, "vision_config");
+}
+
+static void push_paths(lua_State *L, const ct_model_paths *p) {
+  lua_newtable(L);
+  l_set_str(L, "root", p->root);
+  l_set_str(L, "config", p->config);
+  l_set_str(L, "preprocessor", p->preprocessor);
+  l_set_str(L, "vocab", p->vocab);
+  l_set_str(L, "merges", p->merges);
+  l_set_str(L, "weights", p->weights);
+  l_set_bool(L, "sharded", p->sharded);
+  l_set_bool(L, "sentence_transformers", p->sentence_transformers);
+}
+
+/* {d1, d2, ...} */
+static void push_shape(lua_State *L, const int64_t *shape, int ndim) {
+  lua_createtable(L, ndim, 0);
+  for (int d = 0; d < ndim; d++) {
+    lua_pushinteger(L, shape[d]);
+    lua_rawseti(L, -2, d + 1);
+  }
 }
 
 static l_model *new_model(lua_State *L) {
@@ -126,17 +134,7 @@ static int l_model_load(lua_State *L) {
   l_pool_enter(L); /* a half model is packed while loading */
   if (ct_model_load_ex(dir, flags, &m->m, p, &e) != 0) return luaL_error(L, "%s", e.msg);
   m->live = 1;
-  lua_newtable(L);
-  set_str(L, "root", p->root);
-  set_str(L, "config", p->config);
-  set_str(L, "preprocessor", p->preprocessor);
-  set_str(L, "vocab", p->vocab);
-  set_str(L, "merges", p->merges);
-  set_str(L, "weights", p->weights);
-  lua_pushboolean(L, p->sharded);
-  lua_setfield(L, -2, "sharded");
-  lua_pushboolean(L, p->sentence_transformers);
-  lua_setfield(L, -2, "sentence_transformers");
+  push_paths(L, p);
   lua_remove(L, -2);
   return 2;
 }
@@ -147,17 +145,7 @@ static int l_model_find(lua_State *L) {
   ct_model_paths *p = lua_newuserdatauv(L, sizeof(ct_model_paths), 0);
   ct_err e;
   if (ct_model_find(dir, p, &e) != 0) return luaL_error(L, "%s", e.msg);
-  lua_newtable(L);
-  set_str(L, "root", p->root);
-  set_str(L, "config", p->config);
-  set_str(L, "preprocessor", p->preprocessor);
-  set_str(L, "vocab", p->vocab);
-  set_str(L, "merges", p->merges);
-  set_str(L, "weights", p->weights);
-  lua_pushboolean(L, p->sharded);
-  lua_setfield(L, -2, "sharded");
-  lua_pushboolean(L, p->sentence_transformers);
-  lua_setfield(L, -2, "sentence_transformers");
+  push_paths(L, p);
   return 1;
 }
 
@@ -199,13 +187,9 @@ static int l_config_layout(lua_State *L) {
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
     lua_createtable(L, 0, 3);
-    set_str(L, "name", ps[i].name);
-    set_int(L, "numel", ps[i].numel);
-    lua_createtable(L, ps[i].ndim, 0);
-    for (int d = 0; d < ps[i].ndim; d++) {
-      lua_pushinteger(L, ps[i].shape[d]);
-      lua_rawseti(L, -2, d + 1);
-    }
+    l_set_str(L, "name", ps[i].name);
+    l_set_int(L, "numel", ps[i].numel);
+    push_shape(L, ps[i].shape, ps[i].ndim);
     lua_setfield(L, -2, "shape");
     lua_rawseti(L, -2, i + 1);
   }
@@ -236,16 +220,11 @@ static int mc_param_info(lua_State *L) {
     still_open(L, m);
     const ct_param p = m->m.params[i]; /* a copy: the loop allocates (see still_open) */
     lua_createtable(L, 0, 4);
-    set_str(L, "name", p.name);
-    set_int(L, "numel", p.numel);
-    set_str(L, "dtype", ct_dtype_name((ct_dtype)p.dtype));
-    lua_pushboolean(L, !p.owned);
-    lua_setfield(L, -2, "mapped");
-    lua_createtable(L, p.ndim, 0);
-    for (int d = 0; d < p.ndim; d++) {
-      lua_pushinteger(L, p.shape[d]);
-      lua_rawseti(L, -2, d + 1);
-    }
+    l_set_str(L, "name", p.name);
+    l_set_int(L, "numel", p.numel);
+    l_set_str(L, "dtype", ct_dtype_name((ct_dtype)p.dtype));
+    l_set_bool(L, "mapped", !p.owned);
+    push_shape(L, p.shape, p.ndim);
     lua_setfield(L, -2, "shape");
     lua_rawseti(L, -2, i + 1);
   }
@@ -369,6 +348,22 @@ static void push_fwd_outputs(lua_State *L, const fwd_opts *f, int B, int T, int 
   }
 }
 
+/* Pixels {n,C,S,S} for the vision tower c. */
+static int pixels_fit(const ct_tower_cfg *c, const l_tensor *px) {
+  return px->ndim == 4 && px->shape[1] == c->channels && px->shape[2] == c->image_size &&
+         px->shape[3] == c->image_size;
+}
+
+/* Raise "<what>: ..." unless px is a non-empty pixel batch for c; returns n. */
+static int check_pixels(lua_State *L, const ct_tower_cfg *c, l_tensor *px, const char *what) {
+  char sb[128];
+  if (!pixels_fit(c, px))
+    luaL_error(L, "%s: pixel tensor has shape %s, expected {n,%d,%d,%d}", what,
+               l_shape_str(px, sb, sizeof sb), c->channels, c->image_size, c->image_size);
+  if (px->shape[0] == 0) luaL_error(L, "%s: empty batch", what);
+  return (int)px->shape[0];
+}
+
 /* m:encode_pixels(pixels {B,C,S,S} [, {pooled=, last_hidden=, capture_layer=}])
  * -> embeds {B,E}, extras table */
 static int mc_encode_pixels(lua_State *L) {
@@ -376,13 +371,7 @@ static int mc_encode_pixels(lua_State *L) {
   l_pool_enter(L);
   l_tensor *px = l_checktensor(L, 2);
   const ct_tower_cfg *c = &m->m.cfg.vision;
-  char sb[128];
-  if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
-      px->shape[3] != c->image_size)
-    return luaL_error(L, "encode_images: pixel tensor has shape %s, expected {n,%d,%d,%d}",
-                      l_shape_str(px, sb, sizeof sb), c->channels, c->image_size, c->image_size);
-  int B = (int)px->shape[0];
-  if (B == 0) return luaL_error(L, "encode_images: empty batch");
+  int B = check_pixels(L, c, px, "encode_images");
   for (int64_t i = 0; i < px->numel; i++) {
     float v = px->data[i];
     if (v != v || v - v != 0)
@@ -552,15 +541,11 @@ static int mc_trainable(lua_State *L) {
   ct_trainable t;
   ct_tower_trainable(&m->m, vision, &t);
   lua_newtable(L);
-  lua_pushboolean(L, t.emb);
-  lua_setfield(L, -2, "emb");
-  lua_pushboolean(L, t.post);
-  lua_setfield(L, -2, "post");
-  lua_pushboolean(L, t.proj);
-  lua_setfield(L, -2, "proj");
-  set_int(L, "first_layer", t.first_layer + 1);
-  lua_pushboolean(L, t.emb || t.post || t.first_layer < (vision ? m->m.cfg.vision.layers : m->m.cfg.text.layers));
-  lua_setfield(L, -2, "below_projection");
+  l_set_bool(L, "emb", t.emb);
+  l_set_bool(L, "post", t.post);
+  l_set_bool(L, "proj", t.proj);
+  l_set_int(L, "first_layer", t.first_layer + 1);
+  l_set_bool(L, "below_projection", t.emb || t.post || t.first_layer < (vision ? m->m.cfg.vision.layers : m->m.cfg.text.layers));
   return 1;
 }
 
@@ -574,18 +559,8 @@ static int mc_forward_train(lua_State *L) {
   l_tensor *px = l_totensor(L, 2);
   int vision = px != NULL, B, T = 0;
   const int32_t *ids = NULL;
-  if (vision) {
-    const ct_tower_cfg *c = &m->m.cfg.vision;
-    char sb[128];
-    if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
-        px->shape[3] != c->image_size)
-      return luaL_error(L, "forward: pixel tensor has shape %s, expected {n,%d,%d,%d}",
-                        l_shape_str(px, sb, sizeof sb), c->channels, c->image_size, c->image_size);
-    B = (int)px->shape[0];
-    if (B == 0) return luaL_error(L, "forward: empty batch");
-  } else {
-    ids = check_ids(L, m, 2, &B, &T);
-  }
+  if (vision) B = check_pixels(L, &m->m.cfg.vision, px, "forward");
+  else ids = check_ids(L, m, 2, &B, &T);
   int64_t se[2] = {B, m->m.cfg.projection_dim};
   l_tensor *emb = l_tensor_new(L, 2, se);
   ct_tape *t = lua_newuserdatauv(L, sizeof(ct_tape), 0);
@@ -663,8 +638,7 @@ static int mc_encode_ref(lua_State *L) {
   int64_t se[2] = {0, m->m.cfg.projection_dim};
   if (px) {
     const ct_tower_cfg *c = &m->m.cfg.vision;
-    if (px->ndim != 4 || px->shape[1] != c->channels || px->shape[2] != c->image_size ||
-        px->shape[3] != c->image_size || px->shape[0] < 1)
+    if (!pixels_fit(c, px) || px->shape[0] < 1)
       return luaL_error(L, "encode_ref: expected pixels {n,%d,%d,%d}", c->channels, c->image_size, c->image_size);
     se[0] = px->shape[0];
     l_tensor *o = l_tensor_new(L, 2, se);
@@ -694,28 +668,22 @@ static const luaL_Reg methods[] = {
     {"project", mc_project},       {"project_backward", mc_project_backward},
     {NULL, NULL}};
 
+static const luaL_Reg meta[] = {{"__gc", mc_gc}, {"__close", mc_close}, {NULL, NULL}};
+
+static const luaL_Reg funcs[] = {
+    {"model_load", l_model_load},     {"model_find", l_model_find},
+    {"model_new", l_model_new},       {"config_parse", l_config_parse},
+    {"config_layout", l_config_layout}, {NULL, NULL}};
+
 void l_model_open(lua_State *L) {
   luaL_newmetatable(L, TAPE_MT);
   lua_pushcfunction(L, tape_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   luaL_newmetatable(L, MODEL_MT);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
+  luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, mc_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, mc_close);
-  lua_setfield(L, -2, "__close");
+  luaL_setfuncs(L, meta, 0);
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_model_load);
-  lua_setfield(L, -2, "model_load");
-  lua_pushcfunction(L, l_model_find);
-  lua_setfield(L, -2, "model_find");
-  lua_pushcfunction(L, l_model_new);
-  lua_setfield(L, -2, "model_new");
-  lua_pushcfunction(L, l_config_parse);
-  lua_setfield(L, -2, "config_parse");
-  lua_pushcfunction(L, l_config_layout);
-  lua_setfield(L, -2, "config_layout");
+  luaL_setfuncs(L, funcs, 0);
 }

@@ -858,29 +858,18 @@ static const luaL_Reg funcs[] = {
     {"cosine_similarity", t_cosine}, {"from_bytes", t_from_bytes},
     {NULL, NULL}};
 
+static const luaL_Reg meta[] = {
+    {"__index", mm_index}, {"__newindex", mm_newindex}, {"__len", mm_len},
+    {"__tostring", mm_tostring}, {"__add", m_add},     {"__sub", m_sub},
+    {"__mul", m_mul},      {"__div", m_div},           {"__unm", m_unm},
+    {NULL, NULL}};
+
 void l_tensor_open(lua_State *L) {
   luaL_newmetatable(L, L_TENSOR_MT);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__methods");
-  lua_pushcfunction(L, mm_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, mm_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, mm_len);
-  lua_setfield(L, -2, "__len");
-  lua_pushcfunction(L, mm_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, m_add);
-  lua_setfield(L, -2, "__add");
-  lua_pushcfunction(L, m_sub);
-  lua_setfield(L, -2, "__sub");
-  lua_pushcfunction(L, m_mul);
-  lua_setfield(L, -2, "__mul");
-  lua_pushcfunction(L, m_div);
-  lua_setfield(L, -2, "__div");
-  lua_pushcfunction(L, m_unm);
-  lua_setfield(L, -2, "__unm");
+  luaL_setfuncs(L, meta, 0);
   lua_pushliteral(L, "clip.Tensor");
   lua_setfield(L, -2, "__name");
   lua_getfield(L, -1, "__methods");

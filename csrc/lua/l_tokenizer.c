@@ -35,10 +35,13 @@ typedef struct {
   void *p;
 } l_box;
 
-static int box_gc(lua_State *L) {
-  l_box *b = luaL_checkudata(L, 1, L_BOX_MT);
+static void box_free(l_box *b) {
   free(b->p);
   b->p = NULL;
+}
+
+static int box_gc(lua_State *L) {
+  box_free(luaL_checkudata(L, 1, L_BOX_MT));
   return 0;
 }
 
@@ -68,6 +71,33 @@ static const char *check_text(lua_State *L, int idx, size_t *len) {
   return lua_tolstring(L, idx, len);
 }
 
+/* The (self, text [, mode]) head of the text methods. With box, a box for the
+ * core's buffer is pushed, and the tokenizer checked again after it. */
+typedef struct {
+  const char *s;
+  size_t len;
+  int mode;
+} text_args;
+
+static ct_bpe *check_text_args(lua_State *L, text_args *a, l_box **box) {
+  ct_bpe *t = check_tok(L);
+  a->s = check_text(L, 2, &a->len);
+  a->mode = opt_mode(L, 3);
+  if (!box) return t;
+  *box = push_box(L);
+  return check_tok(L);
+}
+
+/* A string the core malloc'ed (NULL: the error in e), pushed and freed
+ * through the box. */
+static int push_boxed_string(lua_State *L, l_box *b, char *s, size_t len, const ct_err *e) {
+  if (!s) return luaL_error(L, "%s", e->msg);
+  b->p = s;
+  lua_pushlstring(L, s, len);
+  box_free(b);
+  return 1;
+}
+
 static void push_ids(lua_State *L, const int32_t *ids, size_t n) {
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
@@ -89,28 +119,22 @@ static int l_tokenizer_load(lua_State *L) {
 }
 
 static int t_encode(lua_State *L) {
-  ct_bpe *t = check_tok(L);
-  size_t len;
-  const char *s = check_text(L, 2, &len);
-  int mode = opt_mode(L, 3);
-  l_box *b = push_box(L);
-  t = check_tok(L);
+  text_args a;
+  l_box *b;
+  ct_bpe *t = check_text_args(L, &a, &b);
   int32_t *ids = NULL;
   size_t n = 0;
   ct_err e;
-  if (ct_bpe_encode(t, s, len, mode, &ids, &n, &e)) return luaL_error(L, "%s", e.msg);
+  if (ct_bpe_encode(t, a.s, a.len, a.mode, &ids, &n, &e)) return luaL_error(L, "%s", e.msg);
   b->p = ids;
   push_ids(L, ids, n);
-  free(b->p);
-  b->p = NULL;
+  box_free(b);
   return 1;
 }
 
 static int t_encode_ctx(lua_State *L) {
-  ct_bpe *t = check_tok(L);
-  size_t len;
-  const char *s = check_text(L, 2, &len);
-  int mode = opt_mode(L, 3);
+  text_args a;
+  ct_bpe *t = check_text_args(L, &a, NULL);
   lua_Integer ctx = luaL_optinteger(L, 4, 77);
   if (ctx < 2 || ctx > 1000000)
     return luaL_error(L, "tokenizer: context_length must be in [2, 1000000], got %d", (int)ctx);
@@ -118,7 +142,7 @@ static int t_encode_ctx(lua_State *L) {
   t = check_tok(L);
   int n = 0;
   ct_err e;
-  if (ct_bpe_encode_ctx(t, s, len, mode, (int)ctx, out, &n, &e)) return luaL_error(L, "%s", e.msg);
+  if (ct_bpe_encode_ctx(t, a.s, a.len, a.mode, (int)ctx, out, &n, &e)) return luaL_error(L, "%s", e.msg);
   push_ids(L, out, (size_t)n);
   return 1;
 }
@@ -145,30 +169,17 @@ static int t_decode(lua_State *L) {
   size_t len = 0;
   ct_err e;
   char *s = ct_bpe_decode_ex(t, ids, (size_t)n, skip, &len, &e);
-  if (!s) return luaL_error(L, "%s", e.msg);
-  b->p = s;
-  lua_pushlstring(L, s, len);
-  free(b->p);
-  b->p = NULL;
-  return 1;
+  return push_boxed_string(L, b, s, len, &e);
 }
 
 static int t_normalize(lua_State *L) {
-  ct_bpe *t = check_tok(L);
-  size_t len;
-  const char *s = check_text(L, 2, &len);
-  int mode = opt_mode(L, 3);
-  l_box *b = push_box(L);
-  t = check_tok(L);
+  text_args a;
+  l_box *b;
+  ct_bpe *t = check_text_args(L, &a, &b);
   size_t out_len = 0;
   ct_err e;
-  char *out = ct_bpe_normalize(t, s, len, mode, &out_len, &e);
-  if (!out) return luaL_error(L, "%s", e.msg);
-  b->p = out;
-  lua_pushlstring(L, out, out_len);
-  free(b->p);
-  b->p = NULL;
-  return 1;
+  char *out = ct_bpe_normalize(t, a.s, a.len, a.mode, &out_len, &e);
+  return push_boxed_string(L, b, out, out_len, &e);
 }
 
 /* pieces are gathered in C (the callback must not raise), then pushed */
@@ -198,15 +209,12 @@ static int gather_piece(const char *piece, size_t len, int32_t special, void *ud
 }
 
 static int t_pre_tokenize(lua_State *L) {
-  ct_bpe *t = check_tok(L);
-  size_t len;
-  const char *s = check_text(L, 2, &len);
-  int mode = opt_mode(L, 3);
-  l_box *b = push_box(L);
-  t = check_tok(L);
+  text_args a;
+  l_box *b;
+  ct_bpe *t = check_text_args(L, &a, &b);
   piece_list pl = {0};
   ct_err e;
-  int r = ct_bpe_pre_tokenize(t, s, len, mode, gather_piece, &pl, &e);
+  int r = ct_bpe_pre_tokenize(t, a.s, a.len, a.mode, gather_piece, &pl, &e);
   b->p = pl.buf;
   if (r == -2) return luaL_error(L, "tokenizer: out of memory");
   if (r) return luaL_error(L, "%s", e.msg);
@@ -219,8 +227,7 @@ static int t_pre_tokenize(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
     off += sizeof k + k;
   }
-  free(b->p);
-  b->p = NULL;
+  box_free(b);
   return 1;
 }
 
@@ -298,6 +305,9 @@ static const luaL_Reg t_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg t_meta[] = {
+    {"__gc", t_close}, {"__close", t_close}, {"__tostring", t_tostring}, {NULL, NULL}};
+
 void l_tokenizer_open(lua_State *L) {
   if (luaL_newmetatable(L, L_BOX_MT)) {
     lua_pushcfunction(L, box_gc);
@@ -307,12 +317,7 @@ void l_tokenizer_open(lua_State *L) {
   if (luaL_newmetatable(L, L_TOKENIZER_MT)) {
     luaL_newlib(L, t_methods);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, t_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, t_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, t_tostring);
-    lua_setfield(L, -2, "__tostring");
+    luaL_setfuncs(L, t_meta, 0);
   }
   lua_pop(L, 1);
   lua_pushcfunction(L, l_tokenizer_load);

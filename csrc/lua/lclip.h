@@ -1,4 +1,5 @@
-/* lclip.h - area openers called by luaopen_clip_core (lclip.c).
+/* lclip.h - area openers called by luaopen_clip_core (lclip.c), and the
+ * small helpers the areas share.
  * Each opener is called with the module table on top of the stack and adds
  * its functions and metatables to it; it leaves the stack as it found it. */
 #ifndef LCLIP_H
@@ -21,6 +22,24 @@ void l_canvas_open(lua_State *L);
 void l_ranking_open(lua_State *L);
 void l_dataset_open(lua_State *L);
 void l_pool_open(lua_State *L);
+
+/* t[k] = v for the table on top of the stack (the bindings' result tables). */
+static inline void l_set_int(lua_State *L, const char *k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+static inline void l_set_num(lua_State *L, const char *k, lua_Number v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+static inline void l_set_str(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+static inline void l_set_bool(lua_State *L, const char *k, int v) {
+  lua_pushboolean(L, v);
+  lua_setfield(L, -2, k);
+}
 
 /* Make the calling state's thread pool current (l_pool.c); call at the
  * start of every binding that runs heavy kernels. */

@@ -5,7 +5,7 @@
 --     usage = "lua5.4 examples/zero_shot.lua --model DIR --classes a,b,c IMAGE...",
 --     description = "Zero-shot classification with prompt ensembling.",
 --     options = {
---       { "model", "DIR", "model directory", required = true },
+--       "model", -- a common option, by name (M.common)
 --       { "batch-size", "N", "images per forward", type = "integer", default = 32 },
 --       { "classes", "LIST", "class names", type = "list" },
 --       { "quiet", nil, "print only the results", type = "flag" },
@@ -22,6 +22,24 @@
 -- parse returns nil, message instead of exiting (and nil, "help", text for
 -- --help).
 local M = {}
+
+--- Options that several scripts declare alike: an entry of spec.options may
+-- be one of these names instead of the option itself.
+M.common = {
+  model = { "model", "DIR", "CLIP model directory", required = true },
+  folder = { "folder", "DIR", "labelled images: DIR/<class>/<image>", required = true },
+  ["batch-size"] = { "batch-size", "N", "images per forward", type = "integer", default = 32 },
+  quiet = { "quiet", nil, "no progress output", type = "flag" },
+}
+
+-- spec.options with the names of common options replaced by the options
+local function options_of(spec)
+  local out = {}
+  for i, o in ipairs(spec.options or {}) do
+    out[i] = type(o) == "string" and (M.common[o] or error("clip.cli: no common option '" .. o .. "'", 3)) or o
+  end
+  return out
+end
 
 local function key_of(name) return (name:gsub("%-", "_")) end
 
@@ -45,8 +63,7 @@ function M.help(spec)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "options:"
-  local opts = {}
-  for _, o in ipairs(spec.options or {}) do opts[#opts + 1] = o end
+  local opts = options_of(spec)
   opts[#opts + 1] = { "help", nil, "show this help and exit", type = "flag" }
   for _, o in ipairs(opts) do
     local flag = "--" .. o[1] .. (o[2] and (" " .. o[2]) or "")
@@ -95,8 +112,9 @@ function M.parse(argv, spec, opts)
     io.stderr:write((spec.name or (argv and argv[0]) or "lua"), ": error: ", msg, "\n(try --help)\n")
     os.exit(2)
   end
+  local options = options_of(spec)
   local byname, out = {}, {}
-  for _, o in ipairs(spec.options or {}) do
+  for _, o in ipairs(options) do
     byname[o[1]] = o
     local k = key_of(o[1])
     if o.type == "list" then
@@ -154,7 +172,7 @@ function M.parse(argv, spec, opts)
     end
     i = i + 1
   end
-  for _, o in ipairs(spec.options or {}) do
+  for _, o in ipairs(options) do
     if o.required and not given[key_of(o[1])] then return fail("--" .. o[1] .. " is required") end
   end
   if spec.positional then

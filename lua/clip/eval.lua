@@ -547,6 +547,13 @@ end
 
 --- RecallEvaluator{images, texts, k = 1, name} (the seed's
 -- ImageTextRetrievalEvaluator): ev(model) -> { <name>_Recall@<k> = ... }
+-- the images and the texts of an evaluator, embedded by model
+local function embed_images_texts(self, model)
+  local e = M.embedder(model)
+  local eo = { batch_size = self.batch_size, progress = self.progress }
+  return e:images(self.images, eo), e:texts(self.texts, eo)
+end
+
 local Recall = evaluator({})
 function M.RecallEvaluator(o)
   if type(o.images) ~= "table" or #o.images == 0 then error("RecallEvaluator: images must be a non-empty list", 2) end
@@ -557,9 +564,7 @@ function M.RecallEvaluator(o)
     progress = o.progress }, Recall)
 end
 function Recall:metrics(model)
-  local e = M.embedder(model)
-  local eo = { batch_size = self.batch_size, progress = self.progress }
-  local s = core.cosine_similarity(e:images(self.images, eo), e:texts(self.texts, eo))
+  local s = core.cosine_similarity(embed_images_texts(self, model))
   return { [prefix_of(self.name) .. "Recall@" .. self.k] = (M.recall_at_k(s, self.k)) }
 end
 
@@ -573,10 +578,8 @@ function M.RetrievalEvaluator(o)
     batch_size = o.batch_size, progress = o.progress }, Retrieval)
 end
 function Retrieval:metrics(model)
-  local e = M.embedder(model)
-  local eo = { batch_size = self.batch_size, progress = self.progress }
-  local m = M.retrieval_metrics(e:images(self.images, eo), e:texts(self.texts, eo),
-    { ks = self.ks, text_image = self.text_image })
+  local im, tx = embed_images_texts(self, model)
+  local m = M.retrieval_metrics(im, tx, { ks = self.ks, text_image = self.text_image })
   local out, p = {}, prefix_of(self.name)
   for k, v in pairs(m) do out[p .. k] = v end
   return out

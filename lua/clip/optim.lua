@@ -49,22 +49,27 @@ local function sources_list(src)
   return src
 end
 
+-- An optimizer of this kind over source: self holds the kind's own settings,
+-- step its update.
+local function new_optimizer(kind, source, lr, self, step)
+  self.kind = kind
+  self.sources = sources_list(source)
+  self.params = collect(source)
+  self.lr = lr or 1e-3
+  self.initial_lr = self.lr
+  self.state = {}
+  self.step = step
+  return setmetatable(self, Optimizer)
+end
+
 --- AdamW(source, {lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 0.01})
 function M.AdamW(source, opts)
   opts = opts or {}
-  local self = setmetatable({
-    kind = "AdamW",
-    sources = sources_list(source),
-    params = collect(source),
-    lr = opts.lr or 1e-3,
+  return new_optimizer("AdamW", source, opts.lr, {
     betas = opts.betas or { 0.9, 0.999 },
     eps = opts.eps or 1e-8,
     weight_decay = opts.weight_decay == nil and 0.01 or opts.weight_decay,
-    state = {}, -- name -> {step, exp_avg, exp_avg_sq}
-  }, Optimizer)
-  self.initial_lr = self.lr
-  self.step = M._adamw_step
-  return self
+  }, M._adamw_step) -- state: name -> {step, exp_avg, exp_avg_sq}
 end
 
 function M._adamw_step(self)
@@ -89,19 +94,12 @@ end
 --- SGD(source, {lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0, nesterov = false})
 function M.SGD(source, opts)
   opts = opts or {}
-  local self = setmetatable({
-    kind = "SGD",
-    sources = sources_list(source),
-    params = collect(source),
-    lr = opts.lr or 1e-3,
+  return new_optimizer("SGD", source, opts.lr, {
     momentum = opts.momentum or 0,
     dampening = opts.dampening or 0,
     weight_decay = opts.weight_decay or 0,
     nesterov = opts.nesterov or false,
-    state = {},
-  }, Optimizer)
-  self.initial_lr = self.lr
-  self.step = function(s)
+  }, function(s)
     for _, p in ipairs(s.params) do
       if p.requires_grad then
         local g = p.grad
@@ -119,8 +117,7 @@ function M.SGD(source, opts)
         end
       end
     end
-  end
-  return self
+  end)
 end
 
 --- Optimizer state as tensors + a JSON-able table (for checkpoints).
