@@ -47,10 +47,20 @@ local function loss_params(loss)
   return nil
 end
 
+--- The names of the model's parameters that require gradients, in order.
+function M.trainable_names(model)
+  local out = {}
+  for _, it in ipairs(model:parameter_info()) do
+    if model.core:requires_grad(it.name) then out[#out + 1] = it.name end
+  end
+  return out
+end
+
 local function write_all(dir, st)
   assert(core.mkdir_p(dir))
   st.model:save(join(dir, "model"))
-  local state = { step = st.step or 0, extra = st.extra, data = st.data, rng = st.rng, format = "clip-checkpoint-1" }
+  local state = { step = st.step or 0, extra = st.extra, data = st.data, rng = st.rng, format = "clip-checkpoint-1",
+    trainable = M.trainable_names(st.model) }
   if st.optimizer then
     local tensors, meta = st.optimizer:state_dict()
     local ok, err = core.save_safetensors(join(dir, "optimizer.safetensors"), tensors)
@@ -169,6 +179,19 @@ function M.load(dir, st)
   end
   local cok, cerr = pcall(check_config, dir, st.model)
   if not cok then error(cerr, 2) end
+  if state.trainable then
+    local was, now = {}, {}
+    for _, n in ipairs(state.trainable) do was[n] = true end
+    for _, n in ipairs(M.trainable_names(st.model)) do
+      now[n] = true
+      if not was[n] then
+        error(("checkpoint %s was saved with '%s' frozen; it is trainable here"):format(dir, n), 2)
+      end
+    end
+    for _, n in ipairs(state.trainable) do
+      if not now[n] then error(("checkpoint %s was saved with '%s' trainable; it is frozen here"):format(dir, n), 2) end
+    end
+  end
   local opt_tensors
   if st.optimizer and state.optimizer then
     if state.optimizer.kind ~= st.optimizer.kind then

@@ -461,10 +461,18 @@ function Trainer:_write_csv()
 end
 
 --- Append a record to metrics.jsonl / metrics.csv (and trainer.records).
+-- (The record kept is the one read back from its JSON line - cJSON prints
+-- numbers with 15 significant digits when those read back within its
+-- tolerance - so that trainer.records, metrics.jsonl and metrics.csv agree,
+-- in a resumed run too.)
 function Trainer:log(rec)
+  local line = core.json_encode(rec)
+  local back = core.json_decode(line)
+  for k in pairs(rec) do rec[k] = nil end
+  for k, v in pairs(back) do rec[k] = v end
   self.records[#self.records + 1] = rec
   if self._log then
-    self._log:write(core.json_encode(rec), "\n")
+    self._log:write(line, "\n")
     self._log:flush()
     self:_write_csv()
   end
@@ -507,6 +515,53 @@ local function read_records(path, upto)
   end
   f:close()
   return recs
+end
+
+-- The losses' frozen-feature cache encodes each new image / text in the
+-- micro-batch where it first appears, and a tower's features depend (in the
+-- last bits) on the batch they were computed in. A resumed run therefore
+-- replays the forward passes of the batches before the checkpoint that filled
+-- the cache (epoch 1; every epoch with drop_last), so that it continues with
+-- the very features the straight run had.
+function Trainer:_replay_cache()
+  local loss, target = self.loss, self.state_resume
+  if type(loss.cache) ~= "table" then return end
+  if type(loss.clear_cache) == "function" then loss:clear_cache() end
+  local mc = self.model.core
+  if mc:trainable("vision").below_projection and mc:trainable("text").below_projection then return end
+  local function eval_forwards()
+    for _, name in ipairs(sorted_keys(self.eval_datasets)) do
+      for b in self.eval_datasets[name]:batches(self.eval_batch_size, { columns = self.columns }) do loss:forward(b) end
+    end
+  end
+  -- the eval datasets' items are all cached after the first evaluation, the
+  -- training items after epoch 1 (every epoch with drop_last)
+  local evaled = next(self.eval_datasets) == nil
+  if self.o.eval_on_start and not evaled then eval_forwards(); evaled = true end
+  local mpe = self:_micro_per_epoch()
+  local step, ep = 0, 1
+  while step < target.step do
+    local need_train = ep == 1 or self.drop_last
+    if not need_train and evaled then break end
+    local iter = self.train:batches(self.batch_size, { shuffle = self.shuffle, seed = self.seed + ep - 1,
+      columns = self.columns, drop_last = self.drop_last })
+    local consumed = 0
+    while consumed < mpe and step < target.step do
+      local count = math.min(self.accum, mpe - consumed)
+      for _ = 1, count do
+        local b = iter()
+        if need_train then loss:forward(b) end
+      end
+      step, consumed = step + 1, consumed + count
+      if not evaled and self:_eval_due(step, consumed >= mpe) then eval_forwards(); evaled = true end
+    end
+    ep = ep + 1
+  end
+end
+
+function Trainer:_eval_due(step, epoch_end)
+  return (self.eval_every == "epoch" and epoch_end)
+    or (math.type(self.eval_every) == "integer" and step % self.eval_every == 0)
 end
 
 --- Check everything, load the checkpoint when resuming and open the logs.
@@ -562,10 +617,11 @@ function Trainer:prepare()
     local step = checkpoint.load(from, { model = self.model, optimizer = self.optimizer, scheduler = self.schedule,
       loss = self.loss })
     s.step, s.epoch, s.consumed = step, d.epoch, d.consumed
-    s.run_sum, s.run_n, s.ep_sum, s.ep_n = x.run_sum or 0, x.run_n or 0, x.ep_sum or 0, x.ep_n or 0
-    s.best_value, s.best_step, s.bad_evals = x.best_value, x.best_step, x.bad_evals or 0
+    s.run_sum, s.run_n, s.ep_sum, s.ep_n = tonumber(x.run_sum) or 0, x.run_n or 0, tonumber(x.ep_sum) or 0, x.ep_n or 0
+    self.state_resume = s
+    s.best_value, s.best_step, s.bad_evals = tonumber(x.best_value), x.best_step, x.bad_evals or 0
     s.resumed_from = from
-    if type(self.loss.clear_cache) == "function" then self.loss:clear_cache() end
+    self:_replay_cache()
   end
   -- the output directory
   if self.out then
@@ -691,8 +747,10 @@ function Trainer:_save_checkpoint()
     data = { epoch = s.epoch, consumed = s.consumed, size = self.train:size(), batch_size = self.batch_size,
       grad_accumulation = self.accum, shuffle = self.shuffle, drop_last = self.drop_last },
     rng = { kind = "splitmix64", seed = self.seed, epoch_seed = self.seed + s.epoch - 1 },
-    extra = { run_sum = s.run_sum, run_n = s.run_n, ep_sum = s.ep_sum, ep_n = s.ep_n, best_value = s.best_value,
-      best_step = s.best_step, bad_evals = s.bad_evals, total_steps = s.total_steps, loss = self.loss_name },
+    -- sums as %.17g strings: cJSON's number printing is not exact
+    extra = { run_sum = ("%.17g"):format(s.run_sum), run_n = s.run_n, ep_sum = ("%.17g"):format(s.ep_sum),
+      ep_n = s.ep_n, best_value = s.best_value and ("%.17g"):format(s.best_value), best_step = s.best_step,
+      bad_evals = s.bad_evals, total_steps = s.total_steps, loss = self.loss_name },
   })
   if self.save_total_limit then
     local list = self:checkpoints()
@@ -798,8 +856,7 @@ function Trainer:fit()
       if epoch_end then
         s.epoch, s.consumed, s.ep_sum, s.ep_n = s.epoch + 1, 0, 0, 0
       end
-      local ev_now = (self.eval_every == "epoch" and epoch_end)
-        or (math.type(self.eval_every) == "integer" and s.step % self.eval_every == 0)
+      local ev_now = self:_eval_due(s.step, epoch_end)
       if ev_now then
         local m, r = self:evaluate({ train_loss = s.run_n > 0 and s.run_sum / s.run_n or nil,
           record = { epoch = epoch_end and ep or nil } })
