@@ -207,7 +207,7 @@ local function fail(msg) error("clip.Trainer: " .. msg, 0) end
 local function pos_int(o, k, default)
   local v = o[k]
   if v == nil then return default end
-  if math.type(v) ~= "integer" and not (type(v) == "number" and v == math.floor(v)) or v < 1 then
+  if type(v) ~= "number" or v ~= math.floor(v) or v < 1 then
     fail(("%s must be a positive integer, got %s"):format(k, tostring(v)))
   end
   return math.tointeger(v)
