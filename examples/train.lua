@@ -1,7 +1,9 @@
 -- examples/train.lua - fine-tune CLIP on (image, title, negative title) rows, the
--- seed notebook's workflow end to end: freeze, evaluate, train with
--- MultipleNegativesRankingLoss and the Hugging Face Trainer defaults, evaluate
--- every epoch and after, save the model, a metrics log and a chart.
+-- seed notebook's workflow end to end, as a command line over clip.Trainer:
+-- freeze, evaluate, train (MultipleNegativesRankingLoss by default, the Hugging
+-- Face Trainer defaults), evaluate every epoch (or --eval-every N steps) and
+-- after, save checkpoints (--resume continues the last one), the model, a
+-- metrics log and a chart.
 --
 --   lua5.4 examples/train.lua --model models/clip-vit-large-patch14 --data pairs.csv
 --   lua5.4 examples/train.lua --help
@@ -12,12 +14,12 @@ local cli = require "clip.cli"
 local data = require "clip.data"
 local eval = require "clip.eval"
 local progress = require "clip.progress"
-local chart = require "clip.chart"
+local Trainer = require "clip.trainer"
 
 local args = cli.parse(arg, {
   name = "train.lua",
   usage = "lua5.4 examples/train.lua --model DIR --data FILE [options]",
-  description = "Fine-tune a CLIP model on image/title pairs with MultipleNegativesRankingLoss.\n"
+  description = "Fine-tune a CLIP model on image/title pairs (clip.Trainer; MultipleNegativesRankingLoss by default).\n"
     .. "Splits: the files given with --valid/--test, else the data's split column, else --split.\n"
     .. "Negatives: the --neg-col column, or mined with --mine (within each split).",
   options = {
@@ -33,9 +35,19 @@ local args = cli.parse(arg, {
       default = { "0.7", "0.15", "0.15" } },
     { "mine", "HOW", "make the negatives: random, hardest or easiest (the seed's)", type = "choice",
       choices = { "random", "hardest", "easiest" } },
-    { "out", "DIR", "where the model, metrics.jsonl and chart.png go", default = "runs/clip-finetuned" },
+    { "out", "DIR", "where the model, checkpoints, metrics.jsonl/csv and chart.png go", default = "runs/clip-finetuned" },
+    { "loss", "NAME", "training loss: mnrl, mnsrl, clip, siglip, triplet or a clip.loss name", default = "mnrl" },
     { "epochs", "N", "training epochs", type = "integer", default = 2 },
+    { "max-steps", "N", "stop after N optimizer steps (overrides --epochs; 0: off)", type = "integer", default = 0 },
     { "batch-size", "N", "pairs per step", type = "integer", default = 16 },
+    { "grad-accumulation", "N", "micro-batches of --batch-size per optimizer step", type = "integer", default = 1 },
+    { "eval-every", "N", "evaluate every N steps, or 'epoch'", default = "epoch" },
+    { "save-every", "N", "checkpoint every N steps, 'epoch' or 'no' (default: as --eval-every)" },
+    { "save-total-limit", "N", "keep the last N checkpoints (0: all)", type = "integer", default = 1 },
+    { "resume", nil, "continue from the last checkpoint in --out", type = "flag" },
+    { "metric-for-best", "NAME", "keep OUT/best for the best value of this metric (e.g. valid_recall@1)" },
+    { "patience", "N", "early stopping: stop after N evaluations without improvement (needs --metric-for-best)",
+      type = "integer", default = 0 },
     { "lr", "LR", "peak learning rate (AdamW)", type = "number", default = 1e-4 },
     { "warmup", "STEPS", "linear warmup steps", type = "integer", default = 0 },
     { "warmup-ratio", "R", "warmup as a share of all steps (used when --warmup is 0)", type = "number", default = 0 },
@@ -163,174 +175,122 @@ for _, s in ipairs(SPLITS) do
   }
 end
 
-local function evaluate(which)
-  local out = {}
-  for _, s in ipairs(which or SPLITS) do
-    if evaluators[s] then
-      for k, v in pairs(evaluators[s].triplet(model)) do out[k] = v end
-      for k, v in pairs(evaluators[s].recall(model)) do out[k] = v end
-    end
-  end
-  return out
+local ok_l, loss_name = pcall(Trainer.resolve_loss, args.loss)
+if not ok_l then die(tostring(loss_name):gsub("^clip%.Trainer: ", "")) end
+local two_columns = loss_name == "CLIPLoss" or loss_name == "SigLIPLoss"
+local COLS = { anchor = args.image_col, positive = args.text_col, negative = not two_columns and NEG or nil }
+local MOD = { anchor = "image", positive = "text", negative = "text" }
+
+local function every(flag, v)
+  if v == nil or v == "epoch" or v == "no" then return v end
+  local n = math.tointeger(tonumber(v))
+  if not n or n < 1 then die(("--%s expects 'epoch' or a positive number of steps, got '%s'"):format(flag, v)) end
+  return n
 end
 
-local COLS = { anchor = args.image_col, positive = args.text_col, negative = NEG }
-local MOD = { modalities = { anchor = "image", positive = "text", negative = "text" } }
-local loss = clip.loss.MultipleNegativesRankingLoss(model, { scale = args.scale, modalities = MOD.modalities })
-
--- Texts go to the loss as token ids: clip.loss tokenizes strings only on its
--- frozen-tower path, so ids work for every freezing choice.
-local ids_of = {}
-local function tokenized(batch)
-  for _, col in ipairs({ "positive", "negative" }) do
-    local t = batch[col]
-    for i, s in ipairs(t) do
-      local ids = ids_of[s]
-      if not ids then ids = model:tokenize(s); ids_of[s] = ids end
-      t[i] = ids
-    end
-  end
-  return batch
-end
-
-local function eval_loss(ds)
-  local sum, n = 0, 0
-  for batch in ds:batches(args.batch_size, { columns = COLS }) do
-    tokenized(batch)
-    local b = #batch.anchor
-    sum, n = sum + loss:forward(batch) * b, n + b
-  end
-  return sum / n
-end
-
--- Logging ---------------------------------------------------------------------------
-
-local ok3, err = clip.core.mkdir_p(args.out)
-if not ok3 then die(err) end
-local log_path = args.out .. "/metrics.jsonl"
-local log = io.open(log_path, "w") or die(log_path .. ": cannot write")
-local records = {}
-local function record(r)
-  records[#records + 1] = r
-  log:write(clip.json.encode(r), "\n")
-  log:flush()
-end
-
-local before = evaluate()
-local rec0 = { type = "eval", step = 0, epoch = 0 }
-for k, v in pairs(before) do rec0[k] = v end
-record(rec0)
-if not quiet then
-  say("")
-  say("Before training:")
-  for _, s in ipairs(SPLITS) do
-    say("  %-5s  triplet accuracy %.4f   Recall@%d %.4f", s, before[s .. "_cosine_accuracy"], K,
-      before[s .. "_Recall@" .. K])
+local eval_splits = {}
+for _, s in ipairs({ "train", "valid" }) do
+  if evaluators[s] then
+    eval_splits[#eval_splits + 1] = evaluators[s].triplet
+    eval_splits[#eval_splits + 1] = evaluators[s].recall
   end
 end
+local all_evaluators = {}
+for _, s in ipairs(SPLITS) do
+  all_evaluators[#all_evaluators + 1] = evaluators[s].triplet
+  all_evaluators[#all_evaluators + 1] = evaluators[s].recall
+end
 
--- Training (the Hugging Face Trainer loop) ---------------------------------------------
-
-local train = splits.train
-local bs = args.batch_size
-local steps_per_epoch = train:num_batches(bs)
-local total_steps = steps_per_epoch * args.epochs
-local warmup = args.warmup > 0 and args.warmup or math.ceil(args.warmup_ratio * total_steps)
-local opt = clip.optim.AdamW(model, { lr = args.lr, weight_decay = args.weight_decay })
-local sched = clip.optim.LinearSchedule(opt, { warmup = warmup, total = total_steps })
-
-say("")
-say("Training: %d epochs x %d steps (batch %d, lr %g, warmup %d, weight decay %g, scale %g, seed %d)",
-  args.epochs, steps_per_epoch, bs, args.lr, warmup, args.weight_decay, args.scale, args.seed)
-local header = ("%5s  %13s  %15s  %s"):format("Epoch", "Training Loss", "Validation Loss",
-  table.concat((function()
-    local t = {}
-    for _, s in ipairs({ "train", "valid" }) do
-      if splits[s] then t[#t + 1] = ("%14s"):format(s .. " Recall@" .. K) end
-    end
-    return t
-  end)(), "  "))
-say("%s", header)
-
-local step = 0
-local t_start = progress.clock()
-for epoch = 1, args.epochs do
-  local bar = progress.new({ total = steps_per_epoch, label = ("epoch %d/%d"):format(epoch, args.epochs),
-    unit = "step", mode = quiet and "quiet" or (tty and "bar" or "lines") })
-  local ep_sum, ep_n = 0, 0
-  for batch in train:batches(bs, { shuffle = true, seed = args.seed + epoch - 1, columns = COLS }) do
-    step = step + 1
-    local lr = opt.lr
-    local v = loss:backward(tokenized(batch))
-    local gn = clip.optim.clip_grad_norm(opt, args.max_grad_norm)
-    opt:step()
-    sched:step()
-    opt:zero_grad()
-    ep_sum, ep_n = ep_sum + v, ep_n + 1
-    record({ type = "train", step = step, epoch = step / steps_per_epoch, loss = v, learning_rate = lr,
-      grad_norm = gn })
-    bar:advance(1, ("loss %.4f"):format(v))
-  end
-  local m = evaluate({ "train", "valid" })
-  local vloss = splits.valid and eval_loss(splits.valid) or nil
-  local r = { type = "eval", step = step, epoch = epoch, train_loss = ep_sum / ep_n, valid_loss = vloss }
-  for k, v in pairs(m) do r[k] = v end
-  record(r)
-  bar:finish(("epoch %d/%d: %d steps, loss %.4f%s, %.1fs"):format(epoch, args.epochs, ep_n, ep_sum / ep_n,
-    vloss and (", valid loss %.4f"):format(vloss) or "", progress.clock() - t_start))
+local trainer
+local per_epoch = args.eval_every == "epoch"
+local function table_row(_, m, rec)
+  if rec.final or rec.step == 0 or rec.train_loss == nil then return end
   local cells = {}
   for _, s in ipairs({ "train", "valid" }) do
     if splits[s] then cells[#cells + 1] = ("%14.4f"):format(m[s .. "_Recall@" .. K]) end
   end
-  say("%5d  %13.4f  %15s  %s", epoch, ep_sum / ep_n, vloss and ("%.6f"):format(vloss) or "-",
-    table.concat(cells, "  "))
+  say("%5d  %13.4f  %15s  %s", per_epoch and rec.epoch or rec.step, rec.train_loss,
+    m.valid_loss and ("%.6f"):format(m.valid_loss) or "-", table.concat(cells, "  "))
 end
 
-local after = evaluate()
-local recN = { type = "eval", step = step, epoch = args.epochs, final = true }
-for k, v in pairs(after) do recN[k] = v end
-record(recN)
-log:close()
+local ok_t, t = pcall(Trainer.new, {
+  model = model, loss = loss_name, loss_opts = { scale = args.scale, modalities = MOD },
+  train = splits.train, columns = COLS, eval = eval_splits,
+  eval_datasets = splits.valid and { valid = splits.valid } or nil,
+  epochs = args.epochs, max_steps = args.max_steps > 0 and args.max_steps or nil, batch_size = args.batch_size,
+  grad_accumulation = args.grad_accumulation, lr = args.lr, weight_decay = args.weight_decay,
+  warmup_steps = args.warmup, warmup_ratio = args.warmup_ratio, max_grad_norm = args.max_grad_norm,
+  seed = args.seed, eval_every = every("eval-every", args.eval_every),
+  save_every = every("save-every", args.save_every),
+  save_total_limit = args.save_total_limit > 0 and args.save_total_limit or nil,
+  out = args.out, resume = args.resume, format = args.format,
+  metric_for_best = args.metric_for_best,
+  early_stopping = args.patience > 0 and { patience = args.patience } or nil,
+  progress = quiet and "quiet" or "auto", chart = not args.no_chart,
+  chart_title = "fine-tuning " .. (args.model:gsub("/+$", ""):match("[^/]+$") or args.model),
+  on_eval = table_row,
+})
+if not ok_t then die(tostring(t):gsub("^clip%.Trainer: ", "")) end
+trainer = t
+local ok_p, perr = pcall(trainer.prepare, trainer)
+if not ok_p then die(tostring(perr):gsub("^clip%.Trainer: ", "")) end
+local log_path = args.out .. "/metrics.jsonl"
+
+-- Before training: evaluate every split (a resumed run reads the step-0 record)
+local before = {}
+if trainer.state.step == 0 then
+  before = trainer:evaluate({ eval = all_evaluators, losses = false })
+else
+  for _, r in ipairs(trainer.records) do
+    if r.type == "eval" and r.step == 0 then
+      for k, v in pairs(r) do if type(v) == "number" then before[k] = v end end
+      break
+    end
+  end
+  say("Resuming from %s (step %d)", trainer.state.resumed_from, trainer.state.step)
+end
+if not quiet then
+  say("")
+  say("Before training:")
+  for _, s in ipairs(SPLITS) do
+    local ta, ra = before[s .. "_cosine_accuracy"], before[s .. "_Recall@" .. K]
+    say("  %-5s  triplet accuracy %s   Recall@%d %s", s, ta and ("%.4f"):format(ta) or "-", K,
+      ra and ("%.4f"):format(ra) or "-")
+  end
+end
+
+-- Training (clip.Trainer: the Hugging Face Trainer loop) ------------------------------------
+
+local steps_per_epoch = trainer.state.steps_per_epoch
+say("")
+say("Training: %d epochs x %d steps (batch %d, lr %g, warmup %d, weight decay %g, scale %g, seed %d)",
+  args.epochs, steps_per_epoch, args.batch_size, args.lr, trainer.warmup, args.weight_decay, args.scale, args.seed)
+local header = ("%5s  %13s  %15s  %s"):format(per_epoch and "Epoch" or "Step", "Training Loss", "Validation Loss",
+  table.concat((function()
+    local tt = {}
+    for _, s in ipairs({ "train", "valid" }) do
+      if splits[s] then tt[#tt + 1] = ("%14s"):format(s .. " Recall@" .. K) end
+    end
+    return tt
+  end)(), "  "))
+say("%s", header)
+
+local ok_f, ferr = pcall(trainer.fit, trainer)
+if not ok_f then die(tostring(ferr):gsub("^clip%.Trainer: ", "")) end
+
+local after = trainer:evaluate({ eval = all_evaluators, losses = false, record = { final = true } })
+trainer:close()
 
 -- Save the model and the chart ----------------------------------------------------------
 
 local model_dir = args.out .. "/model"
-local ok4, e4 = pcall(model.save, model, model_dir, { format = args.format })
+local ok4, e4 = pcall(trainer.save_model, trainer, model_dir, { format = args.format })
 if not ok4 then die(e4) end
 
 local chart_path
 if not args.no_chart then
-  local loss_pts, vloss_pts, metric_series = {}, {}, {}
-  local order = {}
-  for _, r in ipairs(records) do
-    if r.type == "train" then loss_pts[#loss_pts + 1] = { r.step, r.loss } end
-    if r.type == "eval" and r.valid_loss then vloss_pts[#vloss_pts + 1] = { r.step, r.valid_loss } end
-    if r.type == "eval" then
-      for _, s in ipairs(SPLITS) do
-        for _, key in ipairs({ s .. "_Recall@" .. K, s .. "_cosine_accuracy" }) do
-          if r[key] then
-            if not metric_series[key] then metric_series[key] = {}; order[#order + 1] = key end
-            local pts = metric_series[key]
-            if not (r.final and pts[#pts] and pts[#pts][1] == r.step) then pts[#pts + 1] = { r.step, r[key] } end
-          end
-        end
-      end
-    end
-  end
-  local series = {}
-  for _, key in ipairs(order) do
-    series[#series + 1] = { name = key:gsub("_cosine_accuracy", " triplet acc"):gsub("_", " "), points = metric_series[key] }
-  end
-  local loss_series = { { name = "train loss", points = loss_pts } }
-  if #vloss_pts > 0 then loss_series[2] = { name = "valid loss", points = vloss_pts } end
   chart_path = args.out .. "/chart.png"
-  local ok5, e5 = pcall(chart.write, chart_path, {
-    title = "fine-tuning " .. (args.model:gsub("/+$", ""):match("[^/]+$") or args.model),
-    panels = {
-      { title = "loss", x_label = "step", series = loss_series },
-      { title = "metrics", x_label = "step", y_min = 0, y_max = 1, legend = "bottom", series = series },
-    },
-  })
+  local ok5, e5 = pcall(trainer.write_chart, trainer, chart_path)
   if not ok5 then die(e5) end
 end
 

@@ -144,6 +144,29 @@ describe("examples/train.lua", function()
     ok, _, err = run("lua5.4 examples/train.lua --model x --data y --epochs two", tmp)
     assert.is_false(ok)
     assert.matches("--epochs expects an integer, got 'two'", err, 1, true)
+    ok, _, err = run(("lua5.4 examples/train.lua --model %s --data %spairs.csv --out %s --loss nope")
+      :format(TINY, DATA, q(tmp .. "/nope")), tmp)
+    assert.is_false(ok)
+    assert.matches("unknown loss 'nope'; known: ", err, 1, true)
+    assert.is_false(clip.core.is_dir(tmp .. "/nope"))
+  end)
+
+  it("--resume continues the last checkpoint; --eval-every N evaluates by steps", function()
+    local out_dir = tmp .. "/run3"
+    local base = ("lua5.4 examples/train.lua --model %s --data %spairs.csv --out %s --batch-size 4 --quiet --no-chart ")
+      :format(TINY, DATA, q(out_dir))
+    local ok, _, err = run(base .. "--epochs 1 --eval-every 2", tmp)
+    assert.is_true(ok, err)
+    assert.is_true(clip.core.is_dir(out_dir .. "/checkpoints/step-2"))
+    ok, _, err = run(base .. "--epochs 2 --eval-every 2 --resume", tmp)
+    assert.is_true(ok, err)
+    local steps = {}
+    for _, l in ipairs(lines(H.read(out_dir .. "/metrics.jsonl"))) do
+      local r = clip.json.decode(l)
+      if r.type == "train" then steps[#steps + 1] = r.step end
+    end
+    assert.same({ 1, 2, 3, 4, 5, 6 }, steps) -- the first run's step 3 (after its checkpoint) was redone
+    assert.same({ "step-6" }, clip.core.listdir(out_dir .. "/checkpoints"))
   end)
 end)
 
