@@ -45,6 +45,28 @@ describe("clip.Trainer", function()
   before_each(function() tmp = H.tmpdir() end)
   after_each(function() os.execute("rm -rf '" .. tmp .. "'") end)
 
+  it("never deletes an earlier run in out unless told to (overwrite = true)", function()
+    local out = tmp .. "/run"
+    local first = clip.Trainer(opts(model(), { out = out, max_steps = 2, save_every = 1, eval_every = 1 }))
+    first:fit()
+    first:close()
+    local before = ls(out .. "/checkpoints")
+    local log = H.read(out .. "/metrics.jsonl")
+    assert.equal(2, #before)
+    local again = clip.Trainer(opts(model(), { out = out, max_steps = 1 }))
+    local ok, err = pcall(again.fit, again)
+    assert.is_false(ok)
+    assert.matches("holds an earlier run", err)
+    assert.matches("overwrite = true", err)
+    assert.same(before, ls(out .. "/checkpoints"))
+    assert.equal(log, H.read(out .. "/metrics.jsonl"))
+    local over = clip.Trainer(opts(model(), { out = out, max_steps = 1, save_every = 1, eval_every = 1,
+      overwrite = true }))
+    over:fit()
+    assert.same({ "step-1" }, ls(out .. "/checkpoints"))
+    assert.equal(2, #read_jsonl(out .. "/metrics.jsonl")) -- step 0 (before) and step 1
+  end)
+
   it("a run stopped after step 3 and resumed equals the straight 6-step run bit for bit", function()
     -- 10 rows, batch 2, accumulation 2: micro-batches 2+2+1 -> 3 steps per epoch, 6 in all,
     -- shuffled per epoch; checkpoint at step 2 (mid-epoch), interrupted at step 3

@@ -623,6 +623,16 @@ function Trainer:prepare()
     s.resumed_from = from
     self:_replay_cache()
   end
+  -- an earlier run's results are never deleted unasked
+  if self.out and not from and not self.o.overwrite then
+    for _, name in ipairs({ "checkpoints", "best", "metrics.jsonl" }) do
+      local p = join(self.out, name)
+      if core.is_dir(p) or core.is_file(p) then
+        fail(("%s holds an earlier run (%s): pass resume = true to continue it, or overwrite = true "
+          .. "to start over and delete it (CLI: --resume / --overwrite)"):format(self.out, p))
+      end
+    end
+  end
   -- the output directory
   if self.out then
     local ok, err = core.mkdir_p(self.out)
