@@ -91,7 +91,7 @@ step("linear probe on frozen image embeddings (L2 sweep on a validation split)",
     lua, root, sh(model), sh(data .. "/test"), q))
 
 step("fine-tune the projections on product titles that name the shade read off each image (half the negatives: same item, other shade)",
-  ("%s %sexamples/train.lua --model %s --data %s --out %s --epochs 4 --batch-size 16 --lr 2e-2%s"):format(
+  ("%s %sexamples/train.lua --model %s --data %s --out %s --overwrite --epochs 4 --batch-size 16 --lr 2e-2%s"):format(
     lua, root, sh(model), sh(data .. "/titles.csv"), sh(runs .. "/titles"), q))
 
 step("text search over the test images",
