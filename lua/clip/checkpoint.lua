@@ -6,7 +6,9 @@
 -- A checkpoint directory holds model/ (the Hugging Face layout, loadable by
 -- clip.load and PyTorch), optimizer.safetensors (AdamW moments / SGD momentum
 -- buffers) and trainer_state.json (step, learning rates, per-parameter step
--- counts, schedule position, hyper-parameters, your extra table). Every file
+-- counts, parameter groups, schedule position, hyper-parameters, your extra
+-- table). Checkpoints written before parameter groups load into one-group
+-- optimizers. Every file
 -- is written to a temporary name and renamed into place; trainer_state.json
 -- is written last, so a directory without it is an unfinished checkpoint.
 -- load() restores weights, optimizer and schedule in place.
@@ -31,8 +33,7 @@ function M.save(dir, st)
     state.optimizer = meta
   end
   if st.scheduler then
-    state.scheduler = { last_step = st.scheduler.last_step, base_lr = st.scheduler.base_lr,
-      warmup = st.scheduler.warmup, total = st.scheduler.total }
+    state.scheduler = st.scheduler:state_dict()
   end
   local ok, err = core.write_file(join(dir, "trainer_state.json"), core.json_encode(state, true) .. "\n")
   if not ok then error(err, 2) end
@@ -63,9 +64,7 @@ function M.load(dir, st)
     st.optimizer:load_state_dict(tensors, state.optimizer)
   end
   if st.scheduler and state.scheduler then
-    st.scheduler.last_step = state.scheduler.last_step
-    st.scheduler.base_lr = state.scheduler.base_lr or st.scheduler.base_lr
-    if st.optimizer then st.optimizer.lr = st.scheduler.base_lr * st.scheduler:factor(st.scheduler.last_step) end
+    st.scheduler:load_state_dict(state.scheduler)
   end
   return state.step, state.extra
 end
