@@ -315,6 +315,11 @@ describe("the Hugging Face Trainer's decay split", function()
     local opt = clip.optim.AdamW(clip.optim.param_groups(m, { weight_decay = 0.1 }))
     assert.equal(0, #opt.param_groups[2].params)
     opt:step() -- no gradients yet: nothing moves, nothing fails
+    -- zero_grad sets the model's gradients back to None, as AdamW(model) does
+    m.core:grad("text_projection.weight", true)
+    assert.is_not_nil(m:param("text_projection.weight") and m.core:grad("text_projection.weight"))
+    opt:zero_grad()
+    assert.is_nil(m.core:grad("text_projection.weight"))
     m:close()
   end)
 

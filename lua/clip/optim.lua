@@ -93,7 +93,11 @@ local function make_group(self, g, who)
   for k, v in pairs(self.defaults) do
     if group[k] == nil then group[k] = v end
   end
-  group.sources = sources_list(g.params)
+  local srcs = sources_list(g.params)
+  group.sources = type(srcs) == "table" and table.move(srcs, 1, #srcs, 1, {}) or srcs
+  -- models whose zero_grad (gradients back to None) clears this group's gradients
+  for _, m in ipairs(g.zero_grad_sources or {}) do group.sources[#group.sources + 1] = m end
+  group.zero_grad_sources = nil
   group.params = collect(g.params)
   check_number(who, "lr", group.lr, 0)
   check_number(who, "weight_decay", group.weight_decay, 0)
@@ -291,20 +295,27 @@ end
 -- which get 0. With trainable_only (the default, as the Trainer) only
 -- parameters with requires_grad are taken. Pass the result to AdamW / SGD:
 --   optim.AdamW(optim.param_groups(model, {weight_decay = 0.01}), {lr = 5e-5})
--- The groups are named "decay" and "no_decay"; either may be empty.
+-- The groups are named "decay" and "no_decay"; either may be empty. A model
+-- in source is kept in each group's zero_grad_sources, so opt:zero_grad()
+-- resets its gradients to None as for AdamW(model).
 function M.param_groups(source, opts)
   opts = opts or {}
   local wd = opts.weight_decay or 0
   local skip = opts.no_decay or M.no_decay
-  local decay, nodecay = {}, {}
+  local decay, nodecay, models = {}, {}, {}
+  -- opt:zero_grad() on these groups calls the models' zero_grad, as it does
+  -- for AdamW(model): gradients go back to None (torch's set_to_none)
+  for _, src in ipairs(sources_list(source)) do
+    if type(src) == "table" and src.core and src.zero_grad then models[#models + 1] = src end
+  end
   for _, p in ipairs(collect(source)) do
     if opts.trainable_only == false or p.requires_grad then
       if skip(p.name, p) then nodecay[#nodecay + 1] = p else decay[#decay + 1] = p end
     end
   end
   return {
-    { params = decay, weight_decay = wd, lr = opts.lr, name = "decay" },
-    { params = nodecay, weight_decay = 0.0, lr = opts.lr, name = "no_decay" },
+    { params = decay, weight_decay = wd, lr = opts.lr, name = "decay", zero_grad_sources = models },
+    { params = nodecay, weight_decay = 0.0, lr = opts.lr, name = "no_decay", zero_grad_sources = models },
   }
 end
 
