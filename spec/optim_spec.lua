@@ -334,3 +334,48 @@ describe("the Hugging Face Trainer's decay split", function()
     end
   end)
 end)
+
+describe("clip.checkpoint with parameter groups", function()
+  local function run(ckpt, from, to, opt_kind)
+    local m = clip.load(H.fixtures .. "models/tiny", { tokenizer = false })
+    m:train_only({ "projection", "post_layernorm" })
+    local opt = clip.optim.AdamW(clip.optim.param_groups(m, { weight_decay = 0.1 }), { lr = 1e-2 })
+    if opt_kind == "one" then opt = clip.optim.AdamW(m, { lr = 1e-2 }) end
+    local sched = clip.optim.LinearSchedule(opt, { warmup = 1, total = 5 })
+    if from > 1 then
+      assert.equal(from - 1, clip.checkpoint.load(ckpt, { model = m, optimizer = opt, scheduler = sched }))
+    end
+    for step = from, to do
+      for k, p in ipairs(m:parameters(true)) do
+        m.core:grad(p.name, true):fill(0.01 * k * (step % 3 + 1))
+      end
+      opt:step(); sched:step(); opt:zero_grad()
+    end
+    if ckpt and from == 1 then clip.checkpoint.save(ckpt, { model = m, optimizer = opt, scheduler = sched, step = to }) end
+    return m, opt
+  end
+
+  it("a two-group run saved at step 2 and resumed equals the straight 4-step run", function()
+    local tmp = H.tmpdir()
+    local straight, o1 = run(nil, 1, 4)
+    run(tmp .. "/ck", 1, 2)
+    local st = clip.json.decode(H.read(tmp .. "/ck/trainer_state.json"))
+    assert.equal(2, #st.optimizer.groups)
+    assert.same({ "vision_model.post_layernorm.weight", "vision_model.post_layernorm.bias" }, st.optimizer.groups[2].params)
+    assert.same({ 1e-2, 1e-2 }, st.scheduler.base_lrs)
+    local resumed, o2 = run(tmp .. "/ck", 3, 4)
+    for _, p in ipairs(straight:parameters(true)) do
+      H.assert_close(resumed:param(p.name), p.data, { atol = 0, label = "resumed " .. p.name })
+    end
+    assert.same(o1:get_lr(), o2:get_lr())
+    -- a two-group checkpoint does not load into a one-group optimizer
+    assert.has_error(function() run(tmp .. "/ck", 3, 3, "one") end)
+    -- a checkpoint written before groups (no groups, no base_lrs) loads into one group
+    st.optimizer.groups, st.scheduler.base_lrs = nil, nil
+    assert(clip.core.write_file(tmp .. "/ck/trainer_state.json", clip.json.encode(st)))
+    local _, o3 = run(tmp .. "/ck", 3, 3, "one")
+    assert.equal(1, #o3.param_groups)
+    straight:close(); resumed:close()
+    os.execute("rm -rf '" .. tmp .. "'")
+  end)
+end)
