@@ -45,6 +45,26 @@ describe("clip.Trainer", function()
   before_each(function() tmp = H.tmpdir() end)
   after_each(function() os.execute("rm -rf '" .. tmp .. "'") end)
 
+  it("builds transformers' default AdamW: no weight decay on biases and LayerNorm weights", function()
+    local m = model({ "text_model.encoder.layers.1", "projection" })
+    local t = clip.Trainer(opts(m, { weight_decay = 0.1 }))
+    local groups = t.optimizer.param_groups
+    assert.equal(2, #groups)
+    local wd = {}
+    for _, g in ipairs(groups) do
+      for _, p in ipairs(g.params) do wd[p.name] = g.weight_decay end
+    end
+    local L = "text_model.encoder.layers.1."
+    assert.equal(0.1, wd[L .. "self_attn.q_proj.weight"])
+    assert.equal(0.1, wd[L .. "mlp.fc1.weight"])
+    assert.equal(0.1, wd["text_projection.weight"])
+    assert.equal(0, wd[L .. "self_attn.q_proj.bias"])
+    assert.equal(0, wd[L .. "layer_norm1.weight"])
+    assert.equal(0, wd[L .. "layer_norm2.bias"])
+    assert.is_nil(wd["text_model.encoder.layers.0.mlp.fc1.weight"]) -- frozen: in no group
+    t:close()
+  end)
+
   it("never deletes an earlier run in out unless told to (overwrite = true)", function()
     local out = tmp .. "/run"
     local first = clip.Trainer(opts(model(), { out = out, max_steps = 2, save_every = 1, eval_every = 1 }))

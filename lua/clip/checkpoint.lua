@@ -9,8 +9,9 @@
 -- clip.load and PyTorch), optimizer.safetensors (AdamW moments / SGD momentum
 -- buffers), loss.safetensors (the loss's own parameters, SigLIP's temperature
 -- and bias, when it has any) and trainer_state.json (step, learning rates,
--- per-parameter step counts, schedule position, hyper-parameters, the data
+-- per-parameter step counts, parameter groups, schedule position, hyper-parameters, the data
 -- position and RNG state a trainer passes as `data` / `rng`, your extra table).
+-- Checkpoints written before parameter groups load into one-group optimizers.
 --
 -- Saving is atomic at the directory level: everything is written into
 -- "<dir>.tmp" (trainer_state.json last), which is then renamed to <dir>; a
@@ -72,8 +73,7 @@ local function write_all(dir, st)
     state.optimizer = meta
   end
   if st.scheduler then
-    state.scheduler = { last_step = st.scheduler.last_step, base_lr = st.scheduler.base_lr,
-      warmup = st.scheduler.warmup, total = st.scheduler.total }
+    state.scheduler = st.scheduler:state_dict()
   end
   local lp = loss_params(st.loss)
   if lp then
@@ -228,9 +228,7 @@ function M.load(dir, st)
     for _, p in ipairs(lp) do p.data:copy(lw[p.name]) end
   end
   if st.scheduler and state.scheduler then
-    st.scheduler.last_step = state.scheduler.last_step
-    st.scheduler.base_lr = state.scheduler.base_lr or st.scheduler.base_lr
-    if st.optimizer then st.optimizer.lr = st.scheduler.base_lr * st.scheduler:factor(st.scheduler.last_step) end
+    st.scheduler:load_state_dict(state.scheduler)
   end
   return state.step, state.extra, state
 end

@@ -3,14 +3,15 @@
 -- Two layers:
 --  * metric functions on embeddings or scores (Tensors), no model needed:
 --      triplet_accuracy, ranks, recall_at_k, retrieval_metrics,
---      classification_metrics, prototypes, nearest_prototype_scores,
---      linear_probe
+--      information_retrieval_metrics, classification_metrics, prototypes,
+--      nearest_prototype_scores, linear_probe
 --  * evaluator objects built from data, called with a model, returning a flat
 --    table of numbers (the keys prefixed with the evaluator's name):
 --      local ev = eval.TripletEvaluator{ anchors = imgs, positives = titles,
 --                                         negatives = negs, name = "train" }
 --      ev(model)  --> { train_cosine_accuracy = 0.962 }
 --    TripletEvaluator, RecallEvaluator, RetrievalEvaluator,
+--    InformationRetrievalEvaluator, ImageTextIREvaluator,
 --    ZeroShotEvaluator, FewShotEvaluator, SequentialEvaluator.
 --
 -- Definitions (sentence-transformers 3.3, open_clip, openai/CLIP):
@@ -646,6 +647,330 @@ function FewShot:compute(model)
   return r
 end
 function FewShot:metrics(model) return class_summary(self:compute(model), self.name, self.ks) end
+
+-- Information retrieval ------------------------------------------------------
+
+local IR_KS = {
+  accuracy_at_k = { 1, 3, 5, 10 }, precision_recall_at_k = { 1, 3, 5, 10 }, mrr_at_k = { 10 },
+  ndcg_at_k = { 10 }, map_at_k = { 100 },
+}
+
+local function ks_option(opts, key, who)
+  local v = opts[key]
+  if v == nil then return IR_KS[key] end
+  if type(v) == "number" then v = { v } end
+  if type(v) ~= "table" or #v == 0 then error(("%s: %s must be a non-empty list of k"):format(who, key), 3) end
+  for _, k in ipairs(v) do
+    if math.type(k) ~= "integer" or k < 1 then
+      error(("%s: %s holds %s; each k must be an integer >= 1"):format(who, key, tostring(k)), 3)
+    end
+  end
+  return v
+end
+
+local LOG2 = {}
+local function disc(r) -- 1 / log2(r + 1)
+  local d = LOG2[r]
+  if not d then
+    d = 1 / math.log(r + 1, 2)
+    LOG2[r] = d
+  end
+  return d
+end
+
+--- information_retrieval_metrics(scores {Q,C}, relevant [, opts]) -> metrics
+-- sentence-transformers' InformationRetrievalEvaluator on a score matrix.
+-- relevant[i]: the relevant columns (1-based) of row i, a list; rows with
+-- none are skipped (as sentence-transformers skips such queries). Each row is
+-- ranked by descending score, equal scores in column order, NaN last. opts:
+-- accuracy_at_k ({1,3,5,10}), precision_recall_at_k ({1,3,5,10}),
+-- mrr_at_k ({10}), ndcg_at_k ({10}), map_at_k ({100}), per_query (also return
+-- per_query[key] = the list of per-row values). Keys: accuracy@k,
+-- precision@k, recall@k, mrr@k, ndcg@k, map@k, means over the rows kept;
+-- queries (the number kept). Definitions, with hits(k) the relevant items in
+-- the top k and R the number of relevant items:
+--   accuracy@k = [hits(k) > 0]; precision@k = hits(k) / k (k even past the
+--   corpus size); recall@k = hits(k) / R; mrr@k = 1 / rank of the first
+--   relevant item if <= k, else 0; ndcg@k = DCG@k / IDCG@k with binary gains,
+--   DCG@k = sum over relevant items at rank r <= k of 1 / log2(r + 1), IDCG@k
+--   the same for min(R, k) relevant items at ranks 1..; map@k = sum over
+--   relevant items at rank r <= k of hits(r) / r, divided by min(k, R).
+function M.information_retrieval_metrics(scores, relevant, opts)
+  opts = opts or {}
+  local who = "information_retrieval_metrics"
+  if not is_tensor(scores) or scores:dim() ~= 2 then error(who .. ": expected scores {Q, C}", 2) end
+  local Q, C = scores:size(1), scores:size(2)
+  if type(relevant) ~= "table" or #relevant ~= Q then
+    error(("%s: relevant must be a list of %d lists (one per row)"):format(who, Q), 2)
+  end
+  if C == 0 then error(who .. ": empty corpus", 2) end
+  local ks = {}
+  for key in pairs(IR_KS) do ks[key] = ks_option(opts, key, who) end
+  local maxk = 0
+  for _, list in pairs(ks) do for _, k in ipairs(list) do maxk = math.max(maxk, k) end end
+  local kk = math.min(maxk, C)
+  local sums, per, kept = {}, {}, 0
+  local function add(key, v)
+    sums[key] = (sums[key] or 0) + v
+    if opts.per_query then
+      per[key] = per[key] or {}
+      per[key][#per[key] + 1] = v
+    end
+  end
+  local chunk = math.max(1, math.floor(4194304 / C))
+  for a = 1, Q, chunk do
+    local b = math.min(Q, a + chunk - 1)
+    local _, top = scores:rows(a, b):topk(kk)
+    for i = a, b do
+      local rel, R = {}, 0
+      for _, c in ipairs(relevant[i]) do
+        if math.type(c) ~= "integer" or c < 1 or c > C then
+          error(("%s: row %d lists relevant column %s, outside 1..%d"):format(who, i, tostring(c), C), 2)
+        end
+        if not rel[c] then rel[c], R = true, R + 1 end
+      end
+      if R > 0 then
+        kept = kept + 1
+        local row = top[i - a + 1]
+        local hits, first, dcg, ap = {}, nil, {}, {}
+        local h, d, s = 0, 0, 0
+        for r = 1, kk do
+          if rel[row[r]] then
+            h = h + 1
+            d = d + disc(r)
+            s = s + h / r
+            first = first or r
+          end
+          hits[r], dcg[r], ap[r] = h, d, s
+        end
+        local function at(t, k) return t[math.min(k, kk)] end
+        for _, k in ipairs(ks.accuracy_at_k) do add("accuracy@" .. k, at(hits, k) > 0 and 1 or 0) end
+        for _, k in ipairs(ks.precision_recall_at_k) do
+          add("precision@" .. k, at(hits, k) / k)
+          add("recall@" .. k, at(hits, k) / R)
+        end
+        for _, k in ipairs(ks.mrr_at_k) do add("mrr@" .. k, (first and first <= k) and 1 / first or 0) end
+        for _, k in ipairs(ks.ndcg_at_k) do
+          local ideal = 0
+          for r = 1, math.min(R, k) do ideal = ideal + disc(r) end
+          add("ndcg@" .. k, at(dcg, k) / ideal)
+        end
+        for _, k in ipairs(ks.map_at_k) do add("map@" .. k, at(ap, k) / math.min(k, R)) end
+      end
+    end
+  end
+  if kept == 0 then error(who .. ": no row has a relevant item", 2) end
+  local out = { queries = kept }
+  for key, v in pairs(sums) do out[key] = v / kept end
+  if opts.per_query then out.per_query = per end
+  return out
+end
+
+local function ir_keys(ks)
+  local out = {}
+  for _, k in ipairs(ks.accuracy_at_k) do out[#out + 1] = "accuracy@" .. k end
+  for _, k in ipairs(ks.precision_recall_at_k) do
+    out[#out + 1] = "precision@" .. k
+    out[#out + 1] = "recall@" .. k
+  end
+  for _, k in ipairs(ks.mrr_at_k) do out[#out + 1] = "mrr@" .. k end
+  for _, k in ipairs(ks.ndcg_at_k) do out[#out + 1] = "ndcg@" .. k end
+  for _, k in ipairs(ks.map_at_k) do out[#out + 1] = "map@" .. k end
+  return out
+end
+
+local function is_embeddings(x) return is_tensor(x) and x:dim() == 2 end
+
+-- the ids of relevant[qid]: a list of ids, or a set {[id] = true}
+local function id_list(r)
+  local out = {}
+  for k, v in pairs(r) do
+    if v == true then out[#out + 1] = k elseif math.type(k) == "integer" then out[#out + 1] = v end
+  end
+  return out
+end
+
+--- InformationRetrievalEvaluator{queries, corpus, relevant, query_ids,
+--   corpus_ids, name, score_function = "cosine", query_modality,
+--   corpus_modality, accuracy_at_k = {1,3,5,10},
+--   precision_recall_at_k = {1,3,5,10}, mrr_at_k = {10}, ndcg_at_k = {10},
+--   map_at_k = {100}, batch_size, progress}
+-- sentence-transformers' InformationRetrievalEvaluator. queries, corpus:
+-- lists of texts or images (image→text, text→image, text→text,
+-- image→image: the modality of each list as eval.modality, or forced with
+-- query_modality / corpus_modality = "image" | "text"), or {n, D} Tensors of
+-- precomputed embeddings. relevant[qid] = a list (or set) of corpus ids;
+-- the ids are query_ids[i] / corpus_ids[j] when given, else the 1-based
+-- positions. Queries without relevant items are skipped (sentence-
+-- transformers does the same); an unknown corpus id is an error.
+-- score_function: "cosine" or "dot".
+-- ev(model) -> { <name>_cosine_accuracy@1 = ..., <name>_cosine_precision@1,
+-- <name>_cosine_recall@1, ..., <name>_cosine_mrr@10, <name>_cosine_ndcg@10,
+-- <name>_cosine_map@100 } (no "<name>_" without a name);
+-- ev:evaluate_embeddings(query_emb, corpus_emb) -> the same from embeddings;
+-- ev:compute(model) -> information_retrieval_metrics' table (unprefixed,
+-- per_query included); ev.primary_metric = "<name>_cosine_ndcg@<max k>".
+local IR = evaluator({})
+function M.InformationRetrievalEvaluator(o)
+  local who = "InformationRetrievalEvaluator"
+  if type(o) ~= "table" then error(who .. ": expected a table of options", 2) end
+  for _, k in ipairs({ "queries", "corpus" }) do
+    local v = o[k]
+    if not is_tensor(v) and (type(v) ~= "table" or #v == 0) then
+      error(("%s: %s must be a non-empty list or an embeddings Tensor {n, D}"):format(who, k), 2)
+    end
+  end
+  if type(o.relevant) ~= "table" then error(who .. ": relevant must be a table {[query id] = {corpus id, ...}}", 2) end
+  local sf = o.score_function or "cosine"
+  if sf ~= "cosine" and sf ~= "dot" then error(who .. ": score_function must be \"cosine\" or \"dot\"", 2) end
+  for _, k in ipairs({ "query_modality", "corpus_modality" }) do
+    if o[k] ~= nil and o[k] ~= "image" and o[k] ~= "text" then error(who .. ": " .. k .. " must be \"image\" or \"text\"", 2) end
+  end
+  local nq = is_tensor(o.queries) and o.queries:size(1) or #o.queries
+  local nc = is_tensor(o.corpus) and o.corpus:size(1) or #o.corpus
+  local col = {}
+  if o.corpus_ids then
+    if #o.corpus_ids ~= nc then error(("%s: %d corpus_ids for %d corpus items"):format(who, #o.corpus_ids, nc), 2) end
+    for j, id in ipairs(o.corpus_ids) do
+      if col[id] then error(("%s: corpus id %s appears twice"):format(who, tostring(id)), 2) end
+      col[id] = j
+    end
+  else
+    for j = 1, nc do col[j] = j end
+  end
+  if o.query_ids and #o.query_ids ~= nq then
+    error(("%s: %d query_ids for %d queries"):format(who, #o.query_ids, nq), 2)
+  end
+  local rel, rows = {}, {}
+  for i = 1, nq do
+    local qid = o.query_ids and o.query_ids[i] or i
+    local r = o.relevant[qid]
+    local cols = {}
+    if r ~= nil then
+      if type(r) ~= "table" then r = { r } end
+      for _, id in ipairs(id_list(r)) do
+        local j = col[id]
+        if not j then error(("%s: query %s lists corpus id %s, not in the corpus"):format(who, tostring(qid), tostring(id)), 2) end
+        cols[#cols + 1] = j
+      end
+    end
+    if #cols > 0 then rows[#rows + 1], rel[#rel + 1] = i, cols end
+  end
+  if #rows == 0 then error(who .. ": no query has a relevant corpus item", 2) end
+  local self = setmetatable({ queries = o.queries, corpus = o.corpus, rows = rows, relevant = rel,
+    score_function = sf, name = o.name, query_modality = o.query_modality, corpus_modality = o.corpus_modality,
+    batch_size = o.batch_size, progress = o.progress, ks = {} }, IR)
+  for key in pairs(IR_KS) do self.ks[key] = ks_option(o, key, who) end
+  local nd = 0
+  for _, k in ipairs(self.ks.ndcg_at_k) do nd = math.max(nd, k) end
+  self.primary_metric = prefix_of(o.name) .. sf .. "_ndcg@" .. nd
+  return self
+end
+
+local function embed_side(model, items, modality, eo)
+  if is_embeddings(items) then return items end
+  if model == nil then error("InformationRetrievalEvaluator: a model is needed to embed the inputs", 4) end
+  local e = M.embedder(model)
+  modality = modality or M.modality(items)
+  if modality == "image" then return e:images(items, eo) end
+  return e:texts(items, eo)
+end
+
+--- The query and corpus embeddings (the given Tensors, or the model's).
+function IR:embed(model)
+  local eo = { batch_size = self.batch_size, progress = self.progress }
+  return embed_side(model, self.queries, self.query_modality, eo), embed_side(model, self.corpus, self.corpus_modality, eo)
+end
+
+function IR:compute_from_embeddings(q, c)
+  if not is_embeddings(q) or not is_embeddings(c) then
+    error("InformationRetrievalEvaluator: expected query and corpus embeddings {n, D}", 2)
+  end
+  local nq = is_tensor(self.queries) and self.queries:size(1) or #self.queries
+  local nc = is_tensor(self.corpus) and self.corpus:size(1) or #self.corpus
+  if q:size(1) ~= nq or c:size(1) ~= nc then
+    error(("InformationRetrievalEvaluator: %d query and %d corpus embeddings for %d queries and %d corpus items")
+      :format(q:size(1), c:size(1), nq, nc), 2)
+  end
+  if #self.rows < nq then
+    local keep = {}
+    for i, r in ipairs(self.rows) do keep[i] = q:rows(r) end
+    q = #keep == 1 and keep[1] or core.cat(keep)
+  end
+  local s
+  if self.score_function == "cosine" then s = core.cosine_similarity(q, c) else s = core.matmul(q, c, { transpose_b = true }) end
+  local opts = { per_query = true }
+  for k, v in pairs(self.ks) do opts[k] = v end
+  return M.information_retrieval_metrics(s, self.relevant, opts)
+end
+
+function IR:compute(model) return self:compute_from_embeddings(self:embed(model)) end
+
+local function ir_flat(self, r)
+  local out, p = {}, prefix_of(self.name) .. self.score_function .. "_"
+  for _, key in ipairs(ir_keys(self.ks)) do out[p .. key] = r[key] end
+  return out
+end
+
+function IR:evaluate_embeddings(q, c) return ir_flat(self, self:compute_from_embeddings(q, c)) end
+function IR:metrics(model) return ir_flat(self, self:compute(model)) end
+
+--- ImageTextIREvaluator{images, texts, text_image, name, ...}: the two
+-- directions of an image-caption set as InformationRetrievalEvaluators:
+-- image→text (each image's relevant items are its texts, several allowed)
+-- and text→image (one relevant image per text). text_image[t] = the image of
+-- text t (default: text i belongs to image i). images / texts: lists or
+-- embedding Tensors. Other options (k lists, score_function, batch_size,
+-- progress) go to both. ev(model) -> { <name>_image_to_text_cosine_ndcg@10,
+-- ..., <name>_text_to_image_cosine_ndcg@10, ... };
+-- ev:evaluate_embeddings(image_emb, text_emb) -> the same.
+local IRPair = evaluator({})
+function M.ImageTextIREvaluator(o)
+  local who = "ImageTextIREvaluator"
+  local ni = is_tensor(o.images) and o.images:size(1) or (type(o.images) == "table" and #o.images or 0)
+  local nt = is_tensor(o.texts) and o.texts:size(1) or (type(o.texts) == "table" and #o.texts or 0)
+  if ni == 0 or nt == 0 then error(who .. ": images and texts must be non-empty lists or embedding Tensors", 2) end
+  local t2i = o.text_image
+  if not t2i then
+    if ni ~= nt then error(("%s: %d images and %d texts; pass text_image"):format(who, ni, nt), 2) end
+    t2i = identity(nt)
+  end
+  if #t2i ~= nt then error(("%s: text_image has %d entries for %d texts"):format(who, #t2i, nt), 2) end
+  local i2t, rel_t = {}, {}
+  for t, i in ipairs(t2i) do
+    if math.type(i) ~= "integer" or i < 1 or i > ni then
+      error(("%s: text %d maps to image %s, outside 1..%d"):format(who, t, tostring(i), ni), 2)
+    end
+    i2t[i] = i2t[i] or {}
+    table.insert(i2t[i], t)
+    rel_t[t] = { i }
+  end
+  local p = prefix_of(o.name)
+  local function make(queries, corpus, relevant, qm, cm, dir)
+    local args = {}
+    for k, v in pairs(o) do args[k] = v end
+    args.images, args.texts, args.text_image = nil, nil, nil
+    args.queries, args.corpus, args.relevant = queries, corpus, relevant
+    args.query_modality, args.corpus_modality, args.name = qm, cm, p .. dir
+    return M.InformationRetrievalEvaluator(args)
+  end
+  return setmetatable({
+    image_to_text = make(o.images, o.texts, i2t, "image", "text", "image_to_text"),
+    text_to_image = make(o.texts, o.images, rel_t, "text", "image", "text_to_image"),
+  }, IRPair)
+end
+function IRPair:evaluate_embeddings(img, txt)
+  local out = self.image_to_text:evaluate_embeddings(img, txt)
+  for k, v in pairs(self.text_to_image:evaluate_embeddings(txt, img)) do out[k] = v end
+  return out
+end
+function IRPair:metrics(model)
+  local img = embed_side(model, self.image_to_text.queries, "image",
+    { batch_size = self.image_to_text.batch_size, progress = self.image_to_text.progress })
+  local txt = embed_side(model, self.image_to_text.corpus, "text",
+    { batch_size = self.image_to_text.batch_size, progress = self.image_to_text.progress })
+  return self:evaluate_embeddings(img, txt)
+end
 
 --- SequentialEvaluator{ev1, ev2, ...}: ev(model) -> the union of their metrics.
 local Seq = evaluator({})

@@ -88,11 +88,12 @@ end
 
 -- Optimizers and schedules ------------------------------------------------------
 
--- The default optimizer, in one place: transformers' Trainer's AdamW. When
--- clip.optim has parameter groups (weight decay 0 for biases and LayerNorm
--- weights, transformers' get_decay_parameter_names), build them here.
+-- The default optimizer, in one place: transformers' Trainer's AdamW, with
+-- weight decay 0 for biases and LayerNorm weights (get_decay_parameter_names;
+-- clip.optim.param_groups), over the trainable parameters only.
 local function default_optimizer(sources, o)
-  return optim.AdamW(sources, { lr = o.lr, betas = o.betas, eps = o.eps, weight_decay = o.weight_decay })
+  return optim.AdamW(optim.param_groups(sources, { weight_decay = o.weight_decay }),
+    { lr = o.lr, betas = o.betas, eps = o.eps })
 end
 
 local OPTIMIZERS = {
@@ -102,30 +103,11 @@ local OPTIMIZERS = {
   end,
 }
 
--- constant schedules, with the fields clip.checkpoint saves
-local ConstSched = {}
-ConstSched.__index = ConstSched
-function ConstSched:step()
-  self.last_step = self.last_step + 1
-  self.optimizer.lr = self.base_lr * self:factor(self.last_step)
-  return self.optimizer.lr
-end
-function ConstSched:factor(k)
-  if k < self.warmup then return k / math.max(1, self.warmup) end
-  return 1
-end
-local function constant_schedule(opt, o)
-  local s = setmetatable({ optimizer = opt, warmup = o.warmup or 0, total = o.total,
-    base_lr = opt.initial_lr or opt.lr, last_step = 0 }, ConstSched)
-  opt.lr = s.base_lr * s:factor(0)
-  return s
-end
-
 local SCHEDULES = {
   linear = optim.LinearSchedule,
   cosine = optim.CosineSchedule,
-  constant = function(opt, o) return constant_schedule(opt, { warmup = 0, total = o.total }) end,
-  constant_with_warmup = constant_schedule,
+  constant = function(opt, o) return optim.ConstantSchedule(opt, { warmup = 0, total = o.total }) end,
+  constant_with_warmup = optim.ConstantSchedule,
 }
 
 -- Helpers --------------------------------------------------------------------------
