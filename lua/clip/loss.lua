@@ -3,9 +3,12 @@
 -- A batch is a table of columns: { anchor = ..., positive = ..., negative = ... }
 -- (or a list of columns in order). A column is a list of texts (strings or
 -- token-id lists), a list of images (paths or clip.Image), or a preprocessed
--- {n,3,N,N} Tensor. A list of strings is taken as image paths when its first
--- item ends in .jpg/.jpeg/.png/.bmp/.gif/.webp, else as texts; say it
--- explicitly with opts.modalities = { anchor = "image", positive = "text" }.
+-- {n,3,N,N} Tensor. A column is images or texts because it is declared so:
+-- opts.modalities = { anchor = "image", positive = "text" } on the loss, or the
+-- column types of the Dataset the batch came from (Dataset:batches). Only an
+-- undeclared list column is detected, from every row: all existing image
+-- files (.jpg/.jpeg/.png/.bmp/.gif/.webp) or clip.Images -> images, none ->
+-- texts, a mix -> an error naming a row of each kind.
 --
 -- loss:backward(batch [, {scale = s}]) runs forward and backward and returns
 -- the loss as a number; gradients accumulate into the parameters that require
@@ -52,22 +55,80 @@ local function columns_of(batch)
   return cols, names
 end
 
-local function modality(col, name, opts)
+local function is_image_path(x)
+  local ext = x:match("%.(%w+)$")
+  return ext ~= nil and IMAGE_EXT[ext:lower()] == true and core.is_file(x)
+end
+
+local function show(x)
+  if type(x) == "string" then return ("%q"):format(#x > 60 and x:sub(1, 57) .. "..." or x) end
+  return type(x) == "table" and "an id list" or tostring(x)
+end
+
+-- The declared modality of a column: the loss's opts.modalities (by name, or
+-- by position for a list batch), else the column types of the dataset the
+-- batch came from (Dataset:batches sets them on the batch's metatable).
+local function declared(name, opts, batch)
   local m = opts.modalities
-  if m and (m[name] or m[tonumber(name)]) then return m[name] or m[tonumber(name)] end
-  if is_tensor(col) then return "image" end
+  local v = m and (m[name] or m[tonumber(name)])
+  if v == nil then
+    local mt = getmetatable(batch)
+    local bm = type(mt) == "table" and rawget(mt, "modalities")
+    v = type(bm) == "table" and bm[name] or nil
+  end
+  if v ~= nil and v ~= "image" and v ~= "text" then
+    error(("loss: modality of column '%s' is %s; expected \"image\" or \"text\""):format(name, show(v)), 5)
+  end
+  return v
+end
+
+-- The modality of a column. Declared: checked against the items (a declared
+-- image column's paths must exist; a caption is never read as a path in a
+-- text column). Not declared: every row is inspected; an item is an image
+-- when it is a clip.Image or an existing file with an image extension, text
+-- when it is an id list or any other string; a mix is an error.
+local function modality(col, name, opts, batch)
+  local want = declared(name, opts, batch)
+  if is_tensor(col) then
+    if want == "text" then error(("loss: column '%s' is declared text but holds a pixel Tensor"):format(name), 4) end
+    return "image"
+  end
   if type(col) ~= "table" or #col == 0 then
     error(("loss: column '%s' is empty or not a list"):format(name), 4)
   end
-  local x = col[1]
-  if type(x) == "userdata" then return "image" end
-  if type(x) == "table" then return "text" end -- id list
-  if type(x) == "string" then
-    local ext = x:match("%.(%w+)$")
-    if ext and IMAGE_EXT[ext:lower()] then return "image" end
+  if want == "image" then
+    for i, x in ipairs(col) do
+      if type(x) == "string" then
+        if not core.is_file(x) then error(("loss: column '%s' row %d: image '%s' not found"):format(name, i, x), 4) end
+      elseif type(x) ~= "userdata" then
+        error(("loss: column '%s' row %d: %s in an image column"):format(name, i, show(x)), 4)
+      end
+    end
+    return "image"
+  elseif want == "text" then
+    for i, x in ipairs(col) do
+      if type(x) ~= "string" and type(x) ~= "table" then
+        error(("loss: column '%s' row %d: %s in a text column"):format(name, i, show(x)), 4)
+      end
+    end
     return "text"
   end
-  error(("loss: column '%s' holds %s items"):format(name, type(x)), 4)
+  local img, txt
+  for i, x in ipairs(col) do
+    local t = type(x)
+    local is_img
+    if t == "userdata" then is_img = true
+    elseif t == "table" then is_img = false
+    elseif t == "string" then is_img = is_image_path(x)
+    else error(("loss: column '%s' row %d holds %s items"):format(name, i, t), 4) end
+    if is_img then img = img or i else txt = txt or i end
+    if img and txt then
+      error(("loss: column '%s' mixes images and texts: row %d %s is an image, row %d %s is not " ..
+        "(an existing image file, a clip.Image); declare it with opts.modalities = {%s = \"image\" or \"text\"}")
+        :format(name, img, show(col[img]), txt, show(col[txt]), name), 4)
+    end
+  end
+  return img and "image" or "text"
 end
 
 local function col_len(col) return is_tensor(col) and col:size(1) or #col end
@@ -178,7 +239,7 @@ function Loss:_columns(batch)
     if col_len(c) ~= n then
       error(("loss: column '%s' has %d items, column '%s' has %d"):format(names[i], col_len(c), names[1], n), 3)
     end
-    kinds[i] = modality(c, names[i], self.opts)
+    kinds[i] = modality(c, names[i], self.opts, batch)
   end
   return cols, names, kinds, n
 end
