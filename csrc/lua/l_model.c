@@ -592,6 +592,15 @@ static int mc_backward(lua_State *L) {
   return 0;
 }
 
+/* m:release_tape(tape) - give a tape's memory back to the model's scratch
+ * without running backward (GradCache's no-graph pass); idempotent */
+static int mc_release_tape(lua_State *L) {
+  l_model *m = check_model(L, 1);
+  ct_tape *t = luaL_checkudata(L, 2, TAPE_MT);
+  if (t->mem) ct_tape_release(&m->m, t);
+  return 0;
+}
+
 /* m:project(pooled {B,D}, "vision"|"text") -> embeds {B,E} */
 static int mc_project(lua_State *L) {
   l_model *m = check_model(L, 1);
@@ -666,6 +675,7 @@ static const luaL_Reg methods[] = {
     {"zero_grad", mc_zero_grad},   {"trainable", mc_trainable},
     {"forward_train", mc_forward_train}, {"backward", mc_backward},
     {"project", mc_project},       {"project_backward", mc_project_backward},
+    {"release_tape", mc_release_tape},
     {NULL, NULL}};
 
 static const luaL_Reg meta[] = {{"__gc", mc_gc}, {"__close", mc_close}, {NULL, NULL}};

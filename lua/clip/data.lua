@@ -302,10 +302,19 @@ function Dataset:batches(size, opts)
   local n = #order
   local nb = opts.drop_last and n // size or (n + size - 1) // size
   local b = 0
+  -- a typed dataset (image_columns known) tells the losses each column's
+  -- modality through the batch's metatable (no extra key in the batch)
+  local mt
+  if self.image_columns then
+    local img, mods = {}, {}
+    for _, c in ipairs(self.image_columns) do img[c] = true end
+    for out, c in pairs(cols) do mods[out] = img[c] and "image" or "text" end
+    mt = { __name = "clip.data.Batch", modalities = mods }
+  end
   return function()
     b = b + 1
     if b > nb then return nil end
-    local batch = {}
+    local batch = setmetatable({}, mt)
     for out in pairs(cols) do batch[out] = {} end
     for k = (b - 1) * size + 1, math.min(b * size, n) do
       local r = self.rows[order[k]]
@@ -532,7 +541,10 @@ end
 -- opts:
 --   columns      list of the columns to keep (an unknown one is an error)
 --   images       list of the columns holding image paths; nil = every column
---                whose first value ends in .jpg/.jpeg/.png
+--                whose values ALL end in .jpg/.jpeg/.png (detect_image_column;
+--                a column where only some do is an error: declare it)
+--   modalities   {column = "image" | "text"}: the same, said per column (no
+--                detection at all: undeclared columns are not images)
 --   base         directory image paths are relative to (default: the file's)
 --   check_images true (default): every image must exist (error otherwise)
 --   delimiter    for CSV/TSV
@@ -558,11 +570,21 @@ function M.load(path, opts)
     ds.columns = table.move(opts.columns, 1, #opts.columns, 1, {})
   end
   local images = opts.images
-  if images == nil then
+  if opts.modalities then
+    if images ~= nil then error("data.load: give images or modalities, not both", 2) end
     images = {}
-    local first = rows[1] or {}
     for _, c in ipairs(ds.columns) do
-      if M.is_image_path(first[c]) then images[#images + 1] = c end
+      local v = opts.modalities[c]
+      if v == "image" then images[#images + 1] = c
+      elseif v ~= nil and v ~= "text" then
+        error(("data.load: modality of column '%s' is %s; expected \"image\" or \"text\""):format(c, tostring(v)), 2)
+      end
+    end
+    for c in pairs(opts.modalities) do check_column(ds, c, 2) end
+  elseif images == nil then
+    images = {}
+    for _, c in ipairs(ds.columns) do
+      if M.detect_image_column(ds, c) then images[#images + 1] = c end
     end
   elseif type(images) == "string" then
     images = { images }
@@ -571,6 +593,28 @@ function M.load(path, opts)
   ds.image_columns = images
   M.resolve_images(ds, images, { base = ds.base, check = opts.check_images ~= false })
   return ds
+end
+
+--- detect_image_column(ds, column) -> true when every row's value is a path
+-- ending in .jpg/.jpeg/.png, false when none is; a mix is an error naming a
+-- row of each kind (declare the column with images = {...} or modalities).
+-- By name only (no file is opened): a missing file in an image column is then
+-- reported by load as not found, with the path it looked for.
+function M.detect_image_column(ds, c)
+  local img, other
+  for i, r in ipairs(ds.rows) do
+    if M.is_image_path(r[c]) then img = img or i else other = other or i end
+    if img and other then
+      local function where(k)
+        local r2 = ds.rows[k]
+        return ("row %d%s %q"):format(k, r2._line and (" (line " .. r2._line .. ")") or "", tostring(r2[c]))
+      end
+      error(("%s: column '%s' mixes image paths and other values: %s is an image path, %s is not; " ..
+        "say which with images = {...} or modalities = {%s = \"image\" | \"text\"}")
+        :format(ds.name or "dataset", c, where(img), where(other), c), 0)
+    end
+  end
+  return img ~= nil
 end
 
 --- resolve_images(ds, columns [, {base, check = true}]): rewrite the image

@@ -3,9 +3,12 @@
 -- A batch is a table of columns: { anchor = ..., positive = ..., negative = ... }
 -- (or a list of columns in order). A column is a list of texts (strings or
 -- token-id lists), a list of images (paths or clip.Image), or a preprocessed
--- {n,3,N,N} Tensor. A list of strings is taken as image paths when its first
--- item ends in .jpg/.jpeg/.png/.bmp/.gif/.webp, else as texts; say it
--- explicitly with opts.modalities = { anchor = "image", positive = "text" }.
+-- {n,3,N,N} Tensor. A column is images or texts because it is declared so:
+-- opts.modalities = { anchor = "image", positive = "text" } on the loss, or the
+-- column types of the Dataset the batch came from (Dataset:batches). Only an
+-- undeclared list column is detected, from every row: all existing image
+-- files (.jpg/.jpeg/.png/.bmp/.gif/.webp) or clip.Images -> images, none ->
+-- texts, a mix -> an error naming a row of each kind.
 --
 -- loss:backward(batch [, {scale = s}]) runs forward and backward and returns
 -- the loss as a number; gradients accumulate into the parameters that require
@@ -14,6 +17,14 @@
 -- Frozen-feature cache: when a tower is frozen below its projection, each
 -- image / text is encoded once and later steps reuse its pooled features
 -- (the same numbers as re-encoding); only the projection runs per step.
+--
+-- GradCache (opts.mini_batch_size = m, on any loss; the Cached* constructors
+-- default it to 32): backward embeds the batch m rows of one column at a time
+-- without keeping activations, computes the loss and d(loss)/d(embeddings) on
+-- the full batch, then re-runs each mini-batch's training forward and
+-- backpropagates its slice of those gradients, releasing each tape before the
+-- next. Loss and gradients equal the plain loss at the full batch (up to float
+-- summation order) while activation memory is that of m rows.
 local core = require "clip.core"
 
 local M = {}
@@ -44,24 +55,89 @@ local function columns_of(batch)
   return cols, names
 end
 
-local function modality(col, name, opts)
-  if opts.modalities and opts.modalities[name] then return opts.modalities[name] end
-  if is_tensor(col) then return "image" end
+local function is_image_path(x)
+  local ext = x:match("%.(%w+)$")
+  return ext ~= nil and IMAGE_EXT[ext:lower()] == true and core.is_file(x)
+end
+
+local function show(x)
+  if type(x) == "string" then return ("%q"):format(#x > 60 and x:sub(1, 57) .. "..." or x) end
+  return type(x) == "table" and "an id list" or tostring(x)
+end
+
+-- The declared modality of a column: the loss's opts.modalities (by name, or
+-- by position for a list batch), else the column types of the dataset the
+-- batch came from (Dataset:batches sets them on the batch's metatable).
+local function declared(name, opts, batch)
+  local m = opts.modalities
+  local v = m and (m[name] or m[tonumber(name)])
+  if v == nil then
+    local mt = getmetatable(batch)
+    local bm = type(mt) == "table" and rawget(mt, "modalities")
+    v = type(bm) == "table" and bm[name] or nil
+  end
+  if v ~= nil and v ~= "image" and v ~= "text" then
+    error(("loss: modality of column '%s' is %s; expected \"image\" or \"text\""):format(name, show(v)), 5)
+  end
+  return v
+end
+
+-- The modality of a column. Declared: checked against the items (a declared
+-- image column's paths must exist; a caption is never read as a path in a
+-- text column). Not declared: every row is inspected; an item is an image
+-- when it is a clip.Image or an existing file with an image extension, text
+-- when it is an id list or any other string; a mix is an error.
+local function modality(col, name, opts, batch)
+  local want = declared(name, opts, batch)
+  if is_tensor(col) then
+    if want == "text" then error(("loss: column '%s' is declared text but holds a pixel Tensor"):format(name), 4) end
+    return "image"
+  end
   if type(col) ~= "table" or #col == 0 then
     error(("loss: column '%s' is empty or not a list"):format(name), 4)
   end
-  local x = col[1]
-  if type(x) == "userdata" then return "image" end
-  if type(x) == "table" then return "text" end -- id list
-  if type(x) == "string" then
-    local ext = x:match("%.(%w+)$")
-    if ext and IMAGE_EXT[ext:lower()] then return "image" end
+  if want == "image" then
+    for i, x in ipairs(col) do
+      if type(x) == "string" then
+        if not core.is_file(x) then error(("loss: column '%s' row %d: image '%s' not found"):format(name, i, x), 4) end
+      elseif type(x) ~= "userdata" then
+        error(("loss: column '%s' row %d: %s in an image column"):format(name, i, show(x)), 4)
+      end
+    end
+    return "image"
+  elseif want == "text" then
+    for i, x in ipairs(col) do
+      if type(x) ~= "string" and type(x) ~= "table" then
+        error(("loss: column '%s' row %d: %s in a text column"):format(name, i, show(x)), 4)
+      end
+    end
     return "text"
   end
-  error(("loss: column '%s' holds %s items"):format(name, type(x)), 4)
+  local img, txt
+  for i, x in ipairs(col) do
+    local t = type(x)
+    local is_img
+    if t == "userdata" then is_img = true
+    elseif t == "table" then is_img = false
+    elseif t == "string" then is_img = is_image_path(x)
+    else error(("loss: column '%s' row %d holds %s items"):format(name, i, t), 4) end
+    if is_img then img = img or i else txt = txt or i end
+    if img and txt then
+      error(("loss: column '%s' mixes images and texts: row %d %s is an image, row %d %s is not " ..
+        "(an existing image file, a clip.Image); declare it with opts.modalities = {%s = \"image\" or \"text\"}")
+        :format(name, img, show(col[img]), txt, show(col[txt]), name), 4)
+    end
+  end
+  return img and "image" or "text"
 end
 
 local function col_len(col) return is_tensor(col) and col:size(1) or #col end
+
+-- rows lo..hi of a column (a Tensor view or a new list)
+local function slice(col, lo, hi)
+  if is_tensor(col) then return col:rows(lo, hi) end
+  return table.move(col, lo, hi, 1, {})
+end
 
 -- Base ------------------------------------------------------------------------
 
@@ -70,6 +146,10 @@ Loss.__index = Loss
 
 local function new(cls, model, opts)
   if type(model) ~= "table" or not model.core then error("loss: first argument must be a clip model", 3) end
+  local mbs = opts and opts.mini_batch_size
+  if mbs ~= nil and (math.type(mbs) ~= "integer" or mbs < 1) then
+    error("loss: mini_batch_size must be a positive integer", 3)
+  end
   local self = setmetatable({ model = model, opts = opts or {}, cache = { image = {}, text = {} } }, cls)
   return self
 end
@@ -106,7 +186,7 @@ function Loss:_encode(kind, items, want_grad)
       end
     end
     local emb, tape = mc:forward_train(input)
-    return emb, function(d) mc:backward(tape, d) end
+    return emb, function(d) mc:backward(tape, d) end, tape
   end
   -- frozen below the projection: pooled features, cached per item
   local pooled
@@ -147,20 +227,31 @@ function Loss:_encode(kind, items, want_grad)
   return emb, nil
 end
 
--- Embed every column; same-modality columns go through one forward.
-function Loss:_embed(batch, want_grad)
+-- The batch's columns, their names, modalities and common length (errors
+-- are raised at the level of the caller of forward / backward).
+function Loss:_columns(batch)
   local cols, names = columns_of(batch)
   if #cols == 0 then error("loss: empty batch", 3) end
   local n = col_len(cols[1])
   if n == 0 then error("loss: empty batch", 3) end
-  local kinds, groups = {}, { image = {}, text = {} }
+  local kinds = {}
   for i, c in ipairs(cols) do
     if col_len(c) ~= n then
       error(("loss: column '%s' has %d items, column '%s' has %d"):format(names[i], col_len(c), names[1], n), 3)
     end
-    kinds[i] = modality(c, names[i], self.opts)
-    table.insert(groups[kinds[i]], i)
+    kinds[i] = modality(c, names[i], self.opts, batch)
   end
+  return cols, names, kinds, n
+end
+
+-- Embed every column; same-modality columns go through one forward.
+function Loss:_embed(batch, want_grad)
+  return self:_embed_columns(want_grad, self:_columns(batch))
+end
+
+function Loss:_embed_columns(want_grad, cols, _, kinds, n)
+  local groups = { image = {}, text = {} }
+  for i = 1, #cols do table.insert(groups[kinds[i]], i) end
   local embeds, backs = {}, {}
   for kind, idx in pairs(groups) do
     if #idx > 0 then
@@ -199,16 +290,82 @@ local function run_backward(backs, dcols, scale)
   end
 end
 
+-- The mini-batch size when GradCache applies to a batch of n rows, else nil.
+function Loss:_mini_batch(n)
+  local m = self.opts.mini_batch_size
+  if m == nil then return nil end
+  if math.type(m) ~= "integer" or m < 1 then
+    error("loss: mini_batch_size must be a positive integer", 3)
+  end
+  return n > m and m or nil
+end
+
+-- GradCache's first pass: each column in mini-batches of m rows, no
+-- activations kept (a training tape is released at once; a frozen tower's
+-- projection backward, which holds only pooled features, is kept).
+function Loss:_embed_chunks(want_grad, cols, kinds, n, m)
+  local embeds, jobs, mc = {}, {}, self.model.core
+  for ci, col in ipairs(cols) do
+    local parts = {}
+    for lo = 1, n, m do
+      local hi = math.min(n, lo + m - 1)
+      local items = slice(col, lo, hi)
+      local emb, back, tape = self:_encode(kinds[ci], items, want_grad)
+      if tape then mc:release_tape(tape); back = nil end
+      parts[#parts + 1] = emb
+      jobs[#jobs + 1] = { ci = ci, lo = lo, hi = hi, items = items, emb = emb, back = back, rerun = tape ~= nil }
+    end
+    embeds[ci] = #parts == 1 and parts[1] or core.cat(parts)
+  end
+  return embeds, jobs
+end
+
 function Loss:forward(batch)
-  local embeds = self:_embed(batch, false)
+  local cols, names, kinds, n = self:_columns(batch)
+  local m = self:_mini_batch(n)
+  local embeds
+  if m then
+    embeds = self:_embed_chunks(false, cols, kinds, n, m)
+  else
+    embeds = self:_embed_columns(false, cols, names, kinds, n)
+  end
   return (self:_compute(embeds))
 end
 
 function Loss:backward(batch, opts)
-  local embeds, backs = self:_embed(batch, true)
-  local value, dcols, extra = self:_compute(embeds, true)
+  local cols, names, kinds, n = self:_columns(batch)
   local scale = opts and opts.scale or 1
+  local m = self:_mini_batch(n)
+  if m then return self:_backward_cached(cols, kinds, n, m, scale) end
+  local embeds, backs = self:_embed_columns(true, cols, names, kinds, n)
+  local value, dcols, extra = self:_compute(embeds, true)
   run_backward(backs, dcols, scale)
+  if extra then extra(scale) end
+  return value
+end
+
+-- GradCache: 1) embed every mini-batch without a graph; 2) loss and
+-- d(loss)/d(embeddings) at the full batch; 3) per mini-batch, the training
+-- forward again (the same code path on the same rows, so the same embeddings:
+-- self.rerun_exact records that they matched bit for bit) and backward of its
+-- slice of the gradient, the tape released before the next mini-batch.
+function Loss:_backward_cached(cols, kinds, n, m, scale)
+  local embeds, jobs = self:_embed_chunks(true, cols, kinds, n, m)
+  local value, dcols, extra = self:_compute(embeds, true)
+  local exact = true
+  for k, job in ipairs(jobs) do
+    local d = dcols[job.ci]:rows(job.lo, job.hi)
+    if scale ~= 1 then d = d * scale end
+    local back = job.back
+    if job.rerun then
+      local emb
+      emb, back = self:_encode(kinds[job.ci], job.items, true)
+      if emb:bytes() ~= job.emb:bytes() then exact = false end
+    end
+    if back then back(d) end
+    jobs[k] = nil
+  end
+  self.rerun_exact = exact
   if extra then extra(scale) end
   return value
 end
@@ -308,6 +465,28 @@ function SIG:_compute(e, grad)
     end
   end
 end
+
+-- GradCache variants: the same loss with mini_batch_size defaulting to 32
+-- (sentence-transformers' CachedMultipleNegativesRankingLoss default).
+local function cached(name, base, ctor)
+  local c = setmetatable({}, { __index = base })
+  c.__index = c
+  c.__name = "clip.loss." .. name
+  M[name] = function(model, opts)
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    if o.mini_batch_size == nil then o.mini_batch_size = 32 end
+    local self = ctor(model, o)
+    return setmetatable(self, c)
+  end
+end
+
+--- CachedMultipleNegativesRankingLoss(model, {scale = 20, mini_batch_size = 32})
+cached("CachedMultipleNegativesRankingLoss", MNRL, M.MultipleNegativesRankingLoss)
+--- CachedMultipleNegativesSymmetricRankingLoss(model, {scale = 20, mini_batch_size = 32})
+cached("CachedMultipleNegativesSymmetricRankingLoss", MNSRL, M.MultipleNegativesSymmetricRankingLoss)
+--- CachedCLIPLoss(model, {clamp = false, mini_batch_size = 32})
+cached("CachedCLIPLoss", CLIP, M.CLIPLoss)
 
 --- cross_entropy(logits {n,C}, labels (1-based list)) -> loss, dlogits
 M.cross_entropy = core.softmax_xent
