@@ -36,7 +36,10 @@ local args = cli.parse(arg, {
     { "mine", "HOW", "make the negatives: random, hardest or easiest (the seed's)", type = "choice",
       choices = { "random", "hardest", "easiest" } },
     { "out", "DIR", "where the model, checkpoints, metrics.jsonl/csv and chart.png go", default = "runs/clip-finetuned" },
-    { "loss", "NAME", "training loss: mnrl, mnsrl, clip, siglip, triplet or a clip.loss name", default = "mnrl" },
+    { "loss", "NAME", "training loss: mnrl, mnsrl, clip, siglip, triplet, cmnrl (GradCache) or a clip.loss name",
+      default = "mnrl" },
+    { "mini-batch-size", "N", "GradCache: embed and backpropagate N rows at a time (any loss; cmnrl: 32)",
+      type = "number" },
     { "epochs", "N", "training epochs", type = "integer", default = 2 },
     { "max-steps", "N", "stop after N optimizer steps (overrides --epochs; 0: off)", type = "integer", default = 0 },
     { "batch-size", "N", "pairs per step", type = "integer", default = 16 },
@@ -215,7 +218,8 @@ local function table_row(_, m, rec)
 end
 
 local ok_t, t = pcall(Trainer.new, {
-  model = model, loss = loss_name, loss_opts = { scale = args.scale, modalities = MOD },
+  model = model, loss = loss_name,
+  loss_opts = { scale = args.scale, modalities = MOD, mini_batch_size = args.mini_batch_size },
   train = splits.train, columns = COLS, eval = eval_splits,
   eval_datasets = splits.valid and { valid = splits.valid } or nil,
   epochs = args.epochs, max_steps = args.max_steps > 0 and args.max_steps or nil, batch_size = args.batch_size,

@@ -108,7 +108,7 @@ describe("examples/train.lua", function()
     orig:close()
   end)
 
-  it("mines negatives, splits by fractions, trains the last block, saves sentence-transformers; --quiet", function()
+  it("mines negatives, splits by fractions, trains the last block with GradCache, saves sentence-transformers; --quiet", function()
     local out_dir = tmp .. "/run2"
     -- a JSONL without negatives or split column
     local src = clip.data.load(ROOT .. DATA .. "pairs.jsonl")
@@ -116,7 +116,8 @@ describe("examples/train.lua", function()
     for _, r in ipairs(src.rows) do f:write(clip.json.encode({ image = r.image, title = r.title }), "\n") end
     f:close()
     local ok, out, err = run(("lua5.4 examples/train.lua --model %s --data %s --out %s --batch-size 8 --epochs 1 "
-      .. "--mine hardest --train-last 1 --format sentence-transformers --quiet --no-chart --lr 1e-3")
+      .. "--mine hardest --train-last 1 --loss cmnrl --mini-batch-size 3 --format sentence-transformers --quiet "
+      .. "--no-chart --lr 1e-3")
       :format(TINY, q(tmp .. "/pairs.jsonl"), q(out_dir)), tmp)
     assert.is_true(ok, err)
     assert.equal("", err)
