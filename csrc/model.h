@@ -197,16 +197,30 @@ void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cf
 void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B);
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T);
 
-/* Scratch of a plain (nothing saved) block forward, N = B*T rows:
- * h, x, q, k, v, att [N, D], mlp [N, I], probs [T, T]; mem: the owning block. */
+/* Scratch of a block forward, N = B*T rows: h (the hidden state, updated in place), x, q, k,
+ * v, att [N, D], mlp [N, I], probs [T, T]; mem: the owning block. A forward that saves its
+ * activations uses only h. */
 typedef struct ct_fwd_ws {
   float *h, *x, *q, *k, *v, *att, *mlp, *probs;
   void *mem;
   size_t bytes; /* of mem */
 } ct_fwd_ws;
-/* One pre-LN block over w->h in place (encoder.c; also train.c's frozen bottom). */
+/* What the backward of one block needs (train.c's tape), [N, D] unless noted: the input, LN1's
+ * output and stats [N], q, k, v, the softmax [B, NH, T, T], the attention output, mid (input +
+ * attention branch), LN2's output and stats, fc1's output and the activation [N, I]. */
+typedef struct ct_layer_acts {
+  float *inp, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *att;
+  float *mid, *ln2, *ln2_mean, *ln2_rstd, *fc1, *actv;
+} ct_layer_acts;
+/* One pre-LN block, h = h + out_proj(attn(LN1(h))); h = h + fc2(act(fc1(LN2(h)))), over w->h
+ * [B, T, D] in place, with the packed weights (b->pk) when they are current and nothing is
+ * saved. pool (NULL: every
+ * row): the pooled row of each sequence; only those rows are computed past K and V, and w->h
+ * ends as [B, D], those rows' outputs (the last block of an encode). save (NULL: keep nothing):
+ * keep the activations in it (every row; pool is then ignored). Used by the encoders
+ * (encoder.c) and the training forward (train.c). */
 void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
-                      int causal);
+                      int causal, const int *pool, ct_layer_acts *save);
 
 /* Naive twins of the two towers (encoder_ref.c): embeddings only, T <= 1024. */
 int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e);

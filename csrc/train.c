@@ -118,25 +118,6 @@ static void layout(ct_tape *t, arena *a, int NP, int K) {
 
 /* ---------------------------------------------------------- forward */
 
-/* saved block: reads s->inp, writes out (the next layer's inp, or hfinal) */
-static void block_fwd_save(ct_layer_acts *s, float *out, const ct_block_w *b,
-                           const ct_tower_cfg *c, int B, int T, int causal) {
-  int D = c->hidden, I = c->inter, N = B * T;
-  size_t ND = (size_t)N * D;
-  layernorm_forward(s->ln1, s->ln1_mean, s->ln1_rstd, s->inp, b->ln1_w, b->ln1_b, N, D, c->eps);
-  linear_forward(s->q, s->ln1, b->q_w, b->q_b, N, D, D);
-  linear_forward(s->k, s->ln1, b->k_w, b->k_b, N, D, D);
-  linear_forward(s->v, s->ln1, b->v_w, b->v_b, N, D, D);
-  attention_forward(s->att, s->probs, s->q, s->k, s->v, B, T, D, c->heads, causal, 1);
-  linear_forward(s->mid, s->att, b->o_w, b->o_b, N, D, D);
-  for (size_t i = 0; i < ND; i++) s->mid[i] += s->inp[i];
-  layernorm_forward(s->ln2, s->ln2_mean, s->ln2_rstd, s->mid, b->ln2_w, b->ln2_b, N, D, c->eps);
-  linear_forward(s->fc1, s->ln2, b->fc1_w, b->fc1_b, N, D, I);
-  act_forward(s->actv, s->fc1, (int64_t)N * I, c->act);
-  linear_forward(out, s->actv, b->fc2_w, b->fc2_b, N, I, D);
-  for (size_t i = 0; i < ND; i++) out[i] += s->mid[i];
-}
-
 int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *t, ct_err *e) {
   memset(t, 0, sizeof *t);
@@ -212,19 +193,11 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
       memcpy(t->ids + (size_t)b * Tt, ids + (size_t)b * T, sizeof(int32_t) * Tt);
     ct_text_embed(h, m, ids, B, T, Tt);
   }
+  /* the frozen bottom keeps nothing; from the first trainable block on, everything is saved */
   const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
-  int causal = !vision;
-  for (int l = 0; l < t->L; l++) {
-    if (l < t->first) {
-      ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0};
-      ct_block_forward(&ws, &blocks[l], c, B, Tt, causal);
-      continue;
-    }
-    ct_layer_acts *s = &t->la[l - t->first];
-    if (l == t->first) memcpy(s->inp, h, sizeof(float) * N * D);
-    float *out = l + 1 < t->L ? t->la[l + 1 - t->first].inp : h;
-    block_fwd_save(s, out, &blocks[l], c, B, Tt, causal);
-  }
+  ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0};
+  for (int l = 0; l < t->L; l++)
+    ct_block_forward(&ws, &blocks[l], c, B, Tt, !vision, NULL, l < t->first ? NULL : &t->la[l - t->first]);
   /* pooled rows -> final LN -> projection */
   const float *lnw = vision ? m->post_ln_w : m->final_ln_w, *lnb = vision ? m->post_ln_b : m->final_ln_b;
   for (int b = 0; b < B; b++) {

@@ -5,11 +5,6 @@
 
 #include "model.h"
 
-typedef struct ct_layer_acts {
-  float *inp, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *att;
-  float *mid, *ln2, *ln2_mean, *ln2_rstd, *fc1, *actv;
-} ct_layer_acts;
-
 typedef struct ct_tape {
   int vision;           /* 1: image tower, 0: text tower */
   int B, T, D, I, NH, L;
