@@ -161,36 +161,30 @@ void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cf
       }
 }
 
-void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B) {
+void ct_vision_embed(float *h, float *pe, const float *cols, const ct_model *m, int B,
+                     int packed) {
   const ct_tower_cfg *c = &m->cfg.vision;
-  int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g, T = NP + 1;
-  for (int b = 0; b < B; b++) {
-    float *h0 = h + (size_t)b * T * D;
-    for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
-    for (int t = 1; t < T; t++) {
-      const float *src = pe + ((size_t)b * NP + t - 1) * D;
-      const float *pos = m->vpos_emb + (size_t)t * D;
-      float *dst = h0 + (size_t)t * D;
-      for (int j = 0; j < D; j++) dst[j] = src[j] + pos[j];
-    }
-  }
+  int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g;
+  int K = c->channels * c->patch_size * c->patch_size;
+  const void *pk = packed && ct_patch_pack_ok(m) ? m->patch_pk.p : NULL;
+  const float *pw = m->patch_w, *nob = NULL;
+  linear_forward_packed(1, &pe, cols, &pw, pk ? &pk : NULL, PK_F32, &nob, B * NP, K, D, 0.0f);
+  vision_embed_forward(h, pe, m->cls_emb, m->vpos_emb, B, NP, D);
 }
 
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T) {
   int D = m->cfg.text.hidden;
-  for (int b = 0; b < B; b++)
+  if (m->tok_emb) {
+    text_embed_forward(h, ids, m->tok_emb, m->tpos_emb, B, T_in, T, D);
+    return;
+  }
+  for (int b = 0; b < B; b++) /* half-precision model: the mapped F16 / BF16 rows, converted exactly */
     for (int t = 0; t < T; t++) {
-      size_t row = (size_t)ids[(size_t)b * T_in + t] * D;
+      const uint16_t *te = m->tok_emb_h + (size_t)ids[(size_t)b * T_in + t] * D;
       const float *pe = m->tpos_emb + (size_t)t * D;
       float *dst = h + ((size_t)b * T + t) * D;
-      if (m->tok_emb) {
-        const float *te = m->tok_emb + row;
-        for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
-      } else { /* half-precision model: the mapped F16 / BF16 row, converted exactly */
-        const uint16_t *te = m->tok_emb_h + row;
-        for (int j = 0; j < D; j++)
-          dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
-      }
+      for (int j = 0; j < D; j++)
+        dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
     }
 }
 
@@ -231,17 +225,8 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
     }
   }
   ct_vision_im2col(cols, pixels, B, c);
-  /* patch embeddings into w.x, laid out [B*NP, D] */
-  if (ct_patch_pack_ok(m)) {
-    const void *pk = m->patch_pk.p;
-    const float *pw = m->patch_w, *nob = NULL;
-    float *out = w.x;
-    linear_forward_packed(1, &out, cols, &pw, &pk, PK_F32, &nob, B * NP, K, D, 0.0f);
-  } else {
-    linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
-  }
+  ct_vision_embed(w.h, w.x, cols, m, B, 1); /* patch projections in w.x [B*NP, D] */
   if (cols != w.mlp) free(cols);
-  ct_vision_embed(w.h, w.x, m, B);
   layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
   /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
    * last hidden state is asked for */

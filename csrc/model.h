@@ -188,13 +188,16 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
 /* ids: [B, T] int32 (padded); every id must be < vocab. */
 int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
                    ct_err *e);
-/* Embedding steps shared by the inference (encoder.c) and training (train.c)
- * forwards. cols [B*NP, C*P*P]: patches in (channel, row, col) order, grid
- * row-major; h [B, T, D] from the patch projections pe [B*NP, D]:
- * [class_embedding; pe] + position_embedding; text: token + position
- * embeddings of ids [B, T_in] for the first T positions. */
+/* Embedding steps shared by the inference (encoder.c) and training (train.c) forwards.
+ * cols [B*NP, C*P*P]: patches in (channel, row, col) order, grid row-major. Vision: h [B, T, D]
+ * = [class_embedding; cols patch_embedding^T] + position_embedding, pe [B*NP, D] receives the
+ * patch projections; packed: the packed patch embedding when current (not in training, whose
+ * numbers do not depend on packs). Text: h [B, T, D], token +
+ * position embeddings of ids [B, T_in] for the first T positions (a half model's token
+ * embedding too). */
 void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cfg *c);
-void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B);
+void ct_vision_embed(float *h, float *pe, const float *cols, const ct_model *m, int B,
+                     int packed);
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T);
 
 /* Scratch of a block forward, N = B*T rows: h (the hidden state, updated in place), x, q, k,

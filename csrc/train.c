@@ -184,8 +184,7 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
   if (vision) {
     float *cl = t->cols ? t->cols : cols;
     ct_vision_im2col(cl, pixels, B, c);
-    linear_forward(x, cl, m->patch_w, NULL, B * NP, K, D);
-    ct_vision_embed(h, x, m, B);
+    ct_vision_embed(h, x, cl, m, B, 0); /* the float weights, as the saved blocks */
     if (t->x) memcpy(t->x, h, sizeof(float) * N * D);
     layernorm_forward(h, t->pre_mean, t->pre_rstd, h, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
   } else {
@@ -306,29 +305,14 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
       float *dcls = G(m, "vision_model.embeddings.class_embedding");
       float *dpos = G(m, "vision_model.embeddings.position_embedding.weight");
       float *dpatch = G(m, "vision_model.embeddings.patch_embedding.weight");
-      for (int b = 0; b < B; b++) {
-        const float *r = dln + (size_t)b * Tt * D;
-        if (dcls) for (int j = 0; j < D; j++) dcls[j] += r[j];
-        if (dpos) for (size_t j = 0; j < (size_t)Tt * D; j++) dpos[j] += r[j];
-      }
-      if (dpatch) {
-        /* gather the patch rows into dq [B*NP, D] and form dW = dout^T cols */
-        for (int b = 0; b < B; b++)
-          memcpy(dq + (size_t)b * NP * D, dln + ((size_t)b * Tt + 1) * D, sizeof(float) * NP * D);
-        linear_backward(NULL, dpatch, NULL, dq, t->cols, m->patch_w, B * NP, K, D);
-      }
+      float *dpe = dpatch ? dq : NULL; /* the patch projections' gradient [B*NP, D] */
+      if (dpe) memset(dpe, 0, sizeof(float) * (size_t)B * NP * D);
+      vision_embed_backward(dpe, dcls, dpos, dln, B, NP, D);
+      if (dpatch) linear_backward(NULL, dpatch, NULL, dpe, t->cols, m->patch_w, B * NP, K, D);
     } else {
-      float *dtok = G(m, "text_model.embeddings.token_embedding.weight");
-      float *dpos = G(m, "text_model.embeddings.position_embedding.weight");
-      for (int b = 0; b < B; b++)
-        for (int tt = 0; tt < Tt; tt++) {
-          const float *r = dh + ((size_t)b * Tt + tt) * D;
-          if (dtok) {
-            float *dst = dtok + (size_t)t->ids[(size_t)b * Tt + tt] * D;
-            for (int j = 0; j < D; j++) dst[j] += r[j];
-          }
-          if (dpos) for (int j = 0; j < D; j++) dpos[(size_t)tt * D + j] += r[j];
-        }
+      text_embed_backward(G(m, "text_model.embeddings.token_embedding.weight"),
+                          G(m, "text_model.embeddings.position_embedding.weight"), dh, t->ids, B,
+                          Tt, Tt, D);
     }
   }
   ct_scratch_put(m, mem, mem_bytes);

@@ -41,6 +41,7 @@ build = {
             "csrc/image.c",
             "csrc/k_act.c",
             "csrc/k_attention.c",
+            "csrc/k_embedding.c",
             "csrc/k_layernorm.c",
             "csrc/k_linear.c",
             "csrc/l_eval.c",
