@@ -167,21 +167,22 @@ void ct_vision_embed(float *h, float *pe, const float *cols, const ct_model *m, 
   int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g;
   int K = c->channels * c->patch_size * c->patch_size;
   const void *pk = packed && ct_patch_pack_ok(m) ? m->patch_pk.p : NULL;
-  const float *pw = m->patch_w, *nob = NULL;
+  const float *pw = m->tower[1].patch_w, *nob = NULL;
   linear_forward_packed(1, &pe, cols, &pw, pk ? &pk : NULL, PK_F32, &nob, B * NP, K, D, 0.0f);
-  vision_embed_forward(h, pe, m->cls_emb, m->vpos_emb, B, NP, D);
+  vision_embed_forward(h, pe, m->tower[1].cls_emb, m->tower[1].pos_emb, B, NP, D);
 }
 
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T) {
   int D = m->cfg.text.hidden;
-  if (m->tok_emb) {
-    text_embed_forward(h, ids, m->tok_emb, m->tpos_emb, B, T_in, T, D);
+  const ct_tower_w *tw = &m->tower[0];
+  if (tw->tok_emb) {
+    text_embed_forward(h, ids, tw->tok_emb, tw->pos_emb, B, T_in, T, D);
     return;
   }
   for (int b = 0; b < B; b++) /* half-precision model: the mapped F16 / BF16 rows, converted exactly */
     for (int t = 0; t < T; t++) {
       const uint16_t *te = m->tok_emb_h + (size_t)ids[(size_t)b * T_in + t] * D;
-      const float *pe = m->tpos_emb + (size_t)t * D;
+      const float *pe = tw->pos_emb + (size_t)t * D;
       float *dst = h + ((size_t)b * T + t) * D;
       for (int j = 0; j < D; j++)
         dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
@@ -206,7 +207,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
   int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
   if (B <= 0) return ct_errf(e, "encode_image: empty batch");
-  if (weights_present(m->vblocks, c->layers, "encode_image", e) != 0) return -1;
+  if (weights_present(m->tower[1].blocks, c->layers, "encode_image", e) != 0) return -1;
   workspace w;
   int64_t N = (int64_t)B * T;
   if (N > (1 << 30) / (D > 0 ? D : 1))
@@ -227,7 +228,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   ct_vision_im2col(cols, pixels, B, c);
   ct_vision_embed(w.h, w.x, cols, m, B, 1); /* patch projections in w.x [B*NP, D] */
   if (cols != w.mlp) free(cols);
-  layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
+  layernorm_forward(w.h, NULL, NULL, w.h, m->tower[1].pre_ln_w, m->tower[1].pre_ln_b, N, D, c->eps);
   /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
    * last hidden state is asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
@@ -237,7 +238,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
     return ct_errf(e, "out of memory");
   }
   for (int l = 0; l < L; l++) {
-    ct_block_forward(&w, &m->vblocks[l], c, B, T, 0, shortcut && l == L - 1 ? rows : NULL, NULL);
+    ct_block_forward(&w, &m->tower[1].blocks[l], c, B, T, 0, shortcut && l == L - 1 ? rows : NULL, NULL);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   free(rows);
@@ -246,9 +247,9 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   float *pooled = w.q;
   for (int b = 0; b < B; b++)
     layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + (size_t)b * (shortcut ? 1 : T) * D,
-                      m->post_ln_w, m->post_ln_b, 1, D, c->eps);
+                      m->tower[1].ln_w, m->tower[1].ln_b, 1, D, c->eps);
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
-  if (o->embeds) linear_forward(o->embeds, pooled, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->tower[1].proj, NULL, B, D, m->cfg.projection_dim);
   ws_free(&w, o);
   return 0;
 }
@@ -271,8 +272,8 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   int D = c->hidden;
   if (B <= 0) return ct_errf(e, "encode_text: empty batch");
   if (T <= 0) return ct_errf(e, "encode_text: empty sequences");
-  if (weights_present(m->tblocks, c->layers, "encode_text", e) != 0) return -1;
-  if (!m->tok_emb && !m->tok_emb_h) return ct_errf(e, "encode_text: no token embedding");
+  if (weights_present(m->tower[0].blocks, c->layers, "encode_text", e) != 0) return -1;
+  if (!m->tower[0].tok_emb && !m->tok_emb_h) return ct_errf(e, "encode_text: no token embedding");
   if (T > c->max_pos)
     return ct_errf(e, "encode_text: sequence length %d exceeds max_position_embeddings %d", T,
                    c->max_pos);
@@ -300,24 +301,24 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   /* the last block only for the pooled (end-of-text) rows, unless all rows are asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
   for (int l = 0; l < L; l++) {
-    ct_block_forward(&w, &m->tblocks[l], c, B, Te, 1, shortcut && l == L - 1 ? eos : NULL, NULL);
+    ct_block_forward(&w, &m->tower[0].blocks[l], c, B, Te, 1, shortcut && l == L - 1 ? eos : NULL, NULL);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   float *pooled = w.q;
   if (shortcut) { /* h holds just the pooled rows */
-    layernorm_forward(pooled, NULL, NULL, w.h, m->final_ln_w, m->final_ln_b, B, D, c->eps);
+    layernorm_forward(pooled, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, B, D, c->eps);
   } else if (o->last_hidden) {
-    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->final_ln_w, m->final_ln_b, N, D, c->eps);
+    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, N, D, c->eps);
     for (int b = 0; b < B; b++)
       memcpy(pooled + (size_t)b * D, o->last_hidden + ((size_t)b * Te + eos[b]) * D,
              sizeof(float) * D);
   } else {
     for (int b = 0; b < B; b++)
       layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + ((size_t)b * Te + eos[b]) * D,
-                        m->final_ln_w, m->final_ln_b, 1, D, c->eps);
+                        m->tower[0].ln_w, m->tower[0].ln_b, 1, D, c->eps);
   }
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
-  if (o->embeds) linear_forward(o->embeds, pooled, m->text_proj, NULL, B, D, m->cfg.projection_dim);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->tower[0].proj, NULL, B, D, m->cfg.projection_dim);
   ws_free(&w, o);
   free(eos);
   return 0;

@@ -46,6 +46,10 @@ typedef struct ct_param {
   const uint16_t *half; /* the F16/BF16 values in the mapped file, for the block weights and
                            token embedding of a half checkpoint: data is NULL in a half model
                            (and once packed, when never written) until ct_model_materialize */
+  /* where it belongs (set by ct_model_layout): tower 0 text, 1 vision, -1 the model
+   * (logit_scale); layer: its block, or -1; slot: the offset of its pointer in ct_tower_w
+   * (layer -1) or in ct_block_w */
+  int tower, layer, slot;
 } ct_param;
 
 /* The packed copies (gemm.h layout) of one block's linear weights, built by ct_model_pack.
@@ -73,17 +77,40 @@ typedef struct ct_block_w {
   const ct_pack_blk *pk; /* packed weights (NULL: none; used only when ct_pack_ok) */
 } ct_block_w;
 
+/* The tensors of one tower by role: its weights (ct_model.tower) or its gradients
+ * (ct_model.grad). NULL where the tower has no such tensor, or a gradient is not computed. */
+typedef struct ct_tower_w {
+  float *tok_emb;             /* text: token_embedding.weight [V, D] */
+  float *cls_emb, *patch_w;   /* vision: class_embedding [D], patch_embedding.weight [D, C, P, P] */
+  float *pos_emb;             /* position_embedding.weight [T, D] */
+  float *pre_ln_w, *pre_ln_b; /* vision: pre_layrnorm [D] */
+  float *ln_w, *ln_b;         /* vision: post_layernorm, text: final_layer_norm [D] */
+  float *proj;                /* visual_projection / text_projection [E, D] */
+  ct_block_w *blocks;         /* [layers] */
+} ct_tower_w;
+
 typedef struct ct_model {
   ct_config cfg;
   int nparams;
   ct_param *params;
   int nfiles;
   ct_st_file *files;
-  /* resolved pointers */
-  float *tok_emb, *tpos_emb, *final_ln_w, *final_ln_b, *text_proj;
-  float *cls_emb, *patch_w, *vpos_emb, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b,
-      *vis_proj, *logit_scale;
-  ct_block_w *tblocks, *vblocks;
+  /* resolved pointers (ct_model_resolve): tower[0] text, tower[1] vision. The flat names are
+   * the same pointers, kept for encoder_ref.c until it reads tower[] (the _N are unused). */
+  union {
+    ct_tower_w tower[2];
+    struct {
+      float *tok_emb, *unused_1, *unused_2, *tpos_emb, *unused_3, *unused_4, *final_ln_w,
+          *final_ln_b, *text_proj;
+      ct_block_w *tblocks;
+      float *unused_5, *cls_emb, *patch_w, *vpos_emb, *pre_ln_w, *pre_ln_b, *post_ln_w,
+          *post_ln_b, *vis_proj;
+      ct_block_w *vblocks;
+    };
+  };
+  float *logit_scale;
+  /* the gradients of one tower, resolved by ct_model_grads */
+  ct_tower_w grad[2];
   /* recycled scratch blocks (training tapes, backward buffers), so a training
    * loop does not page-fault fresh memory every step */
   struct { void *p; size_t n; } spare[6];
@@ -161,12 +188,12 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
 int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e);
 void ct_model_free(ct_model *m);
 int ct_model_find_param(const ct_model *m, const char *name);
-/* Fill the pointers of block l of tower tw ("text_model" / "vision_model")
- * with get(m, parameter name): the weights, or (train.c) the gradients. */
-typedef float *(*ct_param_lookup)(struct ct_model *m, const char *name);
-void ct_block_fill(struct ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_lookup get);
-/* Re-resolve the tower pointers from the parameter table. */
+/* Re-resolve the weight pointers (tower[], logit_scale) from the parameter table. */
 void ct_model_resolve(ct_model *m);
+/* Resolve grad[vision] from the parameter table: the gradient of each of the tower's
+ * parameters that requires grad and has one allocated, marked as written (has_grad: a
+ * backward is about to accumulate into it), else NULL (torch: its grad stays None). */
+const ct_tower_w *ct_model_grads(ct_model *m, int vision);
 
 /* Outputs of a forward pass; any pointer may be NULL. */
 typedef struct ct_fwd_out {
