@@ -8,7 +8,6 @@
 #include "train.h"
 
 #include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
