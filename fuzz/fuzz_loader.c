@@ -34,7 +34,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   }
   for (int i = 0; i < m.nparams; i++) CHECK(m.params[i].data != NULL, "param %d unset", i);
-  CHECK(m.tok_emb && m.patch_w && m.logit_scale && m.tblocks[0].fc2_b && m.vblocks[0].q_w,
+  CHECK(m.tower[0].tok_emb && m.tower[1].patch_w && m.logit_scale && m.tower[0].blocks[0].fc2_b &&
+            m.tower[1].blocks[0].q_w,
         "unresolved tower pointers");
   float pixels[2 * 3 * 4 * 4];
   for (int i = 0; i < (int)(sizeof pixels / sizeof *pixels); i++) pixels[i] = (float)(i % 7) - 3;

@@ -138,4 +138,26 @@ describe("finite-difference gradient checks", function()
       end
     end
   end)
+
+  -- the embeddings have no separate naive twin (plain loops already)
+  it("vision embedding: dpatch, dcls, dpos", function()
+    local B, NP, C = 2, 4, 5
+    local patch, cls, pos = clip.randn({ B, NP, C }, 50), clip.randn({ C }, 51), clip.randn({ NP + 1, C }, 52)
+    local dout = clip.randn({ B, NP + 1, C }, 53)
+    local dpatch, dcls, dpos = K.vision_embed_backward(dout)
+    gradcheck("vision_embed", dout, { patch, cls, pos }, {}, { dpatch, dcls, dpos }, "vision_embed")
+  end)
+
+  it("text embedding: dtok (repeated ids accumulate), dpos (T < P)", function()
+    local V, P, C = 6, 5, 4
+    local ids = { { 3, 0, 3, 5 }, { 1, 3, 2, 2 } } -- row 4 never used: its gradient stays 0
+    local tok, pos = clip.randn({ V, C }, 54), clip.randn({ P, C }, 55)
+    local dout = clip.randn({ 2, 4, C }, 56)
+    local dtok, dpos = K.text_embed_backward(dout, ids, V, P)
+    gradcheck("text_embed", dout, { tok, pos }, { ids = ids }, { dtok, dpos }, "text_embed")
+    for c = 1, C do
+      assert.equal(0, dtok:get(5, c))
+      assert.equal(0, dpos:get(5, c))
+    end
+  end)
 end)

@@ -201,6 +201,41 @@ describe("backward kernels vs naive twins", function()
     for c = 1, C do assert.are.equal(1, dvt[1][1][c]) end
   end)
 
+  it("embeddings: the forward as written in transformers, the backward accumulating", function()
+    local function f32(x) return (string.unpack("f", string.pack("f", x))) end -- a float32 sum
+    local B, NP, C = 2, 3, 4
+    local patch, cls, pos = clip.randn({ B, NP, C }, 70), clip.randn({ C }, 71), clip.randn({ NP + 1, C }, 72)
+    local out = K.vision_embed(patch, cls, pos)
+    for b = 1, B do
+      for c = 1, C do
+        assert.equal(f32(cls:get(c) + pos:get(1, c)), out:get(b, 1, c))
+        for t = 1, NP do assert.equal(f32(patch:get(b, t, c) + pos:get(t + 1, c)), out:get(b, t + 1, c)) end
+      end
+    end
+    local tok, tpos, ids = clip.randn({ 5, C }, 73), clip.randn({ 4, C }, 74), { { 4, 0, 4 } }
+    local tout = K.text_embed(ids, tok, tpos)
+    for t = 1, 3 do
+      for c = 1, C do assert.equal(f32(tok:get(ids[1][t] + 1, c) + tpos:get(t, c)), tout:get(1, t, c)) end
+    end
+    -- backward adds into given gradients; a gradient not wanted is skipped
+    local d = clip.randn({ 1, 3, C }, 75)
+    local dtok = clip.ones({ 5, C })
+    local dt, dp = K.text_embed_backward(d, ids, 5, 4, { dtok = dtok })
+    assert.equal(dtok, dt)
+    assert.is_nil(dp)
+    for c = 1, C do
+      assert.equal(f32(f32(1 + d:get(1, 1, c)) + d:get(1, 3, c)), dtok:get(5, c))
+      assert.equal(f32(1 + d:get(1, 2, c)), dtok:get(1, c))
+      assert.equal(1, dtok:get(2, c))
+    end
+    local dpatch, dcls, dpos = K.vision_embed_backward(clip.ones({ B, NP + 1, C }), { dcls = true, dpos = true })
+    assert.is_nil(dpatch)
+    for c = 1, C do
+      assert.equal(B, dcls:get(c))
+      assert.equal(B, dpos:get(NP + 1, c))
+    end
+  end)
+
   it("rejects bad shapes and aliased gradients", function()
     local x, w = clip.randn({ 4, 5 }, 60), clip.randn({ 3, 5 }, 61)
     local dout = clip.randn({ 4, 3 }, 62)
@@ -221,5 +256,12 @@ describe("backward kernels vs naive twins", function()
       "attention_probs: C = 4 is not a multiple of NH = 3")
     assert.has_error(function() K.attention_backward(q, q, q, q, clip.zeros({ 1, 1, 3, 3 }), 2, false) end,
       "attention_backward: probs has shape (1,1,3,3), expected (1,2,3,3)")
+    local tok, pos = clip.randn({ 5, 4 }), clip.randn({ 3, 4 })
+    assert.has_error(function() K.text_embed({ { 1, 5 } }, tok, pos) end,
+      "text_embed: ids[1][2] is not a token id in [0, 5)")
+    assert.has_error(function() K.text_embed({ { 1, 2, 3, 4 } }, tok, pos) end,
+      "text_embed: tok must be {V,C} and pos {P,C} with P >= T = 4")
+    assert.has_error(function() K.vision_embed(clip.randn({ 1, 2, 4 }), clip.randn({ 4 }), clip.randn({ 2, 4 })) end,
+      "vision_embed: pos has shape (2,4), expected (3,4)")
   end)
 end)

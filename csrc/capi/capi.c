@@ -136,13 +136,6 @@ void clip_model_free(clip_model *m) {
   free(m);
 }
 
-static int is_text(const char *n) {
-  return strncmp(n, "text_model.", 11) == 0 || strcmp(n, "text_projection.weight") == 0;
-}
-static int is_vision(const char *n) {
-  return strncmp(n, "vision_model.", 13) == 0 || strcmp(n, "visual_projection.weight") == 0;
-}
-
 void clip_model_info(const clip_model *cm, clip_info *info) {
   const ct_config *c = &cm->m.cfg;
   memset(info, 0, sizeof *info);
@@ -164,8 +157,8 @@ void clip_model_info(const clip_model *cm, clip_info *info) {
   for (int i = 0; i < cm->m.nparams; i++) {
     const ct_param *p = &cm->m.params[i];
     info->total_params += p->numel;
-    if (is_text(p->name)) info->text_params += p->numel;
-    if (is_vision(p->name)) info->vision_params += p->numel;
+    if (p->tower == 0) info->text_params += p->numel; /* its projection included */
+    if (p->tower == 1) info->vision_params += p->numel;
     if (dtype == -1) dtype = p->dtype;
     else if (dtype != p->dtype) dtype = -2;
   }

@@ -58,58 +58,19 @@ static const void *pk_at(const ct_pack_blk *pk, const void *p, size_t i) {
   return (const char *)p + i * ct_pack_elem_size(pk->kind);
 }
 
-/* One pre-LN block over w->h [B, T, D] in place; the packed weights (b->pk) when they are
- * current. */
-void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
-                      int causal) {
-  int D = c->hidden, I = c->inter, N = B * T;
-  const ct_pack_blk *pk = ct_pack_ok(b->pk) ? b->pk : NULL;
-  layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
-  {
-    float *out[3] = {w->q, w->k, w->v};
-    const float *wt[3] = {b->q_w, b->k_w, b->v_w}, *bs[3] = {b->q_b, b->k_b, b->v_b};
-    size_t dd = ct_pack_nt_floats(D, D);
-    const void *pks[3] = {pk ? pk->qkv : NULL, pk ? pk_at(pk, pk->qkv, dd) : NULL,
-                          pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
-    linear_forward_packed(3, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
-  }
-  attention_forward(w->att, w->probs, w->q, w->k, w->v, B, T, D, c->heads, causal, 0);
-  lin_add(w->h, w->att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, N, D, D);
-  layernorm_forward(w->x, NULL, NULL, w->h, b->ln2_w, b->ln2_b, N, D, c->eps);
-  lin(w->mlp, w->x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
-  act_forward(w->mlp, w->mlp, (int64_t)N * I, c->act);
-  lin_add(w->h, w->mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
-}
-
-/* The last block when only one row per sequence is wanted (the vision CLS row, the text
- * end-of-text row): LN1, K and V over every row (attention reads them), the rest only for the
- * pooled rows. rows[b]: the pooled row of sequence b; writes hp [B, D], the block's output at
- * those rows (hp holds B * (D + I) floats: the tail is scratch). Same operations as block_forward on those rows (the causal row attends to keys
- * 0..rows[b]); scratch: w->q, w->att, w->mlp (B rows each), w->probs (T floats). */
-static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
-                                 const ct_tower_cfg *c, int B, int T, const int *rows,
-                                 int causal) {
-  int D = c->hidden, I = c->inter, N = B * T, NH = c->heads, hs = D / NH;
+/* Attention of the pooled rows only: row rows[b] of sequence b attends to every key (to keys
+ * 0..rows[b] when causal), the same sums as attention_forward on that row. q, out [B, D];
+ * k, v [B, T, D]; p: scratch [T]. */
+static void attention_rows(float *out, float *p, const float *q, const float *k, const float *v,
+                           const int *rows, int B, int T, int D, int NH, int causal) {
+  int hs = D / NH;
   float scale = 1.0f / sqrtf((float)hs);
-  const ct_pack_blk *pk = ct_pack_ok(b->pk) ? b->pk : NULL;
-  size_t dd = ct_pack_nt_floats(D, D);
-  layernorm_forward(w->x, NULL, NULL, w->h, b->ln1_w, b->ln1_b, N, D, c->eps);
-  {
-    float *out[2] = {w->k, w->v};
-    const float *wt[2] = {b->k_w, b->v_w}, *bs[2] = {b->k_b, b->v_b};
-    const void *pks[2] = {pk ? pk_at(pk, pk->qkv, dd) : NULL, pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL};
-    linear_forward_packed(2, out, w->x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
-  }
-  float *xq = w->att, *q = w->q, *att = w->mlp; /* [B, D] each, then reused */
-  for (int bb = 0; bb < B; bb++)
-    memcpy(xq + (size_t)bb * D, w->x + ((size_t)bb * T + rows[bb]) * D, sizeof(float) * D);
-  lin(q, xq, b->q_w, pk, pk ? pk->qkv : NULL, b->q_b, B, D, D);
   for (int bb = 0; bb < B; bb++)
     for (int h = 0; h < NH; h++) {
       const float *qi = q + (size_t)bb * D + h * hs;
-      const float *kb = w->k + (size_t)bb * T * D + h * hs, *vb = w->v + (size_t)bb * T * D + h * hs;
+      const float *kb = k + (size_t)bb * T * D + h * hs, *vb = v + (size_t)bb * T * D + h * hs;
       int n = causal ? rows[bb] + 1 : T;
-      float *p = w->probs, mx = -INFINITY, sum = 0;
+      float mx = -INFINITY, sum = 0;
       for (int j = 0; j < n; j++) {
         float d = 0;
         for (int x = 0; x < hs; x++) d += qi[x] * kb[(size_t)j * D + x];
@@ -120,24 +81,70 @@ static void block_forward_pooled(workspace *w, float *hp, const ct_block_w *b,
         p[j] = expf(p[j] - mx);
         sum += p[j];
       }
-      float inv = 1.0f / sum, *o = att + (size_t)bb * D + h * hs;
+      float inv = 1.0f / sum, *o = out + (size_t)bb * D + h * hs;
       for (int x = 0; x < hs; x++) o[x] = 0;
       for (int j = 0; j < n; j++) {
         float pj = p[j] * inv;
         for (int x = 0; x < hs; x++) o[x] += pj * vb[(size_t)j * D + x];
       }
     }
-  lin(xq, att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, B, D, D);
-  for (int bb = 0; bb < B; bb++) {
-    const float *hr = w->h + ((size_t)bb * T + rows[bb]) * D;
-    for (int j = 0; j < D; j++) hp[(size_t)bb * D + j] = hr[j] + xq[(size_t)bb * D + j];
+}
+
+void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
+                      int causal, const int *pool, ct_layer_acts *s) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  /* a saving (training) forward reads the float weights: its numbers do not depend on which
+   * packs exist (a half model's training equals the float model's) */
+  const ct_pack_blk *pk = !s && ct_pack_ok(b->pk) ? b->pk : NULL;
+  size_t dd = ct_pack_nt_floats(D, D);
+  const void *pq = pk ? pk->qkv : NULL, *pkk = pk ? pk_at(pk, pk->qkv, dd) : NULL,
+             *pv = pk ? pk_at(pk, pk->qkv, 2 * dd) : NULL;
+  if (s) {
+    pool = NULL; /* the backward needs every row */
+    memcpy(s->inp, w->h, sizeof(float) * (size_t)N * D);
   }
-  layernorm_forward(xq, NULL, NULL, hp, b->ln2_w, b->ln2_b, B, D, c->eps);
-  float *mlp = hp + (size_t)B * D; /* hp has room for [B, D] + [B, I] */
-  lin(mlp, xq, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, B, D, I);
-  act_forward(mlp, mlp, (int64_t)B * I, c->act);
-  lin(att, mlp, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, B, I, D);
-  for (size_t i = 0; i < (size_t)B * D; i++) hp[i] += att[i];
+  float *x = s ? s->ln1 : w->x, *q = s ? s->q : w->q, *k = s ? s->k : w->k, *v = s ? s->v : w->v;
+  float *att = s ? s->att : w->att;
+  /* attention branch: LN1 and K, V over every row (attention reads them), Q and the rest over
+   * every row or only the pooled ones */
+  layernorm_forward(x, s ? s->ln1_mean : NULL, s ? s->ln1_rstd : NULL, w->h, b->ln1_w, b->ln1_b,
+                    N, D, c->eps);
+  if (!pool) {
+    float *out[3] = {q, k, v};
+    const float *wt[3] = {b->q_w, b->k_w, b->v_w}, *bs[3] = {b->q_b, b->k_b, b->v_b};
+    const void *pks[3] = {pq, pkk, pv};
+    linear_forward_packed(3, out, x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
+    attention_forward(att, s ? s->probs : w->probs, q, k, v, B, T, D, c->heads, causal, s != NULL);
+  } else {
+    float *out[2] = {k, v};
+    const float *wt[2] = {b->k_w, b->v_w}, *bs[2] = {b->k_b, b->v_b};
+    const void *pks[2] = {pkk, pv};
+    linear_forward_packed(2, out, x, wt, pk ? pks : NULL, pk ? pk->kind : 0, bs, N, D, D, 0.0f);
+    /* from here on B rows: the pooled ones, gathered to the front of h (row b is read from
+     * b * T + pool[b] >= b before it is written) */
+    for (int bb = 0; bb < B; bb++) {
+      memcpy(att + (size_t)bb * D, x + ((size_t)bb * T + pool[bb]) * D, sizeof(float) * D);
+      memmove(w->h + (size_t)bb * D, w->h + ((size_t)bb * T + pool[bb]) * D, sizeof(float) * D);
+    }
+    lin(q, att, b->q_w, pk, pq, b->q_b, B, D, D);
+    attention_rows(att, w->probs, q, k, v, pool, B, T, D, c->heads, causal);
+    N = B;
+  }
+  float *mid = w->h; /* h + out_proj(att): in place, or into s->mid (h is the saved input) */
+  if (s) {
+    mid = s->mid;
+    memcpy(mid, w->h, sizeof(float) * (size_t)N * D);
+  }
+  lin_add(mid, att, b->o_w, pk, pk ? pk->o : NULL, b->o_b, N, D, D);
+  /* MLP branch */
+  x = s ? s->ln2 : w->x;
+  layernorm_forward(x, s ? s->ln2_mean : NULL, s ? s->ln2_rstd : NULL, mid, b->ln2_w, b->ln2_b,
+                    N, D, c->eps);
+  float *fc1 = s ? s->fc1 : w->mlp, *actv = s ? s->actv : w->mlp;
+  lin(fc1, x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
+  act_forward(actv, fc1, (int64_t)N * I, c->act);
+  if (s) memcpy(w->h, mid, sizeof(float) * (size_t)N * D);
+  lin_add(w->h, actv, b->fc2_w, pk, pk ? pk->fc2 : NULL, b->fc2_b, N, I, D);
 }
 
 void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cfg *c) {
@@ -154,36 +161,31 @@ void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cf
       }
 }
 
-void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B) {
+void ct_vision_embed(float *h, float *pe, const float *cols, const ct_model *m, int B,
+                     int packed) {
   const ct_tower_cfg *c = &m->cfg.vision;
-  int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g, T = NP + 1;
-  for (int b = 0; b < B; b++) {
-    float *h0 = h + (size_t)b * T * D;
-    for (int j = 0; j < D; j++) h0[j] = m->cls_emb[j] + m->vpos_emb[j];
-    for (int t = 1; t < T; t++) {
-      const float *src = pe + ((size_t)b * NP + t - 1) * D;
-      const float *pos = m->vpos_emb + (size_t)t * D;
-      float *dst = h0 + (size_t)t * D;
-      for (int j = 0; j < D; j++) dst[j] = src[j] + pos[j];
-    }
-  }
+  int D = c->hidden, g = c->image_size / c->patch_size, NP = g * g;
+  int K = c->channels * c->patch_size * c->patch_size;
+  const void *pk = packed && ct_patch_pack_ok(m) ? m->patch_pk.p : NULL;
+  const float *pw = m->tower[1].patch_w, *nob = NULL;
+  linear_forward_packed(1, &pe, cols, &pw, pk ? &pk : NULL, PK_F32, &nob, B * NP, K, D, 0.0f);
+  vision_embed_forward(h, pe, m->tower[1].cls_emb, m->tower[1].pos_emb, B, NP, D);
 }
 
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T) {
   int D = m->cfg.text.hidden;
-  for (int b = 0; b < B; b++)
+  const ct_tower_w *tw = &m->tower[0];
+  if (tw->tok_emb) {
+    text_embed_forward(h, ids, tw->tok_emb, tw->pos_emb, B, T_in, T, D);
+    return;
+  }
+  for (int b = 0; b < B; b++) /* half-precision model: the mapped F16 / BF16 rows, converted exactly */
     for (int t = 0; t < T; t++) {
-      size_t row = (size_t)ids[(size_t)b * T_in + t] * D;
-      const float *pe = m->tpos_emb + (size_t)t * D;
+      const uint16_t *te = m->tok_emb_h + (size_t)ids[(size_t)b * T_in + t] * D;
+      const float *pe = tw->pos_emb + (size_t)t * D;
       float *dst = h + ((size_t)b * T + t) * D;
-      if (m->tok_emb) {
-        const float *te = m->tok_emb + row;
-        for (int j = 0; j < D; j++) dst[j] = te[j] + pe[j];
-      } else { /* half-precision model: the mapped F16 / BF16 row, converted exactly */
-        const uint16_t *te = m->tok_emb_h + row;
-        for (int j = 0; j < D; j++)
-          dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
-      }
+      for (int j = 0; j < D; j++)
+        dst[j] = (m->half_kind == PK_BF16 ? ct_bf16_to_f32(te[j]) : ct_f16_to_f32(te[j])) + pe[j];
     }
 }
 
@@ -205,7 +207,7 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
   int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
   if (B <= 0) return ct_errf(e, "encode_image: empty batch");
-  if (weights_present(m->vblocks, c->layers, "encode_image", e) != 0) return -1;
+  if (weights_present(m->tower[1].blocks, c->layers, "encode_image", e) != 0) return -1;
   workspace w;
   int64_t N = (int64_t)B * T;
   if (N > (1 << 30) / (D > 0 ? D : 1))
@@ -224,52 +226,30 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
     }
   }
   ct_vision_im2col(cols, pixels, B, c);
-  /* patch embeddings into w.x, laid out [B*NP, D] */
-  if (ct_patch_pack_ok(m)) {
-    const void *pk = m->patch_pk.p;
-    const float *pw = m->patch_w, *nob = NULL;
-    float *out = w.x;
-    linear_forward_packed(1, &out, cols, &pw, &pk, PK_F32, &nob, B * NP, K, D, 0.0f);
-  } else {
-    linear_forward(w.x, cols, m->patch_w, NULL, B * NP, K, D);
-  }
+  ct_vision_embed(w.h, w.x, cols, m, B, 1); /* patch projections in w.x [B*NP, D] */
   if (cols != w.mlp) free(cols);
-  ct_vision_embed(w.h, w.x, m, B);
-  layernorm_forward(w.h, NULL, NULL, w.h, m->pre_ln_w, m->pre_ln_b, N, D, c->eps);
+  layernorm_forward(w.h, NULL, NULL, w.h, m->tower[1].pre_ln_w, m->tower[1].pre_ln_b, N, D, c->eps);
   /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
    * last hidden state is asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
-  int *rows = NULL;
-  float *hp = NULL;
-  if (shortcut) {
-    rows = calloc((size_t)B, sizeof(int)); /* all 0: the CLS row */
-    hp = malloc(sizeof(float) * (size_t)B * (D + c->inter));
-    if (!rows || !hp) {
-      free(rows);
-      free(hp);
-      ws_free(&w, o);
-      return ct_errf(e, "out of memory");
-    }
+  int *rows = shortcut ? calloc((size_t)B, sizeof(int)) : NULL; /* all 0: the CLS row */
+  if (shortcut && !rows) {
+    ws_free(&w, o);
+    return ct_errf(e, "out of memory");
   }
   for (int l = 0; l < L; l++) {
-    if (shortcut && l == L - 1) {
-      block_forward_pooled(&w, hp, &m->vblocks[l], c, B, T, rows, 0);
-      break;
-    }
-    ct_block_forward(&w, &m->vblocks[l], c, B, T, 0);
+    ct_block_forward(&w, &m->tower[1].blocks[l], c, B, T, 0, shortcut && l == L - 1 ? rows : NULL, NULL);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
+  free(rows);
   if (o->last_hidden) memcpy(o->last_hidden, w.h, sizeof(float) * N * D);
-  /* pooled = post_layernorm(h[:, 0]) */
+  /* pooled = post_layernorm(h[:, 0]); after the shortcut h holds just those rows */
   float *pooled = w.q;
   for (int b = 0; b < B; b++)
-    layernorm_forward(pooled + (size_t)b * D, NULL, NULL,
-                      shortcut ? hp + (size_t)b * D : w.h + (size_t)b * T * D, m->post_ln_w,
-                      m->post_ln_b, 1, D, c->eps);
-  free(rows);
-  free(hp);
+    layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + (size_t)b * (shortcut ? 1 : T) * D,
+                      m->tower[1].ln_w, m->tower[1].ln_b, 1, D, c->eps);
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
-  if (o->embeds) linear_forward(o->embeds, pooled, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->tower[1].proj, NULL, B, D, m->cfg.projection_dim);
   ws_free(&w, o);
   return 0;
 }
@@ -292,8 +272,8 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   int D = c->hidden;
   if (B <= 0) return ct_errf(e, "encode_text: empty batch");
   if (T <= 0) return ct_errf(e, "encode_text: empty sequences");
-  if (weights_present(m->tblocks, c->layers, "encode_text", e) != 0) return -1;
-  if (!m->tok_emb && !m->tok_emb_h) return ct_errf(e, "encode_text: no token embedding");
+  if (weights_present(m->tower[0].blocks, c->layers, "encode_text", e) != 0) return -1;
+  if (!m->tower[0].tok_emb && !m->tok_emb_h) return ct_errf(e, "encode_text: no token embedding");
   if (T > c->max_pos)
     return ct_errf(e, "encode_text: sequence length %d exceeds max_position_embeddings %d", T,
                    c->max_pos);
@@ -320,36 +300,25 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
   ct_text_embed(w.h, m, ids, B, T, Te);
   /* the last block only for the pooled (end-of-text) rows, unless all rows are asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
-  float *hp = shortcut ? malloc(sizeof(float) * (size_t)B * (D + c->inter)) : NULL;
-  if (shortcut && !hp) {
-    ws_free(&w, o);
-    free(eos);
-    return ct_errf(e, "out of memory");
-  }
   for (int l = 0; l < L; l++) {
-    if (shortcut && l == L - 1) {
-      block_forward_pooled(&w, hp, &m->tblocks[l], c, B, Te, eos, 1);
-      break;
-    }
-    ct_block_forward(&w, &m->tblocks[l], c, B, Te, 1);
+    ct_block_forward(&w, &m->tower[0].blocks[l], c, B, Te, 1, shortcut && l == L - 1 ? eos : NULL, NULL);
     if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
   }
   float *pooled = w.q;
-  if (shortcut) {
-    layernorm_forward(pooled, NULL, NULL, hp, m->final_ln_w, m->final_ln_b, B, D, c->eps);
-    free(hp);
+  if (shortcut) { /* h holds just the pooled rows */
+    layernorm_forward(pooled, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, B, D, c->eps);
   } else if (o->last_hidden) {
-    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->final_ln_w, m->final_ln_b, N, D, c->eps);
+    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, N, D, c->eps);
     for (int b = 0; b < B; b++)
       memcpy(pooled + (size_t)b * D, o->last_hidden + ((size_t)b * Te + eos[b]) * D,
              sizeof(float) * D);
   } else {
     for (int b = 0; b < B; b++)
       layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + ((size_t)b * Te + eos[b]) * D,
-                        m->final_ln_w, m->final_ln_b, 1, D, c->eps);
+                        m->tower[0].ln_w, m->tower[0].ln_b, 1, D, c->eps);
   }
   if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
-  if (o->embeds) linear_forward(o->embeds, pooled, m->text_proj, NULL, B, D, m->cfg.projection_dim);
+  if (o->embeds) linear_forward(o->embeds, pooled, m->tower[0].proj, NULL, B, D, m->cfg.projection_dim);
   ws_free(&w, o);
   free(eos);
   return 0;

@@ -37,6 +37,7 @@ static float *alloc_ws(size_t N, int D, int I, float **h, float **x, float **q, 
 
 int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e) {
   const ct_tower_cfg *c = &m->cfg.vision;
+  const ct_tower_w *w = &m->tower[1];
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
   int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
   if (T > 1024) return ct_errf(e, "encode_image_ref: %d tokens (the twin handles <= 1024)", T);
@@ -52,19 +53,20 @@ int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *em
   /* the embedding steps are exact data movement and float adds, shared with encoder.c; the
    * patch projection is the naive linear */
   ct_vision_im2col(cols, pixels, B, c);
-  linear_forward_ref(pe, cols, m->patch_w, NULL, (int)NR, K, D);
-  ct_vision_embed(x, pe, m, B);
-  layernorm_forward_ref(h, x, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
-  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->vblocks[l], c, B, T, 0);
+  linear_forward_ref(pe, cols, w->patch_w, NULL, (int)NR, K, D);
+  vision_embed_forward(x, pe, w->cls_emb, w->pos_emb, B, NP, D);
+  layernorm_forward_ref(h, x, w->pre_ln_w, w->pre_ln_b, (int64_t)N, D, c->eps);
+  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &w->blocks[l], c, B, T, 0);
   for (int b = 0; b < B; b++)
-    layernorm_forward_ref(q + (size_t)b * D, h + (size_t)b * T * D, m->post_ln_w, m->post_ln_b, 1, D, c->eps);
-  linear_forward_ref(embeds, q, m->vis_proj, NULL, B, D, m->cfg.projection_dim);
+    layernorm_forward_ref(q + (size_t)b * D, h + (size_t)b * T * D, w->ln_w, w->ln_b, 1, D, c->eps);
+  linear_forward_ref(embeds, q, w->proj, NULL, B, D, m->cfg.projection_dim);
   free(mem); free(cols); free(pe);
   return 0;
 }
 
 int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, float *embeds, ct_err *e) {
   const ct_tower_cfg *c = &m->cfg.text;
+  const ct_tower_w *w = &m->tower[0];
   int D = c->hidden;
   if (T > c->max_pos || T > 1024) return ct_errf(e, "encode_text_ref: %d tokens", T);
   for (int64_t i = 0; i < (int64_t)B * T; i++)
@@ -74,12 +76,12 @@ int ct_encode_text_ref(const ct_model *m, const int32_t *ids, int B, int T, floa
   float *mem = alloc_ws(N, D, c->inter, &h, &x, &q, &k, &v, &att, &mlp);
   if (!mem) return ct_errf(e, "out of memory");
   ct_text_embed(h, m, ids, B, T, T);
-  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &m->tblocks[l], c, B, T, 1);
+  for (int l = 0; l < c->layers; l++) block_ref(h, x, q, k, v, att, mlp, &w->blocks[l], c, B, T, 1);
   for (int b = 0; b < B; b++) {
     int t = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
-    layernorm_forward_ref(q + (size_t)b * D, h + ((size_t)b * T + t) * D, m->final_ln_w, m->final_ln_b, 1, D, c->eps);
+    layernorm_forward_ref(q + (size_t)b * D, h + ((size_t)b * T + t) * D, w->ln_w, w->ln_b, 1, D, c->eps);
   }
-  linear_forward_ref(embeds, q, m->text_proj, NULL, B, D, m->cfg.projection_dim);
+  linear_forward_ref(embeds, q, w->proj, NULL, B, D, m->cfg.projection_dim);
   free(mem);
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,96 +231,115 @@ char *ct_config_to_json(const ct_config *c) {
 
 /* ------------------------------------------------------------- layout */
 
-typedef struct {
-  ct_param *p;
-  int n, cap;
-  int fail;
-} plist;
+/* The parameter table in one place: the names (transformers' CLIPModel state dict, in its
+ * order), shapes and the pointer each resolves to. ct_model_layout builds the table from them
+ * and records in each parameter its tower, block and slot; every later reader (the weight and
+ * gradient resolvers, packing, training) goes by those, never by name. */
+enum { SH_D, SH_I, SH_DD, SH_ID, SH_DI, SH_VOCAB, SH_POS, SH_PATCH, SH_PROJ, SH_SCALAR };
+#define TW(f) (int)offsetof(ct_tower_w, f)
+#define BW(f) (int)offsetof(ct_block_w, f)
 
-static void padd(plist *l, int ndim, int64_t a, int64_t b, int64_t c, int64_t d,
-                 const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+/* one block's parameters, "<tower>.encoder.layers.<l>.<suffix>" (CLIPEncoderLayer order) */
+static const struct { const char *suffix; int slot, shape; } block_params[] = {
+    {"self_attn.k_proj.weight", BW(k_w), SH_DD},   {"self_attn.k_proj.bias", BW(k_b), SH_D},
+    {"self_attn.v_proj.weight", BW(v_w), SH_DD},   {"self_attn.v_proj.bias", BW(v_b), SH_D},
+    {"self_attn.q_proj.weight", BW(q_w), SH_DD},   {"self_attn.q_proj.bias", BW(q_b), SH_D},
+    {"self_attn.out_proj.weight", BW(o_w), SH_DD}, {"self_attn.out_proj.bias", BW(o_b), SH_D},
+    {"layer_norm1.weight", BW(ln1_w), SH_D},       {"layer_norm1.bias", BW(ln1_b), SH_D},
+    {"mlp.fc1.weight", BW(fc1_w), SH_ID},          {"mlp.fc1.bias", BW(fc1_b), SH_I},
+    {"mlp.fc2.weight", BW(fc2_w), SH_DI},          {"mlp.fc2.bias", BW(fc2_b), SH_D},
+    {"layer_norm2.weight", BW(ln2_w), SH_D},       {"layer_norm2.bias", BW(ln2_b), SH_D},
+};
+enum { NBLOCK = sizeof block_params / sizeof *block_params };
 
-#include <stdarg.h>
-static void padd(plist *l, int ndim, int64_t a, int64_t b, int64_t c, int64_t d,
-                 const char *fmt, ...) {
-  if (l->fail) return;
-  if (l->n == l->cap) {
-    int nc = l->cap ? l->cap * 2 : 64;
-    ct_param *np = realloc(l->p, sizeof(ct_param) * (size_t)nc);
-    if (!np) {
-      l->fail = 1;
-      return;
-    }
-    l->p = np;
-    l->cap = nc;
-  }
-  ct_param *p = &l->p[l->n++];
-  memset(p, 0, sizeof *p);
-  p->requires_grad = 1;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(p->name, sizeof p->name, fmt, ap);
-  va_end(ap);
-  p->ndim = ndim;
-  int64_t s[4] = {a, b, c, d};
-  p->numel = 1;
-  for (int i = 0; i < ndim; i++) {
-    p->shape[i] = s[i];
-    p->numel *= s[i];
+/* the rest, in order; name NULL: the tower's blocks go here */
+static const struct { int tower; const char *name; int slot, shape; } tower_params[] = {
+    {0, "text_model.embeddings.token_embedding.weight", TW(tok_emb), SH_VOCAB},
+    {0, "text_model.embeddings.position_embedding.weight", TW(pos_emb), SH_POS},
+    {0, NULL, 0, 0},
+    {0, "text_model.final_layer_norm.weight", TW(ln_w), SH_D},
+    {0, "text_model.final_layer_norm.bias", TW(ln_b), SH_D},
+    {1, "vision_model.embeddings.class_embedding", TW(cls_emb), SH_D},
+    {1, "vision_model.embeddings.patch_embedding.weight", TW(patch_w), SH_PATCH},
+    {1, "vision_model.embeddings.position_embedding.weight", TW(pos_emb), SH_POS},
+    {1, "vision_model.pre_layrnorm.weight", TW(pre_ln_w), SH_D},
+    {1, "vision_model.pre_layrnorm.bias", TW(pre_ln_b), SH_D},
+    {1, NULL, 0, 0},
+    {1, "vision_model.post_layernorm.weight", TW(ln_w), SH_D},
+    {1, "vision_model.post_layernorm.bias", TW(ln_b), SH_D},
+    {1, "visual_projection.weight", TW(proj), SH_PROJ},
+    {0, "text_projection.weight", TW(proj), SH_PROJ},
+    {-1, "logit_scale", 0, SH_SCALAR},
+};
+enum { NTOWER = sizeof tower_params / sizeof *tower_params };
+
+/* the six linear weights of a block (packed; kept half in a half model), in pack order */
+static const int lin_slot[6] = {BW(q_w), BW(k_w), BW(v_w), BW(o_w), BW(fc1_w), BW(fc2_w)};
+
+
+static int shape_of(int rule, const ct_config *c, const ct_tower_cfg *t, int vision, int64_t *s) {
+  int64_t D = t->hidden, I = t->inter, g = t->patch_size ? t->image_size / t->patch_size : 0;
+  switch (rule) {
+    case SH_D: s[0] = D; return 1;
+    case SH_I: s[0] = I; return 1;
+    case SH_DD: s[0] = D; s[1] = D; return 2;
+    case SH_ID: s[0] = I; s[1] = D; return 2;
+    case SH_DI: s[0] = D; s[1] = I; return 2;
+    case SH_VOCAB: s[0] = t->vocab; s[1] = D; return 2;
+    case SH_POS: s[0] = vision ? g * g + 1 : t->max_pos; s[1] = D; return 2;
+    case SH_PATCH: s[0] = D; s[1] = t->channels; s[2] = t->patch_size; s[3] = t->patch_size; return 4;
+    case SH_PROJ: s[0] = c->projection_dim; s[1] = D; return 2;
+    default: return 0; /* SH_SCALAR */
   }
 }
 
-static void add_layers(plist *l, const char *tower, const ct_tower_cfg *t) {
-  int D = t->hidden, I = t->inter;
-  for (int i = 0; i < t->layers; i++) {
-    const char *pr = tower;
-    /* order of transformers' CLIPEncoderLayer / CLIPAttention modules */
-    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.bias", pr, i);
-    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.bias", pr, i);
-    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.bias", pr, i);
-    padd(l, 2, D, D, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.bias", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.bias", pr, i);
-    padd(l, 2, I, D, 0, 0, "%s.encoder.layers.%d.mlp.fc1.weight", pr, i);
-    padd(l, 1, I, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc1.bias", pr, i);
-    padd(l, 2, D, I, 0, 0, "%s.encoder.layers.%d.mlp.fc2.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc2.bias", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.weight", pr, i);
-    padd(l, 1, D, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.bias", pr, i);
+static int add_param(ct_param **ps, int *n, int *cap, const ct_config *c, int tower, int layer,
+                     int slot, int rule, const char *name) {
+  if (*n == *cap) {
+    int nc = *cap ? *cap * 2 : 64;
+    ct_param *np = realloc(*ps, sizeof(ct_param) * (size_t)nc);
+    if (!np) return -1;
+    *ps = np;
+    *cap = nc;
   }
+  ct_param *p = &(*ps)[(*n)++];
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "%s", name);
+  p->requires_grad = 1;
+  p->tower = tower;
+  p->layer = layer;
+  p->slot = slot;
+  p->ndim = shape_of(rule, c, tower ? &c->vision : &c->text, tower == 1, p->shape);
+  p->numel = 1;
+  for (int i = 0; i < p->ndim; i++) p->numel *= p->shape[i];
+  return 0;
 }
 
 int ct_model_layout(const ct_config *c, ct_param **params, int *n, ct_err *e) {
-  plist l = {0};
-  const ct_tower_cfg *t = &c->text, *v = &c->vision;
-  int g = v->image_size / v->patch_size;
-  padd(&l, 2, t->vocab, t->hidden, 0, 0, "text_model.embeddings.token_embedding.weight");
-  padd(&l, 2, t->max_pos, t->hidden, 0, 0, "text_model.embeddings.position_embedding.weight");
-  add_layers(&l, "text_model", t);
-  padd(&l, 1, t->hidden, 0, 0, 0, "text_model.final_layer_norm.weight");
-  padd(&l, 1, t->hidden, 0, 0, 0, "text_model.final_layer_norm.bias");
-  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.embeddings.class_embedding");
-  padd(&l, 4, v->hidden, v->channels, v->patch_size, v->patch_size,
-       "vision_model.embeddings.patch_embedding.weight");
-  padd(&l, 2, (int64_t)g * g + 1, v->hidden, 0, 0, "vision_model.embeddings.position_embedding.weight");
-  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.pre_layrnorm.weight");
-  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.pre_layrnorm.bias");
-  add_layers(&l, "vision_model", v);
-  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.post_layernorm.weight");
-  padd(&l, 1, v->hidden, 0, 0, 0, "vision_model.post_layernorm.bias");
-  padd(&l, 2, c->projection_dim, v->hidden, 0, 0, "visual_projection.weight");
-  padd(&l, 2, c->projection_dim, t->hidden, 0, 0, "text_projection.weight");
-  padd(&l, 0, 0, 0, 0, 0, "logit_scale");
-  if (l.fail) {
-    free(l.p);
+  ct_param *ps = NULL;
+  int np = 0, cap = 0, fail = 0;
+  for (int r = 0; r < NTOWER && !fail; r++) {
+    int tw = tower_params[r].tower;
+    if (tower_params[r].name) {
+      fail = add_param(&ps, &np, &cap, c, tw, -1, tower_params[r].slot, tower_params[r].shape,
+                       tower_params[r].name);
+      continue;
+    }
+    for (int l = 0; l < (tw ? c->vision.layers : c->text.layers) && !fail; l++)
+      for (int k = 0; k < NBLOCK && !fail; k++) {
+        char name[96];
+        snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", tw ? "vision_model" : "text_model",
+                 l, block_params[k].suffix);
+        fail = add_param(&ps, &np, &cap, c, tw, l, block_params[k].slot, block_params[k].shape,
+                         name);
+      }
+  }
+  if (fail) {
+    free(ps);
     return ct_errf(e, "out of memory building the parameter table");
   }
-  *params = l.p;
-  *n = l.n;
+  *params = ps;
+  *n = np;
   return 0;
 }
 
@@ -329,45 +349,49 @@ int ct_model_find_param(const ct_model *m, const char *name) {
   return -1;
 }
 
-
-static float *data_of(ct_model *m, const char *name) {
-  int i = ct_model_find_param(m, name);
-  return i < 0 ? NULL : m->params[i].data;
+/* the pointer of p in the tower pointers tw[2] */
+static float **slot_of(ct_tower_w *tw, const ct_param *p) {
+  char *base = p->layer < 0 ? (char *)&tw[p->tower] : (char *)&tw[p->tower].blocks[p->layer];
+  return (float **)(base + p->slot);
 }
 
-void ct_block_fill(ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_lookup get) {
-  char name[96];
-#define W(field, nm) \
-  (snprintf(name, sizeof name, "%s.encoder.layers.%d." nm, tw, l), b->field = get(m, name))
-  W(ln1_w, "layer_norm1.weight"); W(ln1_b, "layer_norm1.bias");
-  W(q_w, "self_attn.q_proj.weight"); W(q_b, "self_attn.q_proj.bias");
-  W(k_w, "self_attn.k_proj.weight"); W(k_b, "self_attn.k_proj.bias");
-  W(v_w, "self_attn.v_proj.weight"); W(v_b, "self_attn.v_proj.bias");
-  W(o_w, "self_attn.out_proj.weight"); W(o_b, "self_attn.out_proj.bias");
-  W(ln2_w, "layer_norm2.weight"); W(ln2_b, "layer_norm2.bias");
-  W(fc1_w, "mlp.fc1.weight"); W(fc1_b, "mlp.fc1.bias");
-  W(fc2_w, "mlp.fc2.weight"); W(fc2_b, "mlp.fc2.bias");
-#undef W
+/* the tower-level parameter of tower at slot (NULL: none) */
+static ct_param *tower_param(ct_model *m, int tower, int slot) {
+  for (int i = 0; i < m->nparams; i++)
+    if (m->params[i].tower == tower && m->params[i].layer < 0 && m->params[i].slot == slot)
+      return &m->params[i];
+  return NULL;
+}
+
+/* the index of block l's first parameter in a tower (the table's order) */
+static int block_base(const ct_config *c, int tower, int l) {
+  int i = 0;
+  for (int r = 0; r < NTOWER; r++) {
+    int L = tower_params[r].tower ? c->vision.layers : c->text.layers;
+    if (tower_params[r].name) i++;
+    else if (tower_params[r].tower == tower) return i + l * NBLOCK;
+    else i += L * NBLOCK;
+  }
+  return -1;
 }
 
 void ct_model_resolve(ct_model *m) {
-  m->tok_emb = data_of(m, "text_model.embeddings.token_embedding.weight");
-  m->tpos_emb = data_of(m, "text_model.embeddings.position_embedding.weight");
-  m->final_ln_w = data_of(m, "text_model.final_layer_norm.weight");
-  m->final_ln_b = data_of(m, "text_model.final_layer_norm.bias");
-  m->text_proj = data_of(m, "text_projection.weight");
-  m->cls_emb = data_of(m, "vision_model.embeddings.class_embedding");
-  m->patch_w = data_of(m, "vision_model.embeddings.patch_embedding.weight");
-  m->vpos_emb = data_of(m, "vision_model.embeddings.position_embedding.weight");
-  m->pre_ln_w = data_of(m, "vision_model.pre_layrnorm.weight");
-  m->pre_ln_b = data_of(m, "vision_model.pre_layrnorm.bias");
-  m->post_ln_w = data_of(m, "vision_model.post_layernorm.weight");
-  m->post_ln_b = data_of(m, "vision_model.post_layernorm.bias");
-  m->vis_proj = data_of(m, "visual_projection.weight");
-  m->logit_scale = data_of(m, "logit_scale");
-  for (int l = 0; l < m->cfg.text.layers; l++) ct_block_fill(m, &m->tblocks[l], "text_model", l, data_of);
-  for (int l = 0; l < m->cfg.vision.layers; l++)
-    ct_block_fill(m, &m->vblocks[l], "vision_model", l, data_of);
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *p = &m->params[i];
+    if (p->tower < 0) m->logit_scale = p->data;
+    else *slot_of(m->tower, p) = p->data;
+  }
+}
+
+const ct_tower_w *ct_model_grads(ct_model *m, int vision) {
+  for (int i = 0; i < m->nparams; i++) {
+    ct_param *p = &m->params[i];
+    if (p->tower != vision) continue;
+    float *g = p->requires_grad ? p->grad : NULL;
+    if (g) p->has_grad = 1;
+    *slot_of(m->grad, p) = g;
+  }
+  return &m->grad[vision];
 }
 
 void *ct_scratch_get(ct_model *m, size_t n, size_t *got) {
@@ -407,13 +431,6 @@ void ct_scratch_put(ct_model *m, void *p, size_t n) {
 
 /* ------------------------------------------------------------ packed weights */
 
-static ct_param *param_of(ct_model *m, const char *tw, int l, const char *nm) {
-  char name[96];
-  snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", tw, l, nm);
-  int i = ct_model_find_param(m, name);
-  return i < 0 ? NULL : &m->params[i];
-}
-
 /* Drop the resident pages wholly inside [p, p + n) of a read-only file mapping (they are read
  * back from the file if touched again). */
 static void release_range(const void *p, size_t n) {
@@ -450,8 +467,8 @@ static void free_packs(ct_pack_blk *pk, int L) {
 }
 
 void ct_model_unpack(ct_model *m) {
-  for (int l = 0; l < m->cfg.text.layers && m->tblocks; l++) m->tblocks[l].pk = NULL;
-  for (int l = 0; l < m->cfg.vision.layers && m->vblocks; l++) m->vblocks[l].pk = NULL;
+  for (int l = 0; l < m->cfg.text.layers && m->tower[0].blocks; l++) m->tower[0].blocks[l].pk = NULL;
+  for (int l = 0; l < m->cfg.vision.layers && m->tower[1].blocks; l++) m->tower[1].blocks[l].pk = NULL;
   free_packs(m->tpk, m->cfg.text.layers);
   free_packs(m->vpk, m->cfg.vision.layers);
   m->tpk = m->vpk = NULL;
@@ -462,10 +479,8 @@ void ct_model_unpack(ct_model *m) {
 /* The patch embedding (a GEMM of every image's patches at the start of the vision tower). */
 static int pack_patch(ct_model *m, int frozen_only, ct_err *e) {
   if (ct_patch_pack_ok(m)) return 0; /* current: no lookup */
-  int i = ct_model_find_param(m, "vision_model.embeddings.patch_embedding.weight");
-  if (i < 0) return 0;
-  ct_param *p = &m->params[i];
-  if (!p->data || (frozen_only && p->requires_grad)) return 0;
+  ct_param *p = tower_param(m, 1, TW(patch_w));
+  if (!p || !p->data || (frozen_only && p->requires_grad)) return 0;
   m->patch_pk.src = &p->gen;
   const ct_tower_cfg *c = &m->cfg.vision;
   int N = c->hidden, K = c->channels * c->patch_size * c->patch_size;
@@ -478,12 +493,15 @@ static int pack_patch(ct_model *m, int frozen_only, ct_err *e) {
   return 0;
 }
 
-static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pack_blk **pkp,
-                      ct_block_w *blocks, int frozen_only, ct_err *e) {
-  static const char *const nm[6] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                    "self_attn.v_proj.weight", "self_attn.out_proj.weight",
-                                    "mlp.fc1.weight", "mlp.fc2.weight"};
+static int pack_tower(ct_model *m, int tower, ct_pack_blk **pkp, int frozen_only, ct_err *e) {
+  const ct_tower_cfg *c = tower ? &m->cfg.vision : &m->cfg.text;
+  const char *tw = tower ? "vision_model" : "text_model";
+  ct_block_w *blocks = m->tower[tower].blocks;
   int L = c->layers, D = c->hidden, I = c->inter;
+  int row[6]; /* where each linear weight sits among a block's parameters */
+  for (int i = 0; i < 6; i++)
+    for (int k = 0; k < NBLOCK; k++)
+      if (block_params[k].slot == lin_slot[i]) row[i] = k;
   if (L <= 0) return 0;
   if (!*pkp) {
     *pkp = calloc((size_t)L, sizeof(ct_pack_blk));
@@ -497,9 +515,9 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
       continue;
     }
     ct_param *ps[6];
+    int base = block_base(&m->cfg, tower, l);
     for (int i = 0; i < 6; i++) {
-      ps[i] = param_of(m, tw, l, nm[i]);
-      if (!ps[i]) return ct_errf(e, "packing: %s layer %d has no %s", tw, l, nm[i]);
+      ps[i] = &m->params[base + row[i]];
       pk->src[i] = &ps[i]->gen;
     }
     int frozen = 1;
@@ -543,9 +561,7 @@ static int pack_tower(ct_model *m, const char *tw, const ct_tower_cfg *c, ct_pac
         free(ps[i]->data);
         ps[i]->data = NULL;
         ps[i]->owned = 0;
-        float **fld[6] = {&blocks[l].q_w, &blocks[l].k_w, &blocks[l].v_w,
-                          &blocks[l].o_w, &blocks[l].fc1_w, &blocks[l].fc2_w};
-        *fld[i] = NULL;
+        *slot_of(m->tower, ps[i]) = NULL;
       }
       release_mapped(ps[i]);
     }
@@ -581,8 +597,8 @@ int ct_model_materialize(ct_model *m, ct_err *e) {
 
 int ct_model_pack(ct_model *m, int frozen_only, ct_err *e) {
   if (m->pack_off || !ct_gemm_packed_available() || !m->params) return 0;
-  if (pack_tower(m, "text_model", &m->cfg.text, &m->tpk, m->tblocks, frozen_only, e) != 0 ||
-      pack_tower(m, "vision_model", &m->cfg.vision, &m->vpk, m->vblocks, frozen_only, e) != 0 ||
+  if (pack_tower(m, 0, &m->tpk, frozen_only, e) != 0 ||
+      pack_tower(m, 1, &m->vpk, frozen_only, e) != 0 ||
       pack_patch(m, frozen_only, e) != 0) {
     /* out of memory: back to the float weights, when they are all there */
     if (!ct_model_lazy(m)) ct_model_unpack(m);
@@ -604,15 +620,20 @@ void ct_model_free(ct_model *m) {
   if (m->files)
     for (int i = 0; i < m->nfiles; i++) ct_st_close(&m->files[i]);
   free(m->files);
-  free(m->tblocks);
-  free(m->vblocks);
+  for (int t = 0; t < 2; t++) {
+    free(m->tower[t].blocks);
+    free(m->grad[t].blocks);
+  }
   memset(m, 0, sizeof *m);
 }
 
 static int alloc_blocks(ct_model *m, ct_err *e) {
-  m->tblocks = calloc((size_t)m->cfg.text.layers + 1, sizeof(ct_block_w));
-  m->vblocks = calloc((size_t)m->cfg.vision.layers + 1, sizeof(ct_block_w));
-  if (!m->tblocks || !m->vblocks) return ct_errf(e, "out of memory");
+  for (int t = 0; t < 2; t++) {
+    size_t n = (size_t)(t ? m->cfg.vision.layers : m->cfg.text.layers) + 1;
+    m->tower[t].blocks = calloc(n, sizeof(ct_block_w));
+    m->grad[t].blocks = calloc(n, sizeof(ct_block_w));
+    if (!m->tower[t].blocks || !m->grad[t].blocks) return ct_errf(e, "out of memory");
+  }
   return 0;
 }
 
@@ -790,17 +811,10 @@ static void shape_str(char *b, size_t n, int nd, const int64_t *s) {
 
 /* The weights a half-precision model keeps in F16/BF16: the six linear weights of every
  * block and the token embedding. */
-static int half_candidate(const char *name) {
-  static const char *const suf[] = {".self_attn.q_proj.weight", ".self_attn.k_proj.weight",
-                                    ".self_attn.v_proj.weight", ".self_attn.out_proj.weight",
-                                    ".mlp.fc1.weight", ".mlp.fc2.weight"};
-  if (!strcmp(name, "text_model.embeddings.token_embedding.weight")) return 1;
-  if (!strstr(name, ".encoder.layers.")) return 0;
-  size_t n = strlen(name);
-  for (size_t i = 0; i < sizeof suf / sizeof *suf; i++) {
-    size_t l = strlen(suf[i]);
-    if (n > l && !strcmp(name + n - l, suf[i])) return 1;
-  }
+static int half_candidate(const ct_param *p) {
+  if (p->layer < 0) return p->tower == 0 && p->slot == TW(tok_emb);
+  for (int i = 0; i < 6; i++)
+    if (p->slot == lin_slot[i]) return 1;
   return 0;
 }
 
@@ -861,7 +875,7 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
     }
     q->dtype = t->dtype;
     void *ptr = ct_st_ptr(f, k);
-    if (half && half_candidate(q->name)) {
+    if (half && half_candidate(q)) {
       int hk = t->dtype == CT_F16 ? PK_F16 : t->dtype == CT_BF16 ? PK_BF16 : 0;
       if (hk && ((uintptr_t)ptr & 1) == 0 && (half < 0 || half == hk)) {
         half = hk;
@@ -886,7 +900,7 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
       q->owned = 1;
       if (ct_st_to_f32(f, k, q->data, e) != 0) goto fail;
       if ((t->dtype == CT_F16 || t->dtype == CT_BF16) && ((uintptr_t)ptr & 1) == 0 &&
-          half_candidate(q->name))
+          half_candidate(q))
         q->half = ptr; /* the packs may replace the float copy (ct_model_pack) */
       release_range(ptr, (size_t)(t->end - t->begin)); /* the source pages: only the float copy is used now */
     }
@@ -898,8 +912,8 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
   ct_model_resolve(m);
   if (half > 0) {
     m->half_kind = half;
-    int ti = ct_model_find_param(m, "text_model.embeddings.token_embedding.weight");
-    m->tok_emb_h = ti >= 0 ? m->params[ti].half : NULL;
+    const ct_param *te = tower_param(m, 0, TW(tok_emb));
+    m->tok_emb_h = te ? te->half : NULL;
     /* the block weights exist only packed: pack now (the encoders have nothing else) */
     if (ct_model_pack(m, 0, e) != 0) goto fail;
   }

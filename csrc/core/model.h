@@ -46,6 +46,10 @@ typedef struct ct_param {
   const uint16_t *half; /* the F16/BF16 values in the mapped file, for the block weights and
                            token embedding of a half checkpoint: data is NULL in a half model
                            (and once packed, when never written) until ct_model_materialize */
+  /* where it belongs (set by ct_model_layout): tower 0 text, 1 vision, -1 the model
+   * (logit_scale); layer: its block, or -1; slot: the offset of its pointer in ct_tower_w
+   * (layer -1) or in ct_block_w */
+  int tower, layer, slot;
 } ct_param;
 
 /* The packed copies (gemm.h layout) of one block's linear weights, built by ct_model_pack.
@@ -73,17 +77,29 @@ typedef struct ct_block_w {
   const ct_pack_blk *pk; /* packed weights (NULL: none; used only when ct_pack_ok) */
 } ct_block_w;
 
+/* The tensors of one tower by role: its weights (ct_model.tower) or its gradients
+ * (ct_model.grad). NULL where the tower has no such tensor, or a gradient is not computed. */
+typedef struct ct_tower_w {
+  float *tok_emb;             /* text: token_embedding.weight [V, D] */
+  float *cls_emb, *patch_w;   /* vision: class_embedding [D], patch_embedding.weight [D, C, P, P] */
+  float *pos_emb;             /* position_embedding.weight [T, D] */
+  float *pre_ln_w, *pre_ln_b; /* vision: pre_layrnorm [D] */
+  float *ln_w, *ln_b;         /* vision: post_layernorm, text: final_layer_norm [D] */
+  float *proj;                /* visual_projection / text_projection [E, D] */
+  ct_block_w *blocks;         /* [layers] */
+} ct_tower_w;
+
 typedef struct ct_model {
   ct_config cfg;
   int nparams;
   ct_param *params;
   int nfiles;
   ct_st_file *files;
-  /* resolved pointers */
-  float *tok_emb, *tpos_emb, *final_ln_w, *final_ln_b, *text_proj;
-  float *cls_emb, *patch_w, *vpos_emb, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b,
-      *vis_proj, *logit_scale;
-  ct_block_w *tblocks, *vblocks;
+  /* resolved pointers (ct_model_resolve): tower[0] text, tower[1] vision */
+  ct_tower_w tower[2];
+  float *logit_scale;
+  /* the gradients of one tower, resolved by ct_model_grads */
+  ct_tower_w grad[2];
   /* recycled scratch blocks (training tapes, backward buffers), so a training
    * loop does not page-fault fresh memory every step */
   struct { void *p; size_t n; } spare[6];
@@ -161,12 +177,12 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
 int ct_model_init(const ct_config *cfg, ct_model *m, ct_err *e);
 void ct_model_free(ct_model *m);
 int ct_model_find_param(const ct_model *m, const char *name);
-/* Fill the pointers of block l of tower tw ("text_model" / "vision_model")
- * with get(m, parameter name): the weights, or (train.c) the gradients. */
-typedef float *(*ct_param_lookup)(struct ct_model *m, const char *name);
-void ct_block_fill(struct ct_model *m, ct_block_w *b, const char *tw, int l, ct_param_lookup get);
-/* Re-resolve the tower pointers from the parameter table. */
+/* Re-resolve the weight pointers (tower[], logit_scale) from the parameter table. */
 void ct_model_resolve(ct_model *m);
+/* Resolve grad[vision] from the parameter table: the gradient of each of the tower's
+ * parameters that requires grad and has one allocated, marked as written (has_grad: a
+ * backward is about to accumulate into it), else NULL (torch: its grad stays None). */
+const ct_tower_w *ct_model_grads(ct_model *m, int vision);
 
 /* Outputs of a forward pass; any pointer may be NULL. */
 typedef struct ct_fwd_out {
@@ -188,25 +204,42 @@ int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o
 /* ids: [B, T] int32 (padded); every id must be < vocab. */
 int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_out *o,
                    ct_err *e);
-/* Embedding steps shared by the inference (encoder.c) and training (train.c)
- * forwards. cols [B*NP, C*P*P]: patches in (channel, row, col) order, grid
- * row-major; h [B, T, D] from the patch projections pe [B*NP, D]:
- * [class_embedding; pe] + position_embedding; text: token + position
- * embeddings of ids [B, T_in] for the first T positions. */
+/* Embedding steps shared by the inference (encoder.c) and training (train.c) forwards.
+ * cols [B*NP, C*P*P]: patches in (channel, row, col) order, grid row-major. Vision: h [B, T, D]
+ * = [class_embedding; cols patch_embedding^T] + position_embedding, pe [B*NP, D] receives the
+ * patch projections; packed: the packed patch embedding when current (not in training, whose
+ * numbers do not depend on packs). Text: h [B, T, D], token +
+ * position embeddings of ids [B, T_in] for the first T positions (a half model's token
+ * embedding too). */
 void ct_vision_im2col(float *cols, const float *pixels, int B, const ct_tower_cfg *c);
-void ct_vision_embed(float *h, const float *pe, const ct_model *m, int B);
+void ct_vision_embed(float *h, float *pe, const float *cols, const ct_model *m, int B,
+                     int packed);
 void ct_text_embed(float *h, const ct_model *m, const int32_t *ids, int B, int T_in, int T);
 
-/* Scratch of a plain (nothing saved) block forward, N = B*T rows:
- * h, x, q, k, v, att [N, D], mlp [N, I], probs [T, T]; mem: the owning block. */
+/* Scratch of a block forward, N = B*T rows: h (the hidden state, updated in place), x, q, k,
+ * v, att [N, D], mlp [N, I], probs [T, T]; mem: the owning block. A forward that saves its
+ * activations uses only h. */
 typedef struct ct_fwd_ws {
   float *h, *x, *q, *k, *v, *att, *mlp, *probs;
   void *mem;
   size_t bytes; /* of mem */
 } ct_fwd_ws;
-/* One pre-LN block over w->h in place (encoder.c; also train.c's frozen bottom). */
+/* What the backward of one block needs (train.c's tape), [N, D] unless noted: the input, LN1's
+ * output and stats [N], q, k, v, the softmax [B, NH, T, T], the attention output, mid (input +
+ * attention branch), LN2's output and stats, fc1's output and the activation [N, I]. */
+typedef struct ct_layer_acts {
+  float *inp, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *att;
+  float *mid, *ln2, *ln2_mean, *ln2_rstd, *fc1, *actv;
+} ct_layer_acts;
+/* One pre-LN block, h = h + out_proj(attn(LN1(h))); h = h + fc2(act(fc1(LN2(h)))), over w->h
+ * [B, T, D] in place, with the packed weights (b->pk) when they are current and nothing is
+ * saved. pool (NULL: every
+ * row): the pooled row of each sequence; only those rows are computed past K and V, and w->h
+ * ends as [B, D], those rows' outputs (the last block of an encode). save (NULL: keep nothing):
+ * keep the activations in it (every row; pool is then ignored). Used by the encoders
+ * (encoder.c) and the training forward (train.c). */
 void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, int B, int T,
-                      int causal);
+                      int causal, const int *pool, ct_layer_acts *save);
 
 /* Naive twins of the two towers (encoder_ref.c): embeddings only, T <= 1024. */
 int ct_encode_image_ref(const ct_model *m, const float *pixels, int B, float *embeds, ct_err *e);

@@ -7,8 +7,7 @@
  * work costs nothing, and stops at the lowest trainable parameter. */
 #include "train.h"
 
-#include <stdarg.h>
-#include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,27 +15,21 @@
 
 /* ---------------------------------------------------------- trainability */
 
-static int prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
-
 void ct_tower_trainable(const ct_model *m, int vision, ct_trainable *t) {
-  const char *tw = vision ? "vision_model." : "text_model.";
   int L = vision ? m->cfg.vision.layers : m->cfg.text.layers;
   memset(t, 0, sizeof *t);
   t->first_layer = L;
-  char layers[64];
-  snprintf(layers, sizeof layers, "%sencoder.layers.", tw);
   for (int i = 0; i < m->nparams; i++) {
     const ct_param *p = &m->params[i];
-    if (!p->requires_grad) continue;
-    const char *n = p->name;
-    if (prefix(n, vision ? "visual_projection." : "text_projection.")) {
+    if (!p->requires_grad || p->tower != vision) continue;
+    if (p->layer >= 0) {
+      if (p->layer < t->first_layer) t->first_layer = p->layer;
+    } else if (p->slot == (int)offsetof(ct_tower_w, proj)) {
       t->proj = 1;
-    } else if (prefix(n, layers)) {
-      int l = atoi(n + strlen(layers));
-      if (l < t->first_layer) t->first_layer = l;
-    } else if (prefix(n, tw)) {
-      if (strstr(n, "embeddings.") || strstr(n, "pre_layrnorm")) t->emb = 1;
-      else t->post = 1; /* post_layernorm / final_layer_norm */
+    } else if (p->slot == (int)offsetof(ct_tower_w, ln_w) || p->slot == (int)offsetof(ct_tower_w, ln_b)) {
+      t->post = 1; /* post_layernorm / final_layer_norm */
+    } else {
+      t->emb = 1; /* embeddings, pre_layrnorm */
     }
   }
   if (t->emb) t->first_layer = 0;
@@ -118,25 +111,6 @@ static void layout(ct_tape *t, arena *a, int NP, int K) {
 
 /* ---------------------------------------------------------- forward */
 
-/* saved block: reads s->inp, writes out (the next layer's inp, or hfinal) */
-static void block_fwd_save(ct_layer_acts *s, float *out, const ct_block_w *b,
-                           const ct_tower_cfg *c, int B, int T, int causal) {
-  int D = c->hidden, I = c->inter, N = B * T;
-  size_t ND = (size_t)N * D;
-  layernorm_forward(s->ln1, s->ln1_mean, s->ln1_rstd, s->inp, b->ln1_w, b->ln1_b, N, D, c->eps);
-  linear_forward(s->q, s->ln1, b->q_w, b->q_b, N, D, D);
-  linear_forward(s->k, s->ln1, b->k_w, b->k_b, N, D, D);
-  linear_forward(s->v, s->ln1, b->v_w, b->v_b, N, D, D);
-  attention_forward(s->att, s->probs, s->q, s->k, s->v, B, T, D, c->heads, causal, 1);
-  linear_forward(s->mid, s->att, b->o_w, b->o_b, N, D, D);
-  for (size_t i = 0; i < ND; i++) s->mid[i] += s->inp[i];
-  layernorm_forward(s->ln2, s->ln2_mean, s->ln2_rstd, s->mid, b->ln2_w, b->ln2_b, N, D, c->eps);
-  linear_forward(s->fc1, s->ln2, b->fc1_w, b->fc1_b, N, D, I);
-  act_forward(s->actv, s->fc1, (int64_t)N * I, c->act);
-  linear_forward(out, s->actv, b->fc2_w, b->fc2_b, N, I, D);
-  for (size_t i = 0; i < ND; i++) out[i] += s->mid[i];
-}
-
 int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *t, ct_err *e) {
   memset(t, 0, sizeof *t);
@@ -203,160 +177,114 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
   if (vision) {
     float *cl = t->cols ? t->cols : cols;
     ct_vision_im2col(cl, pixels, B, c);
-    linear_forward(x, cl, m->patch_w, NULL, B * NP, K, D);
-    ct_vision_embed(h, x, m, B);
+    ct_vision_embed(h, x, cl, m, B, 0); /* the float weights, as the saved blocks */
     if (t->x) memcpy(t->x, h, sizeof(float) * N * D);
-    layernorm_forward(h, t->pre_mean, t->pre_rstd, h, m->pre_ln_w, m->pre_ln_b, (int64_t)N, D, c->eps);
+    layernorm_forward(h, t->pre_mean, t->pre_rstd, h, m->tower[1].pre_ln_w, m->tower[1].pre_ln_b,
+                      (int64_t)N, D, c->eps);
   } else {
     for (int b = 0; b < B; b++)
       memcpy(t->ids + (size_t)b * Tt, ids + (size_t)b * T, sizeof(int32_t) * Tt);
     ct_text_embed(h, m, ids, B, T, Tt);
   }
-  const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
-  int causal = !vision;
-  for (int l = 0; l < t->L; l++) {
-    if (l < t->first) {
-      ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0};
-      ct_block_forward(&ws, &blocks[l], c, B, Tt, causal);
-      continue;
-    }
-    ct_layer_acts *s = &t->la[l - t->first];
-    if (l == t->first) memcpy(s->inp, h, sizeof(float) * N * D);
-    float *out = l + 1 < t->L ? t->la[l + 1 - t->first].inp : h;
-    block_fwd_save(s, out, &blocks[l], c, B, Tt, causal);
-  }
-  /* pooled rows -> final LN -> projection */
-  const float *lnw = vision ? m->post_ln_w : m->final_ln_w, *lnb = vision ? m->post_ln_b : m->final_ln_b;
-  for (int b = 0; b < B; b++) {
-    int row = vision ? 0 : t->pool[b];
-    memcpy(t->pool_in + (size_t)b * D, h + ((size_t)b * Tt + row) * D, sizeof(float) * D);
-  }
-  layernorm_forward(t->pooled, t->pool_mean, t->pool_rstd, t->pool_in, lnw, lnb, B, D, c->eps);
-  linear_forward(embeds, t->pooled, vision ? m->vis_proj : m->text_proj, NULL, B, D, E);
+  /* the frozen bottom keeps nothing; from the first trainable block on, everything is saved */
+  const ct_tower_w *w = &m->tower[vision];
+  ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0};
+  for (int l = 0; l < t->L; l++)
+    ct_block_forward(&ws, &w->blocks[l], c, B, Tt, !vision, NULL,
+                     l < t->first ? NULL : &t->la[l - t->first]);
+  /* pooled rows (vision: row 0) -> final LN -> projection */
+  for (int b = 0; b < B; b++)
+    memcpy(t->pool_in + (size_t)b * D, h + ((size_t)b * Tt + t->pool[b]) * D, sizeof(float) * D);
+  layernorm_forward(t->pooled, t->pool_mean, t->pool_rstd, t->pool_in, w->ln_w, w->ln_b, B, D,
+                    c->eps);
+  linear_forward(embeds, t->pooled, w->proj, NULL, B, D, E);
   return 0;
 }
 
 /* ---------------------------------------------------------- backward */
 
-static float *G(ct_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static float *G(ct_model *m, const char *fmt, ...) {
-  char name[96];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  int i = ct_model_find_param(m, name);
-  if (i < 0 || !m->params[i].requires_grad || !m->params[i].grad) return NULL;
-  m->params[i].has_grad = 1;
-  return m->params[i].grad;
+void ct_block_backward(float *dh, ct_bwd_ws *ws, const ct_block_w *g, const ct_block_w *w,
+                       const ct_layer_acts *s, const ct_tower_cfg *c, int B, int T, int causal,
+                       int need_dinp) {
+  int D = c->hidden, I = c->inter, N = B * T;
+  size_t ND = (size_t)N * D, NI = (size_t)N * I;
+  /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */
+  memset(ws->dact, 0, sizeof(float) * NI);
+  linear_backward(ws->dact, g->fc2_w, g->fc2_b, dh, s->actv, w->fc2_w, N, I, D);
+  memset(ws->dfc1, 0, sizeof(float) * NI);
+  act_backward(ws->dfc1, ws->dact, s->fc1, (int64_t)NI, c->act);
+  memset(ws->dln, 0, sizeof(float) * ND);
+  linear_backward(ws->dln, g->fc1_w, g->fc1_b, ws->dfc1, s->ln2, w->fc1_w, N, D, I);
+  memcpy(ws->dmid, dh, sizeof(float) * ND);
+  layernorm_backward(ws->dmid, g->ln2_w, g->ln2_b, ws->dln, s->mid, w->ln2_w, s->ln2_mean,
+                     s->ln2_rstd, N, D);
+  /* attention branch: mid = inp + out_proj(attn(q, k, v)) */
+  memset(ws->datt, 0, sizeof(float) * ND);
+  linear_backward(ws->datt, g->o_w, g->o_b, ws->dmid, s->att, w->o_w, N, D, D);
+  memset(ws->dq, 0, sizeof(float) * ND);
+  memset(ws->dk, 0, sizeof(float) * ND);
+  memset(ws->dv, 0, sizeof(float) * ND);
+  attention_backward(ws->dq, ws->dk, ws->dv, ws->scratch, ws->datt, s->q, s->k, s->v, s->probs, B,
+                     T, D, c->heads, causal);
+  memset(ws->dln, 0, sizeof(float) * ND);
+  linear_backward(ws->dln, g->q_w, g->q_b, ws->dq, s->ln1, w->q_w, N, D, D);
+  linear_backward(ws->dln, g->k_w, g->k_b, ws->dk, s->ln1, w->k_w, N, D, D);
+  linear_backward(ws->dln, g->v_w, g->v_b, ws->dv, s->ln1, w->v_w, N, D, D);
+  memcpy(dh, ws->dmid, sizeof(float) * ND);
+  layernorm_backward(need_dinp ? dh : NULL, g->ln1_w, g->ln1_b, ws->dln, s->inp, w->ln1_w,
+                     s->ln1_mean, s->ln1_rstd, N, D);
 }
-
-/* the gradient buffer of a trainable parameter (marked as written), else NULL */
-static float *grad_of(ct_model *m, const char *name) { return G(m, "%s", name); }
 
 int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) {
   int vision = t->vision, B = t->B, Tt = t->T, D = t->D, I = t->I, E = m->cfg.projection_dim;
   const ct_tower_cfg *c = vision ? &m->cfg.vision : &m->cfg.text;
-  const char *tw = vision ? "vision_model" : "text_model";
-  float *dproj = G(m, vision ? "visual_projection.weight" : "text_projection.weight");
-  const float *proj = vision ? m->vis_proj : m->text_proj;
+  const ct_tower_w *w = &m->tower[vision], *g = ct_model_grads(m, vision);
   if (!t->need_pool) { /* only the projection (or nothing) trains */
-    if (dproj) linear_backward(NULL, dproj, NULL, dembeds, t->pooled, proj, B, D, E);
+    if (g->proj) linear_backward(NULL, g->proj, NULL, dembeds, t->pooled, w->proj, B, D, E);
     return 0;
   }
   size_t N = (size_t)B * Tt, ND = N * D, NI = N * (size_t)I;
-  size_t total = 8 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
+  size_t total = 7 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
   size_t mem_bytes;
   float *mem = ct_scratch_get(m, total * sizeof(float), &mem_bytes);
   if (!mem) return ct_errf(e, "out of memory: backward needs %zu MB", total * sizeof(float) >> 20);
-  memset(mem, 0, total * sizeof(float));
-  float *dh = mem, *dmid = dh + ND, *dln = dmid + ND, *datt = dln + ND, *dq = datt + ND,
-        *dk = dq + ND, *dv = dk + ND, *dtmp = dv + ND, *dact = dtmp + ND, *dfc1 = dact + NI,
-        *scratch = dfc1 + NI, *dpooled = scratch + (size_t)Tt * Tt, *dpin = dpooled + (size_t)B * D;
-  (void)dtmp;
-  /* projection */
-  linear_backward(dpooled, dproj, NULL, dembeds, t->pooled, proj, B, D, E);
-  /* final LN of the pooled rows */
-  layernorm_backward(dpin, G(m, vision ? "vision_model.post_layernorm.weight" : "text_model.final_layer_norm.weight"),
-                     G(m, vision ? "vision_model.post_layernorm.bias" : "text_model.final_layer_norm.bias"),
-                     dpooled, t->pool_in, vision ? m->post_ln_w : m->final_ln_w, t->pool_mean,
+  float *dh = mem, *dpooled = dh + ND, *dpin = dpooled + (size_t)B * D;
+  ct_bwd_ws ws;
+  ws.dmid = dpin + (size_t)B * D;
+  ws.dln = ws.dmid + ND;
+  ws.datt = ws.dln + ND;
+  ws.dq = ws.datt + ND;
+  ws.dk = ws.dq + ND;
+  ws.dv = ws.dk + ND;
+  ws.dact = ws.dv + ND;
+  ws.dfc1 = ws.dact + NI;
+  ws.scratch = ws.dfc1 + NI;
+  memset(dh, 0, sizeof(float) * (ND + 2 * (size_t)B * D));
+  /* projection, then the final LN of the pooled rows */
+  linear_backward(dpooled, g->proj, NULL, dembeds, t->pooled, w->proj, B, D, E);
+  layernorm_backward(dpin, g->ln_w, g->ln_b, dpooled, t->pool_in, w->ln_w, t->pool_mean,
                      t->pool_rstd, B, D);
-  if (t->first >= t->L && !t->emb) {
-    ct_scratch_put(m, mem, mem_bytes);
-    return 0;
+  /* the blocks, top down to the lowest trainable one */
+  if (t->first < t->L || t->emb) {
+    for (int b = 0; b < B; b++)
+      memcpy(dh + ((size_t)b * Tt + t->pool[b]) * D, dpin + (size_t)b * D, sizeof(float) * D);
+    for (int l = t->L - 1; l >= t->first; l--)
+      ct_block_backward(dh, &ws, &g->blocks[l], &w->blocks[l], &t->la[l - t->first], c, B, Tt,
+                        !vision, l > t->first || t->emb);
   }
-  for (int b = 0; b < B; b++) {
-    int row = vision ? 0 : t->pool[b];
-    memcpy(dh + ((size_t)b * Tt + row) * D, dpin + (size_t)b * D, sizeof(float) * D);
-  }
-  const ct_block_w *blocks = vision ? m->vblocks : m->tblocks;
-  int causal = !vision;
-  for (int l = t->L - 1; l >= t->first; l--) {
-    const ct_layer_acts *s = &t->la[l - t->first];
-    const ct_block_w *w = &blocks[l];
-    ct_block_w g;
-    memset(&g, 0, sizeof g);
-    ct_block_fill(m, &g, tw, l, grad_of);
-    int need_dinp = l > t->first || t->emb;
-    /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */
-    memset(dact, 0, sizeof(float) * NI);
-    linear_backward(dact, g.fc2_w, g.fc2_b, dh, s->actv, w->fc2_w, (int)N, I, D);
-    memset(dfc1, 0, sizeof(float) * NI);
-    act_backward(dfc1, dact, s->fc1, (int64_t)NI, c->act);
-    memset(dln, 0, sizeof(float) * ND);
-    linear_backward(dln, g.fc1_w, g.fc1_b, dfc1, s->ln2, w->fc1_w, (int)N, D, I);
-    memcpy(dmid, dh, sizeof(float) * ND);
-    layernorm_backward(dmid, g.ln2_w, g.ln2_b, dln, s->mid, w->ln2_w, s->ln2_mean, s->ln2_rstd,
-                       (int64_t)N, D);
-    /* attention branch: mid = inp + out_proj(attn(q, k, v)) */
-    memset(datt, 0, sizeof(float) * ND);
-    linear_backward(datt, g.o_w, g.o_b, dmid, s->att, w->o_w, (int)N, D, D);
-    memset(dq, 0, sizeof(float) * ND * 3);
-    attention_backward(dq, dk, dv, scratch, datt, s->q, s->k, s->v, s->probs, B, Tt, D, c->heads,
-                       causal);
-    memset(dln, 0, sizeof(float) * ND);
-    linear_backward(dln, g.q_w, g.q_b, dq, s->ln1, w->q_w, (int)N, D, D);
-    linear_backward(dln, g.k_w, g.k_b, dk, s->ln1, w->k_w, (int)N, D, D);
-    linear_backward(dln, g.v_w, g.v_b, dv, s->ln1, w->v_w, (int)N, D, D);
-    memcpy(dh, dmid, sizeof(float) * ND);
-    layernorm_backward(need_dinp ? dh : NULL, g.ln1_w, g.ln1_b, dln, s->inp, w->ln1_w,
-                       s->ln1_mean, s->ln1_rstd, (int64_t)N, D);
-  }
-  if (t->emb) {
-    if (vision) {
-      int g = c->image_size / c->patch_size, NP = g * g, K = c->channels * c->patch_size * c->patch_size;
-      /* h = pre_layrnorm(x) */
-      memset(dln, 0, sizeof(float) * ND);
-      layernorm_backward(dln, G(m, "vision_model.pre_layrnorm.weight"),
-                         G(m, "vision_model.pre_layrnorm.bias"), dh, t->x, m->pre_ln_w,
-                         t->pre_mean, t->pre_rstd, (int64_t)N, D);
-      float *dcls = G(m, "vision_model.embeddings.class_embedding");
-      float *dpos = G(m, "vision_model.embeddings.position_embedding.weight");
-      float *dpatch = G(m, "vision_model.embeddings.patch_embedding.weight");
-      for (int b = 0; b < B; b++) {
-        const float *r = dln + (size_t)b * Tt * D;
-        if (dcls) for (int j = 0; j < D; j++) dcls[j] += r[j];
-        if (dpos) for (size_t j = 0; j < (size_t)Tt * D; j++) dpos[j] += r[j];
-      }
-      if (dpatch) {
-        /* gather the patch rows into dq [B*NP, D] and form dW = dout^T cols */
-        for (int b = 0; b < B; b++)
-          memcpy(dq + (size_t)b * NP * D, dln + ((size_t)b * Tt + 1) * D, sizeof(float) * NP * D);
-        linear_backward(NULL, dpatch, NULL, dq, t->cols, m->patch_w, B * NP, K, D);
-      }
-    } else {
-      float *dtok = G(m, "text_model.embeddings.token_embedding.weight");
-      float *dpos = G(m, "text_model.embeddings.position_embedding.weight");
-      for (int b = 0; b < B; b++)
-        for (int tt = 0; tt < Tt; tt++) {
-          const float *r = dh + ((size_t)b * Tt + tt) * D;
-          if (dtok) {
-            float *dst = dtok + (size_t)t->ids[(size_t)b * Tt + tt] * D;
-            for (int j = 0; j < D; j++) dst[j] += r[j];
-          }
-          if (dpos) for (int j = 0; j < D; j++) dpos[(size_t)tt * D + j] += r[j];
-        }
-    }
+  /* pre-LN and the embeddings */
+  if (t->emb && vision) {
+    int gs = c->image_size / c->patch_size, NP = gs * gs;
+    int K = c->channels * c->patch_size * c->patch_size;
+    float *dx = ws.dln, *dpe = g->patch_w ? ws.dq : NULL; /* dpe: the patch projections' [B*NP, D] */
+    memset(dx, 0, sizeof(float) * ND);
+    layernorm_backward(dx, g->pre_ln_w, g->pre_ln_b, dh, t->x, w->pre_ln_w, t->pre_mean,
+                       t->pre_rstd, (int64_t)N, D);
+    if (dpe) memset(dpe, 0, sizeof(float) * (size_t)B * NP * D);
+    vision_embed_backward(dpe, g->cls_emb, g->pos_emb, dx, B, NP, D);
+    if (dpe) linear_backward(NULL, g->patch_w, NULL, dpe, t->cols, w->patch_w, B * NP, K, D);
+  } else if (t->emb) {
+    text_embed_backward(g->tok_emb, g->pos_emb, dh, t->ids, B, Tt, Tt, D);
   }
   ct_scratch_put(m, mem, mem_bytes);
   return 0;

@@ -5,11 +5,6 @@
 
 #include "model.h"
 
-typedef struct ct_layer_acts {
-  float *inp, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *att;
-  float *mid, *ln2, *ln2_mean, *ln2_rstd, *fc1, *actv;
-} ct_layer_acts;
-
 typedef struct ct_tape {
   int vision;           /* 1: image tower, 0: text tower */
   int B, T, D, I, NH, L;
@@ -41,6 +36,18 @@ void ct_model_zero_grads(ct_model *m);
  * or ids [B,T] (text). embeds [B,E] is written. */
 int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *tape, ct_err *e);
+/* Scratch of a block backward, N = B*T rows: dmid, dln, datt, dq, dk, dv [N, D], dact, dfc1
+ * [N, I], scratch [T, T]. */
+typedef struct ct_bwd_ws {
+  float *dmid, *dln, *datt, *dq, *dk, *dv, *dact, *dfc1, *scratch;
+} ct_bwd_ws;
+/* Backward through one saved block (s, from ct_block_forward): dh [N, D] holds the gradient of
+ * the block's output and receives that of its input (when need_dinp; else it is left
+ * undefined); the parameters' gradients accumulate into g's non-NULL pointers (w: the
+ * weights). */
+void ct_block_backward(float *dh, ct_bwd_ws *ws, const ct_block_w *g, const ct_block_w *w,
+                       const ct_layer_acts *s, const ct_tower_cfg *c, int B, int T, int causal,
+                       int need_dinp);
 /* Accumulate parameter gradients from dembeds [B,E]. Grads must be allocated. */
 int ct_backward(ct_model *m, const ct_tape *tape, const float *dembeds, ct_err *e);
 void ct_tape_free(ct_tape *t);

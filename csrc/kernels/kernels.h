@@ -100,4 +100,24 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v,
                             int B, int T, int C, int NH, int causal);
 
+/* k_embedding.c: the towers' input embeddings. Vision: out [B, NP+1, C], row 0 of each image
+ * cls [C] + pos[0], row t patch[b*NP + t-1] + pos[t]; patch [B*NP, C] (the patch projections),
+ * pos [NP+1, C]. Text: out [B, T, C], row t of sequence b tok[ids[b*T_in + t]] + pos[t] for
+ * t < T <= T_in; tok [V, C], pos [>= T, C]; every id must be in [0, V). Plain loops: the
+ * kernels are their own naive twins. */
+void vision_embed_forward(float *out, const float *patch, const float *cls, const float *pos,
+                          int B, int NP, int C);
+void vision_embed_forward_f64(double *out, const double *patch, const double *cls,
+                              const double *pos, int B, int NP, int C);
+void text_embed_forward(float *out, const int32_t *ids, const float *tok, const float *pos,
+                        int B, int T_in, int T, int C);
+void text_embed_forward_f64(double *out, const int32_t *ids, const double *tok,
+                            const double *pos, int B, int T_in, int T, int C);
+/* dpatch, dcls, dpos, dtok may be NULL: frozen / not needed -> skipped (no work). All
+ * ACCUMULATE (+=); dout is the forward's out shape. */
+void vision_embed_backward(float *dpatch, float *dcls, float *dpos, const float *dout, int B,
+                           int NP, int C);
+void text_embed_backward(float *dtok, float *dpos, const float *dout, const int32_t *ids, int B,
+                         int T_in, int T, int C);
+
 #endif

@@ -334,6 +334,124 @@ static int k_attention_backward(lua_State *L) {
   return push_grads(L, g, 3);
 }
 
+/* ids {{id, ...}, ...}: B sequences of T token ids, each a row of a [V, C] table (0-based, in
+ * [0, V)); copied into an int32 userdata left on the stack. */
+static int32_t *check_ids(lua_State *L, int idx, int64_t V, int *B, int *T, const char *fn) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_Integer nb = luaL_len(L, idx), nt = 0;
+  if (nb > 0) {
+    lua_geti(L, idx, 1);
+    if (!lua_istable(L, -1)) luaL_error(L, "%s: ids must be a table of sequences", fn);
+    nt = luaL_len(L, -1);
+    lua_pop(L, 1);
+  }
+  if (nb < 1 || nt < 1 || nb * nt > INT_MAX) luaL_error(L, "%s: ids must be B x T, both >= 1", fn);
+  int32_t *ids = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(nb * nt), 0);
+  for (lua_Integer b = 0; b < nb; b++) {
+    lua_geti(L, idx, b + 1);
+    if (!lua_istable(L, -1) || luaL_len(L, -1) != nt)
+      luaL_error(L, "%s: ids[%I] is not a sequence of %I ids", fn, b + 1, nt);
+    for (lua_Integer t = 0; t < nt; t++) {
+      lua_geti(L, -1, t + 1);
+      int ok;
+      lua_Integer v = lua_tointegerx(L, -1, &ok);
+      if (!ok || v < 0 || v >= V)
+        luaL_error(L, "%s: ids[%I][%I] is not a token id in [0, %I)", fn, b + 1, t + 1, (lua_Integer)V);
+      ids[b * nt + t] = (int32_t)v;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  *B = (int)nb;
+  *T = (int)nt;
+  return ids;
+}
+
+/* patch {B,NP,C}, cls {C}, pos {NP+1,C} */
+static void check_vision_embed(lua_State *L, const char *fn, const l_tensor *patch,
+                               const l_tensor *cls, const l_tensor *pos) {
+  if (patch->ndim != 3) luaL_error(L, "%s: patch must be {B,NP,C}", fn);
+  for (int i = 0; i < 3; i++) need_int(L, patch->shape[i], fn);
+  int64_t ps[2] = {patch->shape[1] + 1, patch->shape[2]};
+  need_shape(L, cls, 1, &patch->shape[2], fn, "cls");
+  need_shape(L, pos, 2, ps, fn, "pos");
+}
+
+/* tok {V,C}, pos {P,C} with P >= T */
+static void check_text_embed(lua_State *L, const char *fn, const l_tensor *tok,
+                             const l_tensor *pos, int T) {
+  if (tok->ndim != 2 || pos->ndim != 2 || pos->shape[1] != tok->shape[1] || pos->shape[0] < T)
+    luaL_error(L, "%s: tok must be {V,C} and pos {P,C} with P >= T = %d", fn, T);
+  need_int(L, tok->shape[1], fn);
+}
+
+/* kernels.vision_embed(patch {B,NP,C}, cls {C}, pos {NP+1,C}) -> out {B,NP+1,C} */
+static int k_vision_embed(lua_State *L) {
+  l_tensor *patch = l_checktensor(L, 1), *cls = l_checktensor(L, 2), *pos = l_checktensor(L, 3);
+  check_vision_embed(L, "vision_embed", patch, cls, pos);
+  int64_t os[3] = {patch->shape[0], patch->shape[1] + 1, patch->shape[2]};
+  l_tensor *o = l_tensor_new(L, 3, os);
+  vision_embed_forward(o->data, patch->data, cls->data, pos->data, (int)os[0], (int)patch->shape[1],
+                       (int)os[2]);
+  return 1;
+}
+
+/* kernels.vision_embed_backward(dout {B,NP+1,C}, want)
+ *   -> dpatch {B,NP,C}, dcls {C}, dpos {NP+1,C} (nil where not wanted) */
+static int k_vision_embed_backward(lua_State *L) {
+  const char *fn = "vision_embed_backward";
+  l_tensor *dout = l_checktensor(L, 1);
+  lua_settop(L, 2); /* fix the slots: results are pushed above them */
+  if (dout->ndim != 3 || dout->shape[1] < 1) luaL_error(L, "%s: dout must be {B,NP+1,C}", fn);
+  for (int i = 0; i < 3; i++) need_int(L, dout->shape[i], fn);
+  int64_t B = dout->shape[0], NP = dout->shape[1] - 1, C = dout->shape[2];
+  int64_t ps[3] = {B, NP, C}, qs[2] = {NP + 1, C};
+  grad_slot g[3];
+  float *dpatch = grad_arg(L, 2, "dpatch", 3, ps, fn, &g[0]);
+  float *dcls = grad_arg(L, 2, "dcls", 1, &C, fn, &g[1]);
+  float *dpos = grad_arg(L, 2, "dpos", 2, qs, fn, &g[2]);
+  l_tensor *in[] = {dout};
+  check_disjoint(L, fn, g, 3, in, 1);
+  vision_embed_backward(dpatch, dcls, dpos, dout->data, (int)B, (int)NP, (int)C);
+  return push_grads(L, g, 3);
+}
+
+/* kernels.text_embed(ids, tok {V,C}, pos {P,C}) -> out {B,T,C} */
+static int k_text_embed(lua_State *L) {
+  l_tensor *tok = l_checktensor(L, 2), *pos = l_checktensor(L, 3);
+  int B, T;
+  int32_t *ids = check_ids(L, 1, tok->shape[0], &B, &T, "text_embed");
+  check_text_embed(L, "text_embed", tok, pos, T);
+  int64_t os[3] = {B, T, tok->shape[1]};
+  l_tensor *o = l_tensor_new(L, 3, os);
+  text_embed_forward(o->data, ids, tok->data, pos->data, B, T, T, (int)os[2]);
+  return 1;
+}
+
+/* kernels.text_embed_backward(dout {B,T,C}, ids, V, P, want) -> dtok {V,C}, dpos {P,C}
+ *   (nil where not wanted) */
+static int k_text_embed_backward(lua_State *L) {
+  const char *fn = "text_embed_backward";
+  l_tensor *dout = l_checktensor(L, 1);
+  lua_Integer V = luaL_checkinteger(L, 3), P = luaL_checkinteger(L, 4);
+  lua_settop(L, 5); /* fix the slots: results are pushed above them */
+  if (V < 1 || P < 1) luaL_error(L, "%s: V and P must be >= 1", fn);
+  int B, T;
+  int32_t *ids = check_ids(L, 2, V, &B, &T, fn);
+  if (dout->ndim != 3) luaL_error(L, "%s: dout must be {B,T,C}", fn);
+  need_int(L, dout->shape[2], fn);
+  int64_t C = dout->shape[2], os[3] = {B, T, C}, ts[2] = {V, C}, ps[2] = {P, C};
+  need_shape(L, dout, 3, os, fn, "dout");
+  if (P < T) luaL_error(L, "%s: P = %I is less than T = %d", fn, P, T);
+  grad_slot g[2];
+  float *dtok = grad_arg(L, 5, "dtok", 2, ts, fn, &g[0]);
+  float *dpos = grad_arg(L, 5, "dpos", 2, ps, fn, &g[1]);
+  l_tensor *in[] = {dout};
+  check_disjoint(L, fn, g, 2, in, 1);
+  text_embed_backward(dtok, dpos, dout->data, ids, B, T, T, (int)C);
+  return push_grads(L, g, 2);
+}
+
 /* ------------------------------------------------ double-precision objective */
 
 /* a double copy of tensor t as a temporary userdata (pushed) */
@@ -347,7 +465,8 @@ static double *to_f64(lua_State *L, const l_tensor *t) {
  * sum(dout * forward(inputs)) with the forward's double twin and the sum in
  * double. op and inputs: "layernorm" {x, w, b} (opts.eps, default 1e-5),
  * "linear" {x, w [, b]}, "act" {x} (opts.act, the activation's name),
- * "attention" {q, k, v} (opts.heads, opts.causal). opts.perturb = {input,
+ * "attention" {q, k, v} (opts.heads, opts.causal), "vision_embed" {patch, cls, pos},
+ * "text_embed" {tok, pos} (opts.ids, as kernels.text_embed's). opts.perturb = {input,
  * index, delta} adds delta (in double) to element `index` (1-based, flat) of
  * inputs[input] before the forward: the base point stays the float32 one. */
 static int k_eval_double(lua_State *L) {
@@ -389,7 +508,8 @@ static int k_eval_double(lua_State *L) {
   lua_pop(L, 1);
   if (!in[0]) luaL_error(L, "%s: inputs[1] is missing", fn);
   int64_t oshape[CT_MAXDIM];
-  int ondim;
+  int ondim, iB = 0, iT = 0;
+  int32_t *ids = NULL;
   l_tensor *x = in[0];
   if (!strcmp(op, "layernorm") || !strcmp(op, "linear")) {
     need2(L, x, fn);
@@ -424,6 +544,22 @@ static int k_eval_double(lua_State *L) {
     check_attention(L, fn, x, in[1], in[2], NH, 1);
     ondim = 3;
     memcpy(oshape, x->shape, sizeof oshape);
+  } else if (!strcmp(op, "vision_embed")) {
+    if (!in[1] || !in[2]) luaL_error(L, "%s: vision_embed needs patch, cls, pos", fn);
+    check_vision_embed(L, fn, x, in[1], in[2]);
+    ondim = 3;
+    oshape[0] = x->shape[0];
+    oshape[1] = x->shape[1] + 1;
+    oshape[2] = x->shape[2];
+  } else if (!strcmp(op, "text_embed")) {
+    if (!in[1]) luaL_error(L, "%s: text_embed needs tok, pos", fn);
+    if (lua_getfield(L, 4, "ids") != LUA_TTABLE) luaL_error(L, "%s: text_embed needs opts.ids", fn);
+    ids = check_ids(L, lua_gettop(L), x->shape[0], &iB, &iT, fn); /* kept on the stack */
+    check_text_embed(L, fn, x, in[1], iT);
+    ondim = 3;
+    oshape[0] = iB;
+    oshape[1] = iT;
+    oshape[2] = x->shape[1];
   } else {
     return luaL_error(L, "%s: unknown op '%s'", fn, op);
   }
@@ -446,6 +582,11 @@ static int k_eval_double(lua_State *L) {
     int a = act_id(L, lua_tostring(L, -1));
     lua_pop(L, 1);
     act_forward_f64(out, d[0], x->numel, a);
+  } else if (!strcmp(op, "vision_embed")) {
+    vision_embed_forward_f64(out, d[0], d[1], d[2], (int)x->shape[0], (int)x->shape[1],
+                             (int)x->shape[2]);
+  } else if (!strcmp(op, "text_embed")) {
+    text_embed_forward_f64(out, ids, d[0], d[1], iB, iT, iT, (int)x->shape[1]);
   } else {
     lua_getfield(L, 4, "heads");
     int NH = (int)lua_tointeger(L, -1);
@@ -600,6 +741,10 @@ void l_kernels_open(lua_State *L) {
                                 {"act_backward", k_act_backward},
                                 {"attention_probs", k_attention_probs},
                                 {"attention_backward", k_attention_backward},
+                                {"vision_embed", k_vision_embed},
+                                {"vision_embed_backward", k_vision_embed_backward},
+                                {"text_embed", k_text_embed},
+                                {"text_embed_backward", k_text_embed_backward},
                                 {"eval_double", k_eval_double},
                                 {NULL, NULL}};
   lua_newtable(L);

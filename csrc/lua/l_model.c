@@ -299,8 +299,8 @@ static int mc_set_packing(lua_State *L) {
 static int mc_packed(lua_State *L) {
   l_model *m = check_model(L, 1);
   int n = 0;
-  for (int l = 0; l < m->m.cfg.text.layers; l++) n += ct_pack_ok(m->m.tblocks[l].pk);
-  for (int l = 0; l < m->m.cfg.vision.layers; l++) n += ct_pack_ok(m->m.vblocks[l].pk);
+  for (int l = 0; l < m->m.cfg.text.layers; l++) n += ct_pack_ok(m->m.tower[0].blocks[l].pk);
+  for (int l = 0; l < m->m.cfg.vision.layers; l++) n += ct_pack_ok(m->m.tower[1].blocks[l].pk);
   lua_pushinteger(L, n);
   return 1;
 }
@@ -613,7 +613,7 @@ static int mc_project(lua_State *L) {
   int64_t s[2] = {x->shape[0], E};
   l_tensor *o = l_tensor_new(L, 2, s);
   still_open(L, m);
-  linear_forward(o->data, x->data, vision ? m->m.vis_proj : m->m.text_proj, NULL, (int)x->shape[0], D, E);
+  linear_forward(o->data, x->data, m->m.tower[vision].proj, NULL, (int)x->shape[0], D, E);
   return 1;
 }
 
