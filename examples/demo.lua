@@ -90,7 +90,7 @@ step("linear probe on frozen image embeddings (L2 sweep on a validation split)",
   ("%s %sexamples/linear_probe.lua --model %s --folder %s --batch-size 500%s"):format(
     lua, root, sh(model), sh(data .. "/test"), q))
 
-step("fine-tune the projections on product titles that name the shade read off each image (half the negatives: same item, other shade)",
+step("fine-tune the projections on product titles that use the shop's own line names, words pretraining never saw (negative: another line, same shade)",
   ("%s %sexamples/train.lua --model %s --data %s --out %s --overwrite --epochs 4 --batch-size 16 --lr 2e-2%s"):format(
     lua, root, sh(model), sh(data .. "/titles.csv"), sh(runs .. "/titles"), q))
 

@@ -36,11 +36,13 @@ M.eval_templates = {
 M.folders = { "0_t-shirt", "1_trousers", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
   "7_sneaker", "8_bag", "9_ankle_boot" }
 
--- Product-listing titles for the fine-tuning demo: "{shade} {word}{detail}".
--- The shade is read off the image (its mean brightness), so it is grounded:
--- pretraining used shade words at random ("a dark {}"), the fine-tuning data
--- teaches what they mean. Half the negatives are the same item in another
--- shade, so the model must learn the attribute to tell them apart.
+-- Product-listing titles for the fine-tuning demo: "{line} {shade}{detail}".
+-- A shop names its items by its own product lines: each class is sold under a
+-- line name that pretraining never saw (its captions use only train_words), so
+-- before fine-tuning the text tower has no idea that a "Velmora" is a dress.
+-- The shade is read off the image (its mean brightness). The negative of a row
+-- is another line in the same shade, so only the new vocabulary tells them apart.
+M.lines = { "Kavri", "Tolven", "Brannoc", "Velmora", "Osgar", "Lunetta", "Corvel", "Zephyr", "Maribel", "Stroud" }
 M.shades = { "black", "dark grey", "light grey", "white" }
 M.title_details = { "", ", size M", ", size S", " for women", " for men", " (new season)", " - bestseller",
   ", free delivery", ", slim fit", ", classic cut" }
@@ -53,8 +55,7 @@ function M.shade_of(mean, q)
 end
 
 function M.title(c, shade, rng)
-  local words = M.train_words[c]
-  return M.shades[shade] .. " " .. words[rng:random(#words)] .. M.title_details[rng:random(#M.title_details)]
+  return M.lines[c] .. " " .. M.shades[shade] .. M.title_details[rng:random(#M.title_details)]
 end
 
 return M

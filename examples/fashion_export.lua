@@ -71,9 +71,10 @@ for c = 1, 10 do
   end
 end
 local n_train = export("train", img, lab, picks)
--- title triplets: images from the training pool; the title names the item's
--- class and its shade (read off the pixels); the negative is the same kind of
--- item in another shade (half the rows) or another item; 70/15/15 split
+-- title triplets: images from the training pool; the title names the item by
+-- the shop's product line (fashion_classes.lua: words pretraining never saw)
+-- and its shade (read off the pixels); the negative is another line in the same
+-- shade; 70/15/15 split
 local H, W = img:size(2), img:size(3)
 local function brightness(r) -- mean over the item's own pixels (non-zero)
   local s, n = 0, 0
@@ -102,16 +103,9 @@ for k = 1, opts["title-rows"] do
     if tries > 50 then t = t .. (" #%d"):format(k) end
   until not used_titles[t]
   used_titles[t] = true
-  local neg
-  if k % 2 == 0 then
-    local other = rng:random(3)
-    if other >= shade then other = other + 1 end
-    neg = fashion.title(c, other, rng)
-  else
-    local oc = rng:random(9)
-    if oc >= c then oc = oc + 1 end
-    neg = fashion.title(oc, rng:random(4), rng)
-  end
+  local oc = rng:random(9)
+  if oc >= c then oc = oc + 1 end
+  local neg = fashion.title(oc, shade, rng)
   local split = k <= opts["title-rows"] * 0.7 and "train" or (k <= opts["title-rows"] * 0.85 and "valid" or "test")
   rows[#rows + 1] = ('titles/%s/%05d.png,"%s","%s",%s'):format(fashion.folders[c], r, t, neg, split)
 end
