@@ -14,6 +14,7 @@
 --   lua5.4 bench/gradcache.lua [bench/models/b32] [--batch 256] [--mini 32] [--only proj|last2]
 local clip = require "clip"
 local core = clip.core
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 
 local function vm(field)
   local f = assert(io.open("/proc/self/status"))
@@ -22,11 +23,7 @@ local function vm(field)
   return tonumber(s:match(field .. ":%s*(%d+)")) / 1024 -- MiB
 end
 
-local clock
-do
-  local ok, sys = pcall(require, "system")
-  if ok and sys.gettime then clock = sys.gettime else clock = os.clock end
-end
+local clock = core.clock -- monotonic wall clock (seconds)
 
 local FREEZE = {
   proj = function(m) m:train_only({ "projection" }) end,
@@ -46,17 +43,8 @@ if arg[1] == "--child" then
   local m = clip.load(dir, { tokenizer = false })
   FREEZE[freeze](m)
   local S = m.config.vision_config.image_size
-  local function caps(seed)
-    local out = {}
-    for b = 1, B do
-      local ids = { 49406 }
-      for t = 2, 14 do ids[t] = (b * 7919 + t * 104729 + seed) % 49000 + 1 end
-      ids[15] = 49407
-      out[b] = ids
-    end
-    return out
-  end
-  local batch = { anchor = core.randn({ B, 3, S, S }, 7), positive = caps(1), negative = caps(2) }
+  local caps = dofile(here .. "captions.lua")
+  local batch = { anchor = core.randn({ B, 3, S, S }, 7), positive = caps(B, 1), negative = caps(B, 2) }
   local MOD = { anchor = "image", positive = "text", negative = "text" }
   local loss
   if kind == "plain" then
@@ -66,7 +54,7 @@ if arg[1] == "--child" then
   end
   local opt = clip.optim.AdamW(m, { lr = 1e-5, weight_decay = 0 })
   m:encode_images(core.randn({ 1, 3, S, S }, 1)) -- weights read and packed before "base"
-  m:encode_texts({ caps(3)[1] })
+  m:encode_texts({ caps(1, 3)[1] })
   local base = vm("VmHWM")
   local t0 = clock()
   local v = loss:backward(batch)

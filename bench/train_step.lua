@@ -26,17 +26,8 @@ local model = clip.load(dir, { tokenizer = false })
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local px = {}
 for b = 1, 16 do px[b] = ("%sout/data/img%02d.png"):format(here, b) end -- from bench/make_data.lua
-local function caps(seed)
-  local out = {}
-  for b = 1, 16 do
-    local ids = { 49406 }
-    for t = 2, 14 do ids[t] = (b * 7919 + t * 104729 + seed) % 49000 + 1 end
-    ids[15] = 49407
-    out[b] = ids
-  end
-  return out
-end
-local batch = { anchor = px, positive = caps(1), negative = caps(2) }
+local caps = dofile(here .. "captions.lua")
+local batch = { anchor = px, positive = caps(16, 1), negative = caps(16, 2) }
 local MOD = { modalities = { anchor = "image", positive = "text", negative = "text" } }
 
 local cases = {

@@ -51,15 +51,12 @@ function M.check_grads(opt, step)
   end
 end
 
---- One guarded training step: backward, checks, optional gradient clipping,
--- opt:step(), optional schedule step, zero_grad. Returns the loss value.
--- opts: step (number used in messages; default: one more than the last
---       guarded step of this optimizer), max_grad_norm (clip first),
---       schedule (a clip.optim schedule to advance), scale (loss:backward's).
-function M.step(opt, loss, batch, opts)
-  opts = opts or {}
-  local step = opts.step or ((opt._guard_steps or 0) + 1)
-  local ok, value = pcall(loss.backward, loss, batch, opts.scale and { scale = opts.scale } or nil)
+--- A guarded backward: loss:backward(batch, {scale}) whose failure or non-finite
+-- loss zeroes the gradients and raises "training step N: ...; parameters and
+-- optimizer state are unchanged". Returns the loss value. Several calls (gradient
+-- accumulation) may precede one M.check_step.
+function M.backward(opt, loss, batch, step, scale)
+  local ok, value = pcall(loss.backward, loss, batch, scale and { scale = scale } or nil)
   if not ok then
     opt:zero_grad()
     -- without the Lua position of the raise ("lua/clip/loss.lua:223: ")
@@ -72,11 +69,29 @@ function M.step(opt, loss, batch, opts)
     opt:zero_grad()
     M.check_loss(value, step)
   end
+  return value
+end
+
+--- Before opt:step(): every gradient finite, or the gradients are zeroed and
+-- the step's error raised (parameters and optimizer state untouched).
+function M.check_step(opt, step)
   local gok, gerr = pcall(M.check_grads, opt, step)
   if not gok then
     opt:zero_grad()
     error(gerr, 0)
   end
+end
+
+--- One guarded training step: backward, checks, optional gradient clipping,
+-- opt:step(), optional schedule step, zero_grad. Returns the loss value.
+-- opts: step (number used in messages; default: one more than the last
+--       guarded step of this optimizer), max_grad_norm (clip first),
+--       schedule (a clip.optim schedule to advance), scale (loss:backward's).
+function M.step(opt, loss, batch, opts)
+  opts = opts or {}
+  local step = opts.step or ((opt._guard_steps or 0) + 1)
+  local value = M.backward(opt, loss, batch, step, opts.scale)
+  M.check_step(opt, step)
   if opts.max_grad_norm then optim.clip_grad_norm(opt, opts.max_grad_norm) end
   opt:step()
   if opts.schedule then opts.schedule:step() end

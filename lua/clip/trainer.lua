@@ -762,33 +762,14 @@ end
 
 -- Training ---------------------------------------------------------------------------------
 
-local function is_nonfinite_msg(msg) return msg:find("not finite", 1, true) ~= nil end
-
 function Trainer:_one_step(iter, count)
   local s, opt, loss = self.state, self.optimizer, self.loss
   local step = s.step + 1
   local sum = 0
   for _ = 1, count do
-    local batch = iter()
-    local ok, v = pcall(loss.backward, loss, batch, count > 1 and { scale = 1 / count } or nil)
-    if not ok then
-      opt:zero_grad()
-      local msg = tostring(v):gsub("^[^%s:]+%.lua:%d+: ", "")
-      if is_nonfinite_msg(msg) then msg = "loss is NaN or Inf (" .. msg .. ")" end
-      error(("training step %d: %s; parameters and optimizer state are unchanged (as before step %d)")
-        :format(step, msg, step), 0)
-    end
-    if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then
-      opt:zero_grad()
-      guard.check_loss(v, step)
-    end
-    sum = sum + v
+    sum = sum + guard.backward(opt, loss, iter(), step, count > 1 and 1 / count or nil)
   end
-  local gok, gerr = pcall(guard.check_grads, opt, step)
-  if not gok then
-    opt:zero_grad()
-    error(gerr, 0)
-  end
+  guard.check_step(opt, step)
   local gn = optim.clip_grad_norm(opt, self.max_grad_norm or math.huge)
   local lr = opt.lr
   opt:step()
