@@ -355,8 +355,7 @@ static float **slot_of(ct_tower_w *tw, const ct_param *p) {
   return (float **)(base + p->slot);
 }
 
-/* the tower-level parameter of tower at slot (NULL: none) */
-static ct_param *tower_param(ct_model *m, int tower, int slot) {
+ct_param *ct_model_tower_param(ct_model *m, int tower, int slot) {
   for (int i = 0; i < m->nparams; i++)
     if (m->params[i].tower == tower && m->params[i].layer < 0 && m->params[i].slot == slot)
       return &m->params[i];
@@ -479,7 +478,7 @@ void ct_model_unpack(ct_model *m) {
 /* The patch embedding (a GEMM of every image's patches at the start of the vision tower). */
 static int pack_patch(ct_model *m, int frozen_only, ct_err *e) {
   if (ct_patch_pack_ok(m)) return 0; /* current: no lookup */
-  ct_param *p = tower_param(m, 1, TW(patch_w));
+  ct_param *p = ct_model_tower_param(m, 1, TW(patch_w));
   if (!p || !p->data || (frozen_only && p->requires_grad)) return 0;
   m->patch_pk.src = &p->gen;
   const ct_tower_cfg *c = &m->cfg.vision;
@@ -912,7 +911,7 @@ int ct_model_load_ex(const char *dir, unsigned flags, ct_model *m, ct_model_path
   ct_model_resolve(m);
   if (half > 0) {
     m->half_kind = half;
-    const ct_param *te = tower_param(m, 0, TW(tok_emb));
+    const ct_param *te = ct_model_tower_param(m, 0, TW(tok_emb));
     m->tok_emb_h = te ? te->half : NULL;
     /* the block weights exist only packed: pack now (the encoders have nothing else) */
     if (ct_model_pack(m, 0, e) != 0) goto fail;

@@ -179,6 +179,9 @@ void ct_model_free(ct_model *m);
 int ct_model_find_param(const ct_model *m, const char *name);
 /* Re-resolve the weight pointers (tower[], logit_scale) from the parameter table. */
 void ct_model_resolve(ct_model *m);
+/* The tower-level parameter (not a block's) of tower (0 text, 1 vision) whose pointer sits at
+ * slot = offsetof(ct_tower_w, field) of ct_model.tower[tower]; NULL when the tower has none. */
+ct_param *ct_model_tower_param(ct_model *m, int tower, int slot);
 /* Resolve grad[vision] from the parameter table: the gradient of each of the tower's
  * parameters that requires grad and has one allocated, marked as written (has_grad: a
  * backward is about to accumulate into it), else NULL (torch: its grad stays None). */

@@ -626,10 +626,8 @@ static int mc_project_backward(lua_State *L) {
   int D = vision ? m->m.cfg.vision.hidden : m->m.cfg.text.hidden, E = m->m.cfg.projection_dim;
   if (x->ndim != 2 || x->shape[1] != D || d->numel != x->shape[0] * E)
     return luaL_error(L, "project_backward: shapes do not match");
-  const char *pn = vision ? "visual_projection.weight" : "text_projection.weight";
-  int i = ct_model_find_param(&m->m, pn);
-  ct_param *p = &m->m.params[i];
-  if (!p->requires_grad) return 0;
+  ct_param *p = ct_model_tower_param(&m->m, vision, (int)offsetof(ct_tower_w, proj));
+  if (!p || !p->requires_grad) return 0;
   ct_err e;
   if (ct_model_alloc_grads(&m->m, &e) != 0) return luaL_error(L, "%s", e.msg);
   p->has_grad = 1;
