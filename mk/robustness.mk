@@ -32,12 +32,17 @@ VG_DEBS     := valgrind
 # LeakSanitizer: its stop-the-world crashes ("Tracer caught signal 11") when
 # a process leaves through os.exit while the module's thread pool still runs,
 # as bin/clip does. The busted process itself is leak-checked.
+# use_tls=0: LeakSanitizer's tracer crashed ("Tracer caught signal 11") reading a
+# stale dynamic-TLS entry of the busted process once the whole suite had run
+# (LSAN_OPTIONS=verbosity=1:log_threads=1 showed "DTLS 7 at 0x59-0x80000115b");
+# the halves of the suite pass either way. Not scanning TLS as roots can only
+# add leak reports, never hide one.
 ASAN_BUILD  := build/asan
 ASAN_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=all
 ASAN_CFLAGS := -O1 -g -fPIC -fno-omit-frame-pointer $(ASAN_SAN)
 ASAN_RT      = $(shell $(CC) -print-file-name=libasan.so)
 ASAN_ENV     = ASAN_OPTIONS=detect_leaks=1:exitcode=86:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
-               LSAN_OPTIONS=suppressions=$(CURDIR)/fuzz/lsan.supp:print_suppressions=0 \
+               LSAN_OPTIONS=suppressions=$(CURDIR)/fuzz/lsan.supp:print_suppressions=0:use_tls=0 \
                UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=87
 
 $(ASAN_BUILD)/lua: spec/host/lua_main.c
