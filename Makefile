@@ -31,6 +31,10 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LUA_INCDIR ?= $(patsubst -I%,%,$(filter -I%,$(shell pkg-config --cflags lua5.4 2>/dev/null)))
 LIBS       := $(PKG_LIBS) -lm -lpthread
 
+# `make MPI=1`: the module with MPI (clip.dist; mk/dist.mk) in its own folder
+ifeq ($(MPI),1)
+BUILD      ?= build/mpi
+endif
 BUILD      ?= build
 KERNEL_SRCS := $(sort $(wildcard csrc/kernels/*.c))
 CORE_SRCS   := $(sort $(wildcard csrc/core/*.c))
@@ -104,7 +108,7 @@ deps:
 
 test: deps
 	$(MAKE) all
-	$(RUN_ENV) $(BUSTED) --lua=$(LUA) --exclude-tags=slow spec
+	$(RUN_ENV) $(BUSTED) --lua=$(LUA) --exclude-tags=slow,mpi spec
 
 test-slow: all
 	$(RUN_ENV) $(BUSTED) --lua=$(LUA) --run=slow

@@ -20,6 +20,7 @@ L_EXPORT int luaopen_clip_core(lua_State *L) {
   l_canvas_open(L);
   l_ranking_open(L);
   l_dataset_open(L);
+  l_dist_open(L); /* MPI collectives, or stubs naming `make MPI=1` */
   lua_pushliteral(L, CLIP_VERSION); /* the one version string: include/clip.h */
   lua_setfield(L, -2, "version");
   return 1;

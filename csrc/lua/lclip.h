@@ -22,6 +22,7 @@ void l_canvas_open(lua_State *L);
 void l_ranking_open(lua_State *L);
 void l_dataset_open(lua_State *L);
 void l_pool_open(lua_State *L);
+void l_dist_open(lua_State *L);
 
 /* t[k] = v for the table on top of the stack (the bindings' result tables). */
 static inline void l_set_int(lua_State *L, const char *k, lua_Integer v) {

@@ -25,6 +25,15 @@
 -- backpropagates its slice of those gradients, releasing each tape before the
 -- next. Loss and gradients equal the plain loss at the full batch (up to float
 -- summation order) while activation memory is that of m rows.
+--
+-- Data parallel (loss:distributed(clip.dist), which clip.Trainer{distributed =
+-- true} calls; docs/distributed.md): backward embeds this rank's rows, all-gathers
+-- every column's embeddings (rank order), computes the loss at the global batch
+-- (the same number on every rank) and backpropagates only the local rows' slice
+-- of d(loss)/d(embeddings); the loss's own parameters (CLIP's logit_scale,
+-- SigLIP's two) get their gradient on rank 0 only (zero elsewhere). A SUM
+-- all-reduce of the gradients then gives the single-process gradient at the
+-- global batch. forward stays local (evaluation runs on one rank).
 local core = require "clip.core"
 
 local M = {}
@@ -320,6 +329,40 @@ function Loss:_embed_chunks(want_grad, cols, kinds, n, m)
   return embeds, jobs
 end
 
+--- distributed(dist): make backward data-parallel over dist's ranks
+-- (clip.dist with MPI running; nil turns it off). Returns the loss.
+function Loss:distributed(dist)
+  if dist ~= nil and (type(dist) ~= "table" or type(dist.all_gather) ~= "function") then
+    error("loss:distributed: expected clip.dist (or nil)", 2)
+  end
+  self.dist = dist
+  return self
+end
+
+-- The loss and d(loss)/d(embeddings) of the local rows. Distributed: every
+-- column's embeddings are all-gathered, the loss is computed at the global
+-- batch, and the local rows' slice of each column's gradient is kept; the
+-- loss parameters' gradient (extra) is applied on rank 0 only.
+function Loss:_compute_grad(embeds)
+  local d = self.dist
+  if not d or d.world() == 1 then return self:_compute(embeds, true) end
+  local global, lo, hi = {}, nil, nil
+  local rank = d.rank()
+  for ci, e in ipairs(embeds) do
+    local g, counts = d.all_gather(e)
+    global[ci] = g
+    if not lo then
+      lo = 1
+      for k = 1, rank do lo = lo + counts[k] end
+      hi = lo + counts[rank + 1] - 1
+    end
+  end
+  local value, dcols, extra = self:_compute(global, true)
+  for ci, g in ipairs(dcols) do dcols[ci] = g:rows(lo, hi) end
+  local wrapped = extra and function(scale) extra(rank == 0 and scale or 0) end
+  return value, dcols, wrapped
+end
+
 function Loss:forward(batch)
   local cols, names, kinds, n = self:_columns(batch)
   local m = self:_mini_batch(n)
@@ -338,7 +381,7 @@ function Loss:backward(batch, opts)
   local m = self:_mini_batch(n)
   if m then return self:_backward_cached(cols, kinds, n, m, scale) end
   local embeds, backs = self:_embed_columns(true, cols, names, kinds, n)
-  local value, dcols, extra = self:_compute(embeds, true)
+  local value, dcols, extra = self:_compute_grad(embeds)
   run_backward(backs, dcols, scale)
   if extra then extra(scale) end
   return value
@@ -351,7 +394,7 @@ end
 -- slice of the gradient, the tape released before the next mini-batch.
 function Loss:_backward_cached(cols, kinds, n, m, scale)
   local embeds, jobs = self:_embed_chunks(true, cols, kinds, n, m)
-  local value, dcols, extra = self:_compute(embeds, true)
+  local value, dcols, extra = self:_compute_grad(embeds)
   local exact = true
   for k, job in ipairs(jobs) do
     local d = dcols[job.ci]:rows(job.lo, job.hi)

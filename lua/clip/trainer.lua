@@ -24,6 +24,17 @@
 -- clip.data's splitmix64 generator seeded with seed + e - 1; a checkpoint
 -- records the epoch and the micro-batches consumed in it, so a resumed run
 -- sees exactly the batches the straight run would have.
+--
+-- distributed = true (the module built with `make MPI=1`, run under mpirun;
+-- docs/distributed.md): batch_size is per rank. Every rank draws the same
+-- global batches of batch_size * ranks rows (same shuffle) and takes its
+-- contiguous share (clip.dist.shard); the trainable weights are broadcast from
+-- rank 0 before the first step; the loss all-gathers the embeddings and
+-- backpropagates the local rows (clip.loss, "Data parallel"); the gradients are
+-- SUM-all-reduced in buckets before the NaN check, clipping and the optimizer
+-- step, so every rank takes the same step as one process at the global batch.
+-- Evaluations, checkpoints, best/, logs and the chart happen on rank 0; the
+-- others wait (a stop decided there is broadcast after every step).
 local core = require "clip.core"
 local optim = require "clip.optim"
 local guard = require "clip.guard"
@@ -179,7 +190,7 @@ local OPTIONS = {
   "batch_size", "eval_batch_size", "grad_accumulation", "max_grad_norm", "shuffle", "drop_last", "seed",
   "eval_every", "eval_on_start", "save_every", "save_total_limit", "out", "overwrite", "resume",
   "metric_for_best", "greater_is_better", "early_stopping", "load_best_at_end", "format", "progress",
-  "chart", "chart_title", "on_step", "on_eval", "on_save", "callbacks",
+  "chart", "chart_title", "on_step", "on_eval", "on_save", "callbacks", "distributed",
 }
 local KNOWN = {}
 for _, k in ipairs(OPTIONS) do KNOWN[k] = true end
@@ -227,6 +238,24 @@ function M.new(o)
   end
   self.loss = loss
 
+  -- data parallel (MPI)
+  self.rank, self.world = 0, 1
+  local dopt = o.distributed
+  if dopt ~= nil and dopt ~= false then
+    if dopt ~= true and type(dopt) ~= "table" then
+      fail("distributed must be true, false or {bucket_bytes = n}")
+    end
+    local dist = require "clip.dist"
+    if not dist.available() then
+      fail("distributed = true: this build has no MPI (rebuild with `make MPI=1`; docs/distributed.md)")
+    end
+    if type(loss.distributed) ~= "function" then fail("distributed = true needs a clip.loss loss") end
+    self.rank, self.world = dist.init()
+    self.dist = dist
+    self.bucket_bytes = type(dopt) == "table" and dopt.bucket_bytes or nil
+    loss:distributed(self.world > 1 and dist or nil)
+  end
+
   -- data
   self.train = o.train
   if self.train ~= nil and (type(self.train) ~= "table" or type(self.train.batches) ~= "function") then
@@ -273,6 +302,7 @@ function M.new(o)
   self.epochs = pos_int(o, "epochs", 3)
   self.max_steps = pos_int(o, "max_steps", nil)
   self.batch_size = pos_int(o, "batch_size", 8)
+  self.global_batch = self.batch_size * self.world
   self.eval_batch_size = pos_int(o, "eval_batch_size", self.batch_size)
   self.accum = pos_int(o, "grad_accumulation", 1)
   self.seed = o.seed == nil and 42 or math.tointeger(o.seed) or fail("seed must be an integer")
@@ -357,9 +387,11 @@ function M.new(o)
   -- output
   local pmode = o.progress
   if pmode == nil or pmode == true then pmode = "auto" elseif pmode == false then pmode = "quiet" end
+  if self.rank ~= 0 then pmode = "quiet" end
   self.progress_mode = pmode
   self.chart = o.chart
   if self.chart == nil then self.chart = self.out ~= nil end
+  if self.rank ~= 0 then self.chart = false end
   self.chart_title = o.chart_title or "training"
   for _, k in ipairs({ "on_step", "on_eval", "on_save" }) do
     if o[k] ~= nil and type(o[k]) ~= "function" then fail(k .. " must be a function") end
@@ -399,7 +431,30 @@ function Trainer:stop() self._stop = true end
 
 -- Steps and epochs ----------------------------------------------------------------------
 
-function Trainer:_micro_per_epoch() return self.train:num_batches(self.batch_size, self.drop_last) end
+function Trainer:_micro_per_epoch() return self.train:num_batches(self.global_batch, self.drop_last) end
+
+-- The training batches of epoch ep: global batches of batch_size * ranks rows
+-- (the same on every rank), of which each rank takes its contiguous share.
+function Trainer:_batches(ep)
+  local it = self.train:batches(self.global_batch, { shuffle = self.shuffle, seed = self.seed + ep - 1,
+    columns = self.columns, drop_last = self.drop_last })
+  if self.world == 1 then return it end
+  local dist, rank, world = self.dist, self.rank, self.world
+  return function()
+    local b, k = it()
+    if not b then return nil end
+    local first = b[next(b)]
+    local n = #first
+    if n < world then
+      fail(("distributed: a batch of the epoch has %d rows, fewer than the %d ranks (drop_last = true, "
+        .. "or a batch_size / dataset size that leaves every rank a row)"):format(n, world))
+    end
+    local lo, hi = dist.shard(n, rank, world)
+    local part = setmetatable({}, getmetatable(b))
+    for c, col in pairs(b) do part[c] = table.move(col, lo, hi, 1, {}) end
+    return part, k
+  end
+end
 
 function Trainer:_steps_per_epoch() return (self:_micro_per_epoch() + self.accum - 1) // self.accum end
 
@@ -525,8 +580,7 @@ function Trainer:_replay_cache()
   while step < target.step do
     local need_train = ep == 1 or self.drop_last
     if not need_train and evaled then break end
-    local iter = self.train:batches(self.batch_size, { shuffle = self.shuffle, seed = self.seed + ep - 1,
-      columns = self.columns, drop_last = self.drop_last })
+    local iter = self:_batches(ep)
     local consumed = 0
     while consumed < mpe and step < target.step do
       local count = math.min(self.accum, mpe - consumed)
@@ -586,12 +640,13 @@ function Trainer:prepare()
     local x = st.extra or {}
     local d = st.data or {}
     if d.size ~= self.train:size() or d.batch_size ~= self.batch_size or d.grad_accumulation ~= self.accum
-      or d.shuffle ~= self.shuffle or d.drop_last ~= self.drop_last then
+      or d.shuffle ~= self.shuffle or d.drop_last ~= self.drop_last or (d.world_size or 1) ~= self.world then
       fail(("resume: checkpoint %s was saved with %s rows, batch %s, grad_accumulation %s%s; this run has %d rows, "
         .. "batch %d, grad_accumulation %d%s: the data position would not match")
         :format(from, tostring(d.size), tostring(d.batch_size), tostring(d.grad_accumulation),
           d.shuffle == false and ", no shuffle" or "", self.train:size(), self.batch_size, self.accum,
-          self.shuffle and "" or ", no shuffle"))
+          self.shuffle and "" or ", no shuffle") .. ((d.world_size or 1) ~= self.world
+          and (" (saved with %d ranks, this run has %d)"):format(d.world_size or 1, self.world) or ""))
     end
     if st.rng and st.rng.seed ~= self.seed then
       fail(("resume: checkpoint %s was saved with seed %s, this run has seed %d"):format(from, tostring(st.rng.seed), self.seed))
@@ -606,7 +661,7 @@ function Trainer:prepare()
     self:_replay_cache()
   end
   -- an earlier run's results are never deleted unasked
-  if self.out and not from and not self.o.overwrite then
+  if self.out and not from and not self.o.overwrite and self.rank == 0 then
     for _, name in ipairs({ "checkpoints", "best", "metrics.jsonl" }) do
       local p = join(self.out, name)
       if core.is_dir(p) or core.is_file(p) then
@@ -615,8 +670,8 @@ function Trainer:prepare()
       end
     end
   end
-  -- the output directory
-  if self.out then
+  -- the output directory (rank 0 writes; the other ranks keep records in memory)
+  if self.out and self.rank == 0 then
     local ok, err = core.mkdir_p(self.out)
     if not ok then fail(err) end
     local log_path = join(self.out, "metrics.jsonl")
@@ -636,6 +691,12 @@ function Trainer:prepare()
     self._log = io.open(log_path, from and "ab" or "wb")
     if not self._log then fail(log_path .. ": cannot write") end
     self:_write_csv()
+  end
+  -- data parallel: every rank starts from rank 0's trainable weights
+  if self.world > 1 then
+    for _, p in ipairs(self.optimizer:parameters()) do
+      if p.requires_grad then self.dist.broadcast(p.data, 0) end
+    end
   end
   self.state = s
   return self
@@ -737,7 +798,8 @@ function Trainer:_save_checkpoint()
   checkpoint.save(dir, {
     model = self.model, optimizer = self.optimizer, scheduler = self.schedule, loss = self.loss, step = s.step,
     data = { epoch = s.epoch, consumed = s.consumed, size = self.train:size(), batch_size = self.batch_size,
-      grad_accumulation = self.accum, shuffle = self.shuffle, drop_last = self.drop_last },
+      grad_accumulation = self.accum, shuffle = self.shuffle, drop_last = self.drop_last,
+      world_size = self.world > 1 and self.world or nil },
     rng = { kind = "splitmix64", seed = self.seed, epoch_seed = self.seed + s.epoch - 1 },
     -- sums as %.17g strings: cJSON's number printing is not exact
     extra = { run_sum = ("%.17g"):format(s.run_sum), run_n = s.run_n, ep_sum = ("%.17g"):format(s.ep_sum),
@@ -769,6 +831,7 @@ function Trainer:_one_step(iter, count)
   for _ = 1, count do
     sum = sum + guard.backward(opt, loss, iter(), step, count > 1 and 1 / count or nil)
   end
+  if self.world > 1 then self:_allreduce_grads() end
   guard.check_step(opt, step)
   local gn = optim.clip_grad_norm(opt, self.max_grad_norm or math.huge)
   local lr = opt.lr
@@ -776,6 +839,31 @@ function Trainer:_one_step(iter, count)
   self.schedule:step()
   opt:zero_grad()
   return sum / count, lr, gn
+end
+
+-- Data parallel: SUM of every trainable gradient over the ranks, in buckets
+-- (each rank's gradient is its local rows' share of the global-batch loss's).
+function Trainer:_allreduce_grads()
+  local list, numel = {}, 0
+  for _, p in ipairs(self.optimizer:parameters()) do
+    local g = p.requires_grad and p.grad
+    if g then list[#list + 1] = g; numel = numel + g:numel() end
+  end
+  local chk = core.tensor({ #list, numel, -#list, -numel })
+  self.dist.allreduce(chk, "max")
+  if chk[1] ~= #list or chk[2] ~= numel or -chk[3] ~= #list or -chk[4] ~= numel then
+    fail(("distributed: the ranks hold different gradients (%d tensors, %d values on rank %d)")
+      :format(#list, numel, self.rank))
+  end
+  self.dist.allreduce_many(list, "sum", self.bucket_bytes)
+end
+
+-- Data parallel: rank 0's stop decision (early stopping, a callback) for every rank.
+function Trainer:_sync_stop()
+  local s = self.state
+  local t = core.tensor({ self._stop and 1 or 0, s.stopped_early and 1 or 0 })
+  self.dist.broadcast(t, 0)
+  self._stop, s.stopped_early = t[1] ~= 0, t[2] ~= 0 or nil
 end
 
 --- fit() -> summary {step, epoch, best_metric, best_value, best_step,
@@ -789,14 +877,14 @@ function Trainer:fit()
   local mpe = self:_micro_per_epoch()
   local n_epochs = (s.total_steps + s.steps_per_epoch - 1) // s.steps_per_epoch
   self._stop = false
-  if self.out and s.step == 0 and not s.cleared then
+  if self.out and s.step == 0 and not s.cleared and self.rank == 0 then
     -- a run without resume starts over: earlier checkpoints and best/ would
     -- be taken for this run's (only now, after every check has passed)
     checkpoint.remove_tree(join(self.out, "checkpoints"))
     checkpoint.remove_tree(join(self.out, "best"))
     s.cleared = true
   end
-  if self.o.eval_on_start and s.step == 0 and #self.records == 0 then
+  if self.o.eval_on_start and s.step == 0 and #self.records == 0 and self.rank == 0 then
     local m = self:evaluate()
     if self.metric_for_best then
       local names = {}
@@ -806,8 +894,7 @@ function Trainer:fit()
   end
   while s.step < s.total_steps and not self._stop do
     local ep = s.epoch
-    local iter = self.train:batches(self.batch_size, { shuffle = self.shuffle, seed = self.seed + ep - 1,
-      columns = self.columns, drop_last = self.drop_last })
+    local iter = self:_batches(ep)
     for _ = 1, s.consumed do iter() end
     local ep_steps = math.min(s.steps_per_epoch, s.total_steps - (ep - 1) * s.steps_per_epoch)
     local bar = progress.new({ total = ep_steps, label = ("epoch %d/%d"):format(ep, n_epochs), unit = "step",
@@ -830,7 +917,7 @@ function Trainer:fit()
         s.epoch, s.consumed, s.ep_sum, s.ep_n = s.epoch + 1, 0, 0, 0
       end
       local ev_now = self:_eval_due(s.step, epoch_end)
-      if ev_now then
+      if ev_now and self.rank == 0 then
         local m, r = self:evaluate({ train_loss = s.run_n > 0 and s.run_sum / s.run_n or nil,
           record = { epoch = epoch_end and ep or nil } })
         s.run_sum, s.run_n = 0, 0
@@ -842,9 +929,10 @@ function Trainer:fit()
           bar:log(("step %d: %s"):format(r.step, table.concat(parts, ", ")))
         end
       end
-      local save_now = self.out and ((self.save_every == "epoch" and epoch_end)
+      local save_now = self.out and self.rank == 0 and ((self.save_every == "epoch" and epoch_end)
         or (math.type(self.save_every) == "integer" and s.step % self.save_every == 0))
       if save_now then self:_save_checkpoint() end
+      if self.world > 1 then self:_sync_stop() end
       if epoch_end or s.step >= s.total_steps or self._stop then
         local extra = ""
         if epoch_end and last_eval then
@@ -859,6 +947,12 @@ function Trainer:fit()
       end
       if epoch_end then break end
     end
+  end
+  if self.world > 1 then
+    self.dist.barrier() -- rank 0's files are written
+    local t = core.tensor({ s.best_step or -1 })
+    self.dist.broadcast(t, 0)
+    s.best_step = t[1] >= 0 and math.tointeger(t[1]) or nil
   end
   if self.load_best_at_end and s.best_step and self.out then
     local w = core.load_safetensors(join(join(self.out, "best"), "model.safetensors"))
