@@ -61,7 +61,7 @@ test-asan: deps
 	$(MAKE) $(ASAN_BUILD)/lua $(ASAN_BUILD)/bin/lua5.4
 	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(ASAN_BUILD)/?.so;;" CLIP_SANITIZER=asan $(ASAN_ENV) \
 	  PATH="$(CURDIR)/$(ASAN_BUILD)/bin:$$PATH" \
-	  $(BUSTED) --lua=$(CURDIR)/$(ASAN_BUILD)/lua --exclude-tags=slow spec
+	  $(BUSTED) --lua=$(CURDIR)/$(ASAN_BUILD)/lua --exclude-tags=slow,mpi spec
 
 # ---------------------------------------------------------------- valgrind
 # OpenBLAS picks kernels by CPU; valgrind does not emulate AVX-512, so pin a
@@ -82,7 +82,7 @@ test-valgrind:
 	$(MAKE) all
 	$(MAKE) $(VG_BUILD)/lua5.4
 	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" CLIP_SANITIZER=valgrind OPENBLAS_CORETYPE=Haswell \
-	  $(BUSTED) --lua=$(CURDIR)/$(VG_BUILD)/lua5.4 --exclude-tags=slow spec
+	  $(BUSTED) --lua=$(CURDIR)/$(VG_BUILD)/lua5.4 --exclude-tags=slow,mpi spec
 
 # ----------------------------------------------------------------- fuzzing
 FUZZ_CC      ?= clang
