@@ -32,4 +32,4 @@ test-mpi:
 	$(MAKE) all
 	CLIP_MPI_BUILD="$(CURDIR)/build/mpi" CLIP_DIST_RANKS="2 3" \
 	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/?.so;;" \
-	  $(BUSTED) --lua=$(LUA) --tags=mpi spec/dist_spec.lua
+	  $(BUSTED) --lua=$(LUA) --tags=mpi --exclude-tags=slow spec/dist_spec.lua
