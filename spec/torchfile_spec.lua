@@ -42,7 +42,7 @@ end
 describe("clip.load_torch", function()
   local expect = clip.json.decode(H.read(T .. "edge.json"))
 
-  for _, name in ipairs({ "edge.bin", "edge-deflate.bin" }) do
+  for _, name in ipairs({ "edge.bin", "edge-deflate.bin", "edge-proto4.bin" }) do
     it("returns names, shapes, dtypes and values (" .. name .. ": tied, strided, every dtype)", function()
       local t, info = clip.load_torch(T .. name)
       local n = 0
