@@ -123,8 +123,17 @@ for k, v in pairs({ html = "&amp;lt;b&gt; &#x1F600; &#99999999; &notanentity;",
   seed("tokenizer", "odd_" .. k, v)
 end
 
+-- torch: whole files (first byte 0) and bare data.pkl pickles (first byte 1: the harness wraps
+-- them into an archive with storages "0".."15"); see fuzz/fuzz_torch.c
+for _, p in ipairs(ls(FX .. "torch/*.bin " .. FX .. "torch/hostile/*.bin")) do
+  seed("torch", "file_" .. p:gsub("^" .. FX .. "torch/", ""), "\0" .. read(p))
+end
+for _, p in ipairs(ls(FX .. "torch/pickles/*.pkl")) do
+  seed("torch", "pkl_" .. p:match("[^/]+$"), "\1" .. read(p))
+end
+
 -- regression inputs: findings and near-misses, committed under fuzz/regress/<target>/
-for _, t in ipairs({ "safetensors", "loader", "config", "jpeg", "png", "tokenizer" }) do
+for _, t in ipairs({ "safetensors", "loader", "config", "jpeg", "png", "tokenizer", "torch" }) do
   for _, p in ipairs(ls("fuzz/regress/" .. t .. "/*")) do
     seed(t, "regress_" .. p:match("[^/]+$"), read(p))
   end

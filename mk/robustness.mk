@@ -87,7 +87,7 @@ test-valgrind:
 # ----------------------------------------------------------------- fuzzing
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := safetensors loader config jpeg png tokenizer
+FUZZ_TARGETS := safetensors loader config jpeg png tokenizer torch
 FUZZ_TIME    ?= 60
 FUZZ_SMOKE_RUNS ?= 10000
 FUZZ_SMOKE_TIME ?= 30
@@ -105,6 +105,7 @@ FUZZ_OPTS_config      := -max_len=8192
 FUZZ_OPTS_jpeg        := -max_len=65536
 FUZZ_OPTS_png         := -max_len=65536
 FUZZ_OPTS_tokenizer   := -max_len=4096 -dict=fuzz/tokenizer.dict
+FUZZ_OPTS_torch       := -max_len=65536
 FUZZ_COMMON_OPTS      := -seed=1 -timeout=20 -rss_limit_mb=3072 -malloc_limit_mb=2048 \
                          -print_final_stats=1 -detect_leaks=1
 

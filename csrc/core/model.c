@@ -1,6 +1,7 @@
 /* model.c - CLIP config parsing, directory layout, parameter table and
  * weight loading. The encoders are in encoder.c. */
 #include "model.h"
+#include "torchfile.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -720,14 +721,14 @@ int ct_model_find(const char *dir, ct_model_paths *p, ct_err *e) {
   if (!ct_file_exists(p->weights)) {
     ct_path_join(p->weights, sizeof p->weights, p->root, "model.safetensors.index.json");
     if (!ct_file_exists(p->weights)) {
-      char bin[1100];
-      ct_path_join(bin, sizeof bin, p->root, "pytorch_model.bin");
-      return ct_errf(e, "%s: missing model.safetensors (or model.safetensors.index.json)%s",
-                     p->root, ct_file_exists(bin)
-                                  ? "; pytorch_model.bin is not supported: convert it to safetensors"
-                                  : "");
+      ct_path_join(p->weights, sizeof p->weights, p->root, "pytorch_model.bin");
+      if (!ct_file_exists(p->weights))
+        return ct_errf(e, "%s: missing model.safetensors (or model.safetensors.index.json, or pytorch_model.bin)",
+                       p->root);
+      p->torch = 1; /* read by the restricted unpickler (torchfile.c) */
+    } else {
+      p->sharded = 1;
     }
-    p->sharded = 1;
   }
   return 0;
 }
@@ -737,7 +738,9 @@ static int open_weights(ct_model *m, const ct_model_paths *p, ct_err *e) {
   if (!p->sharded) {
     m->files = calloc(1, sizeof(ct_st_file));
     if (!m->files) return ct_errf(e, "out of memory");
-    if (ct_st_open(p->weights, &m->files[0], e) != 0) return -1;
+    if ((p->torch ? ct_torch_open(p->weights, &m->files[0], e)
+                  : ct_st_open(p->weights, &m->files[0], e)) != 0)
+      return -1;
     m->nfiles = 1;
     return 0;
   }

@@ -154,8 +154,9 @@ typedef struct ct_model_paths {
   char preprocessor[1100];
   char vocab[1100];
   char merges[1100];
-  char weights[1100];    /* model.safetensors or the index json */
+  char weights[1100];    /* model.safetensors, the index json or pytorch_model.bin */
   int sharded;
+  int torch;             /* weights is a torch.save archive (pytorch_model.bin) */
   int sentence_transformers;
 } ct_model_paths;
 

@@ -105,6 +105,7 @@ static void push_paths(lua_State *L, const ct_model_paths *p) {
   l_set_str(L, "merges", p->merges);
   l_set_str(L, "weights", p->weights);
   l_set_bool(L, "sharded", p->sharded);
+  l_set_bool(L, "torch", p->torch);
   l_set_bool(L, "sentence_transformers", p->sentence_transformers);
 }
 

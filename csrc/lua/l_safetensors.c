@@ -11,6 +11,7 @@
 #include "l_tensor.h"
 #include "lclip.h"
 #include "safetensors.h"
+#include "torchfile.h"
 
 #define ST_MT "clip.SafetensorsFile"
 
@@ -34,15 +35,17 @@ static void push_metadata(lua_State *L, const char *json) {
   cJSON_Delete(m);
 }
 
-/* clip.load_safetensors(path) -> {name = Tensor}, {metadata = {}, dtypes = {}} */
-static int l_load(lua_State *L) {
+/* clip.load_safetensors(path) -> {name = Tensor}, {metadata = {}, dtypes = {}};
+ * clip.load_torch(path) the same for a torch.save archive (pytorch_model.bin), read by the
+ * restricted unpickler of torchfile.c into an in-memory safetensors-like file. */
+static int load_with(lua_State *L, int (*open_fn)(const char *, ct_st_file *, ct_err *)) {
   const char *path = luaL_checkstring(L, 1);
   ct_st_file *f = lua_newuserdatauv(L, sizeof(ct_st_file), 0); /* before acquiring */
   memset(f, 0, sizeof *f);
   luaL_setmetatable(L, ST_MT);
   int fidx = lua_gettop(L);
   ct_err e;
-  if (ct_st_open(path, f, &e) != 0) return luaL_error(L, "%s", e.msg);
+  if (open_fn(path, f, &e) != 0) return luaL_error(L, "%s", e.msg);
   lua_createtable(L, 0, f->n); /* tensors */
   lua_newtable(L);             /* info */
   push_metadata(L, f->metadata);
@@ -68,6 +71,9 @@ static int l_load(lua_State *L) {
   }
   return 2;
 }
+
+static int l_load(lua_State *L) { return load_with(L, ct_st_open); }
+static int l_load_torch(lua_State *L) { return load_with(L, ct_torch_open); }
 
 static int parse_dtype_opt(lua_State *L, const char *s) {
   if (!s || strcmp(s, "F32") == 0 || strcmp(s, "float32") == 0) return CT_F32;
@@ -143,6 +149,8 @@ void l_safetensors_open(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_load);
   lua_setfield(L, -2, "load_safetensors");
+  lua_pushcfunction(L, l_load_torch);
+  lua_setfield(L, -2, "load_torch");
   lua_pushcfunction(L, l_save);
   lua_setfield(L, -2, "save_safetensors");
 }

@@ -36,6 +36,7 @@ function M.normalize(t, eps) return t:normalize(eps) end
 
 -- safetensors --------------------------------------------------------------
 M.load_safetensors = core.load_safetensors
+M.load_torch = core.load_torch
 M.save_safetensors = core.save_safetensors
 
 -- JSON (cJSON) --------------------------------------------------------------
