@@ -106,6 +106,10 @@ FUZZ_OPTS_jpeg        := -max_len=65536
 FUZZ_OPTS_png         := -max_len=65536
 FUZZ_OPTS_tokenizer   := -max_len=4096 -dict=fuzz/tokenizer.dict
 FUZZ_OPTS_torch       := -max_len=65536
+# the options of target $$t inside a shell loop: a case over the targets, written by make
+# (a make variable named after the shell's $$t cannot be expanded there)
+rparen := )
+FUZZ_OPTS_CASE = case $$t in $(foreach t,$(FUZZ_TARGETS),$(t)$(rparen) topts='$(FUZZ_OPTS_$(t))';; ) esac
 FUZZ_COMMON_OPTS      := -seed=1 -timeout=20 -rss_limit_mb=3072 -malloc_limit_mb=2048 \
                          -print_final_stats=1 -detect_leaks=1
 
@@ -136,10 +140,10 @@ fuzz-seeds: all
 # saved as build/fuzz/artifacts/<t>-crash-*; build/fuzz/<t>.log has the stats.
 fuzz: deps fuzz-build fuzz-seeds
 	@mkdir -p $(FUZZ_DIR)/artifacts
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@set -e; for t in $(FUZZ_TARGETS); do topts=""; $(FUZZ_OPTS_CASE); \
 	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
 	  echo "fuzz_$$t: $(FUZZ_TIME) s" >&2; \
-	  $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $(FUZZ_OPTS_$$t) -max_total_time=$(FUZZ_TIME) \
+	  $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $$topts -max_total_time=$(FUZZ_TIME) \
 	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/seeds/$$t \
 	    > $(FUZZ_DIR)/$$t.log 2>&1 || { tail -60 $(FUZZ_DIR)/$$t.log; exit 1; }; \
 	  grep -E '^stat::number_of_executed_units|^stat::new_units_added|^#[0-9]+ +DONE' $(FUZZ_DIR)/$$t.log \
@@ -153,9 +157,9 @@ fuzz: deps fuzz-build fuzz-seeds
 fuzz-smoke: deps fuzz-build fuzz-seeds
 	@mkdir -p $(FUZZ_DIR)/artifacts
 	@norand=""; setarch $$(uname -m) -R true 2>/dev/null && norand="setarch $$(uname -m) -R"; \
-	set -e; for t in $(FUZZ_TARGETS); do \
+	set -e; for t in $(FUZZ_TARGETS); do topts=""; $(FUZZ_OPTS_CASE); \
 	  rm -rf $(FUZZ_DIR)/smoke/$$t; mkdir -p $(FUZZ_DIR)/smoke/$$t; \
-	  $$norand $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $(FUZZ_OPTS_$$t) -runs=$(FUZZ_SMOKE_RUNS) -reload=0 \
+	  $$norand $(FUZZ_DIR)/fuzz_$$t $(FUZZ_COMMON_OPTS) $$topts -runs=$(FUZZ_SMOKE_RUNS) -reload=0 \
 	    -max_total_time=$(FUZZ_SMOKE_TIME) -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
 	    $(FUZZ_DIR)/smoke/$$t $(FUZZ_DIR)/seeds/$$t > $(FUZZ_DIR)/smoke-$$t.log 2>&1 \
 	    || { tail -60 $(FUZZ_DIR)/smoke-$$t.log; exit 1; }; \
