@@ -24,8 +24,10 @@ CFLAGS     ?= $(OPT) -fPIC
 WARN       := -std=c11 -Wall -Wextra -D_GNU_SOURCE -fvisibility=hidden
 LIBFLAG    ?= -shared
 
-# Libraries through pkg-config (Debian's -dev packages ship the .pc files).
-PKGS       := openblas libpng libjpeg libcjson libutf8proc zlib
+# Libraries through pkg-config (Debian's -dev packages ship the .pc files;
+# libgif-dev's libgif.pc is Debian's own, upstream giflib has none: elsewhere
+# pass PKG_LIBS=... -lgif). libwebpdemux: WebP through WebPAnimDecoder, as Pillow.
+PKGS       := openblas libpng libjpeg libcjson libutf8proc zlib libwebp libwebpdemux libtiff-4 libgif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LUA_INCDIR ?= $(patsubst -I%,%,$(filter -I%,$(shell pkg-config --cflags lua5.4 2>/dev/null)))
@@ -60,7 +62,7 @@ layer_of     = $(notdir $(patsubst %/,%,$(dir $(1))))
 
 BUSTED     ?= busted
 DEBS       := lua5.4 liblua5.4-dev libopenblas-dev libjpeg62-turbo-dev libpng-dev \
-              libcjson-dev libutf8proc-dev zlib1g-dev lua-busted luarocks pkg-config \
+              libcjson-dev libutf8proc-dev zlib1g-dev libwebp-dev libtiff-dev libgif-dev lua-busted luarocks pkg-config \
               make gcc
 DEMO_DEBS  := dataset-fashion-mnist
 RUN_ENV     = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"

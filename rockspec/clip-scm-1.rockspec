@@ -9,7 +9,7 @@ description = {
    detailed = [[
 Load Hugging Face and sentence-transformers CLIP checkpoints (safetensors,
 fp32/fp16/bf16), embed images and texts, tokenize with CLIP's BPE, decode
-JPEG/PNG with CLIPImageProcessor-exact preprocessing, and fine-tune from Lua.
+JPEG/PNG/GIF/WebP/TIFF/BMP with CLIPImageProcessor-exact preprocessing, and fine-tune from Lua.
 ]],
    license = "MIT",
    labels = { "machine-learning", "clip", "embeddings" },
@@ -24,6 +24,10 @@ external_dependencies = {
    CJSON = { header = "cjson/cJSON.h", library = "cjson" },
    UTF8PROC = { header = "utf8proc.h", library = "utf8proc" },
    ZLIB = { header = "zlib.h", library = "z" },
+   WEBP = { header = "webp/decode.h", library = "webp" },
+   WEBPDEMUX = { header = "webp/demux.h", library = "webpdemux" },
+   TIFF = { header = "tiffio.h", library = "tiff" },
+   GIF = { header = "gif_lib.h", library = "gif" },
 }
 -- The Makefile is the one build description (objects selected by folder, per-layer
 -- include paths, -fvisibility=hidden): `luarocks make` runs it with LuaRocks' own

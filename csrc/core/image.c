@@ -6,6 +6,7 @@
  * deviations are written down in docs/images.md.
  */
 #include "image.h"
+#include "image_formats.h"
 
 #include <limits.h>
 #include <math.h>
@@ -28,34 +29,38 @@ void ct_image_free(ct_image *img) {
   img->w = img->h = 0;
 }
 
-static const char *nm(const char *name) { return name ? name : "<memory>"; }
+const char *ct_image_name(const char *name) { return name ? name : "<memory>"; }
+#define nm ct_image_name
 
 int ct_image_sniff(const uint8_t *buf, size_t n) {
   static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (n >= 8 && memcmp(buf, png_sig, 8) == 0) return CT_FMT_PNG;
   if (n >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) return CT_FMT_JPEG;
+  if (n >= 6 && (memcmp(buf, "GIF87a", 6) == 0 || memcmp(buf, "GIF89a", 6) == 0)) return CT_FMT_GIF;
+  if (n >= 12 && memcmp(buf, "RIFF", 4) == 0 && memcmp(buf + 8, "WEBP", 4) == 0) return CT_FMT_WEBP;
+  if (n >= 4 && (memcmp(buf, "II*\0", 4) == 0 || memcmp(buf, "MM\0*", 4) == 0 ||
+                 memcmp(buf, "II+\0", 4) == 0 || memcmp(buf, "MM\0+", 4) == 0))
+    return CT_FMT_TIFF;
+  if (n >= 2 && buf[0] == 'B' && buf[1] == 'M') return CT_FMT_BMP;
   return CT_FMT_UNKNOWN;
 }
 
+#define SUPPORTED_FORMATS "JPEG, PNG, GIF, WebP, TIFF and BMP"
+
 static int unknown_format(const uint8_t *buf, size_t n, const char *name, ct_err *e) {
   if (n == 0) return ct_errf(e, "%s: empty file (not an image)", nm(name));
-  const char *what = NULL;
-  if (n >= 4 && memcmp(buf, "GIF8", 4) == 0) what = "GIF";
-  else if (n >= 12 && memcmp(buf, "RIFF", 4) == 0 && memcmp(buf + 8, "WEBP", 4) == 0) what = "WebP";
-  else if (n >= 2 && buf[0] == 'B' && buf[1] == 'M') what = "BMP";
-  else if (n >= 4 && (memcmp(buf, "II*", 4) == 0 || memcmp(buf, "MM\0*", 4) == 0)) what = "TIFF";
-  if (what)
-    return ct_errf(e, "%s: unsupported image format (%s; only JPEG and PNG are supported)",
-                   nm(name), what);
   char hex[3 * 8 + 1] = {0};
   size_t k = n < 8 ? n : 8, off = 0;
   for (size_t i = 0; i < k; i++)
     off += (size_t)snprintf(hex + off, sizeof hex - off, i ? " %02x" : "%02x", buf[i]);
-  return ct_errf(e, "%s: unsupported image format (not JPEG or PNG; file starts with %s)",
+  return ct_errf(e,
+                 "%s: unsupported image format (file starts with %s; supported: "
+                 SUPPORTED_FORMATS ", recognized by their first bytes)",
                  nm(name), hex);
 }
 
-static int check_pixels(const char *name, const char *fmt, uint64_t w, uint64_t h, ct_err *e) {
+int ct_image_check_pixels(const char *name, const char *fmt, uint64_t w, uint64_t h,
+                          ct_err *e) {
   if (w == 0 || h == 0)
     return ct_errf(e, "%s: %s decode failed (image is %llux%llu)", nm(name), fmt,
                    (unsigned long long)w, (unsigned long long)h);
@@ -193,7 +198,7 @@ static int png_decode(const uint8_t *buf, size_t n, const char *name, int *pw, i
   png_uint_32 w32, h32;
   int bd, ct, il;
   png_get_IHDR(png, info, &w32, &h32, &bd, &ct, &il, NULL, NULL);
-  if (check_pixels(name, "PNG", w32, h32, e)) {
+  if (ct_image_check_pixels(name, "PNG", w32, h32, e)) {
     png_destroy_read_struct(&png, &info, NULL);
     return -1;
   }
@@ -318,7 +323,7 @@ static int jpeg_decode(const uint8_t *buf, size_t n, const char *name, int *pw, 
     return ct_errf(e, "%s: JPEG decode failed (cannot handle %d-component images)", nm(name),
                    nc);
   }
-  if (check_pixels(name, "JPEG", cinfo.image_width, cinfo.image_height, e)) {
+  if (ct_image_check_pixels(name, "JPEG", cinfo.image_width, cinfo.image_height, e)) {
     jpeg_destroy_decompress(&cinfo);
     return -1;
   }
@@ -386,6 +391,10 @@ int ct_image_probe_mem(const uint8_t *buf, size_t n, const char *name, int *w, i
   switch (ct_image_sniff(buf, n)) {
     case CT_FMT_PNG: return png_decode(buf, n, name, w, h, NULL, e);
     case CT_FMT_JPEG: return jpeg_decode(buf, n, name, w, h, NULL, e);
+    case CT_FMT_GIF: return ct_gif_decode(buf, n, name, w, h, NULL, e);
+    case CT_FMT_WEBP: return ct_webp_decode(buf, n, name, w, h, NULL, e);
+    case CT_FMT_TIFF: return ct_tiff_decode(buf, n, name, w, h, NULL, e);
+    case CT_FMT_BMP: return ct_bmp_decode(buf, n, name, w, h, NULL, e);
     default: return unknown_format(buf, n, name, e);
   }
 }
@@ -396,6 +405,10 @@ int ct_image_decode_mem_into(const uint8_t *buf, size_t n, const char *name, int
   switch (ct_image_sniff(buf, n)) {
     case CT_FMT_PNG: return png_decode(buf, n, name, &w, &h, rgb, e);
     case CT_FMT_JPEG: return jpeg_decode(buf, n, name, &w, &h, rgb, e);
+    case CT_FMT_GIF: return ct_gif_decode(buf, n, name, &w, &h, rgb, e);
+    case CT_FMT_WEBP: return ct_webp_decode(buf, n, name, &w, &h, rgb, e);
+    case CT_FMT_TIFF: return ct_tiff_decode(buf, n, name, &w, &h, rgb, e);
+    case CT_FMT_BMP: return ct_bmp_decode(buf, n, name, &w, &h, rgb, e);
     default: return unknown_format(buf, n, name, e);
   }
 }

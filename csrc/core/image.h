@@ -31,7 +31,15 @@ typedef struct ct_image {
   uint8_t *rgb; /* w*h*3 bytes */
 } ct_image;
 
-enum { CT_FMT_UNKNOWN = 0, CT_FMT_JPEG = 1, CT_FMT_PNG = 2 };
+enum {
+  CT_FMT_UNKNOWN = 0,
+  CT_FMT_JPEG = 1,
+  CT_FMT_PNG = 2,
+  CT_FMT_GIF = 3,
+  CT_FMT_WEBP = 4,
+  CT_FMT_TIFF = 5,
+  CT_FMT_BMP = 6
+};
 
 /* Pillow's resampling filter numbers (PIL.Image.Resampling). */
 enum {
@@ -45,7 +53,9 @@ enum {
 
 /* ------------------------------------------------------------- decoding */
 
-/* Format from the first bytes (Pillow's checks): PNG signature or FF D8 FF. */
+/* Format from the first bytes (Pillow's checks), never from a file name:
+ * PNG signature, FF D8 FF, GIF87a/GIF89a, RIFF....WEBP, II*\0 / MM\0*
+ * (and BigTIFF's II+\0 / MM\0+), BM. */
 int ct_image_sniff(const uint8_t *buf, size_t n);
 
 /* Read the header only: width and height (checked against the pixel limit).
