@@ -1,4 +1,4 @@
--- clip.image - decode JPEG/PNG and preprocess like transformers' CLIPImageProcessor.
+-- clip.image - decode JPEG/PNG/GIF/WebP/TIFF/BMP and preprocess like transformers' CLIPImageProcessor.
 --
 --   local image = require "clip.image"
 --   local img = image.load("cat.jpg")            -- clip.Image: img.width, img.height, img:bytes()
