@@ -46,6 +46,7 @@ end
 -- images: every fixture, good and bad
 copy_files("jpeg", FX .. "images/*.jpg")
 copy_files("png", FX .. "images/*.png")
+copy_files("formats", FX .. "images/*.gif " .. FX .. "images/*.webp " .. FX .. "images/*.tif " .. FX .. "images/*.bmp")
 
 -- configs: config.json, preprocessor_config.json, modules.json, index files
 copy_files("config", FX .. "models/*/*.json " .. FX .. "models/*/*/*.json " .. FX .. "images/config_*.json")
@@ -133,7 +134,7 @@ for _, p in ipairs(ls(FX .. "torch/pickles/*.pkl")) do
 end
 
 -- regression inputs: findings and near-misses, committed under fuzz/regress/<target>/
-for _, t in ipairs({ "safetensors", "loader", "config", "jpeg", "png", "tokenizer", "torch" }) do
+for _, t in ipairs({ "safetensors", "loader", "config", "jpeg", "png", "formats", "tokenizer", "torch" }) do
   for _, p in ipairs(ls("fuzz/regress/" .. t .. "/*")) do
     seed(t, "regress_" .. p:match("[^/]+$"), read(p))
   end

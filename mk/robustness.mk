@@ -87,7 +87,7 @@ test-valgrind:
 # ----------------------------------------------------------------- fuzzing
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := safetensors loader config jpeg png tokenizer torch
+FUZZ_TARGETS := safetensors loader config jpeg png formats tokenizer torch
 FUZZ_TIME    ?= 60
 FUZZ_SMOKE_RUNS ?= 10000
 FUZZ_SMOKE_TIME ?= 30
@@ -104,6 +104,7 @@ FUZZ_OPTS_loader      := -max_len=16384
 FUZZ_OPTS_config      := -max_len=8192
 FUZZ_OPTS_jpeg        := -max_len=65536
 FUZZ_OPTS_png         := -max_len=65536
+FUZZ_OPTS_formats     := -max_len=65536
 FUZZ_OPTS_tokenizer   := -max_len=4096 -dict=fuzz/tokenizer.dict
 FUZZ_OPTS_torch       := -max_len=65536
 # the options of target $$t inside a shell loop: a case over the targets, written by make
