@@ -98,7 +98,8 @@ env:
 # to you (the build then finds them through pkg-config).
 deps:
 	@missing=""; for p in $(DEBS) $(EXTRA_DEBS); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  dpkg-query -W -f='$${Status} $${Architecture}\n' $$p 2>/dev/null \
+	    | grep -Eq "installed ($$(dpkg --print-architecture 2>/dev/null)|all)$$" || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "clip: no apt-get here; install the equivalents of these Debian packages yourself:$$missing" >&2; \

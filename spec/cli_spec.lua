@@ -119,7 +119,7 @@ describe("bin/clip", function()
         { "classify " .. q(MODEL) .. " /nonexistent/cat.jpg -l a -l b", "/nonexistent/cat.jpg: No such file" },
         { "search " .. q(MODEL) .. " x --index /nonexistent/i.safetensors", "clip: /nonexistent/i.safetensors: " },
         { "search " .. q(MODEL) .. " x --index " .. q(MODEL .. "/model.safetensors"), "not an index from `clip embed" },
-        { "search " .. q(MODEL) .. " x " .. q(H.fixtures .. "tokenizer"), "no .jpg, .jpeg or .png files in this directory" },
+        { "search " .. q(MODEL) .. " x " .. q(H.fixtures .. "tokenizer"), "no image files (.jpg .jpeg .png .gif .webp .bmp .tif .tiff) in this directory" },
       }
       for _, c in ipairs(cases) do
         local code, out, err = cli(c[1])

@@ -18,6 +18,7 @@
 -- Randomness comes from data.rng(seed) (splitmix64 on Lua integers), so a seed
 -- gives the same order on every machine and Lua's math.random is untouched.
 local core = require "clip.core"
+local image = require "clip.image"
 
 local M = {}
 
@@ -499,14 +500,12 @@ local function read_json_list(path)
   return cols, v
 end
 
-local IMAGE_EXT = { jpg = true, jpeg = true, png = true }
+local IMAGE_EXT = image.EXTENSIONS
 M.IMAGE_EXTENSIONS = IMAGE_EXT
 
---- True when the path ends in .jpg, .jpeg or .png (case-insensitive).
-function M.is_image_path(p)
-  local ext = type(p) == "string" and p:match("%.([%w]+)$")
-  return ext ~= nil and IMAGE_EXT[ext:lower()] == true
-end
+--- True when the path ends in an image extension (clip.image.EXTENSIONS:
+-- .jpg .jpeg .png .gif .webp .bmp .tif .tiff, case-insensitive).
+M.is_image_path = image.has_image_extension
 
 -- the image files below d (hidden names skipped, sub-folders when recursive), in
 -- listdir's sorted order, appended to out; ext: the extensions accepted (lowercase keys)
@@ -541,7 +540,7 @@ end
 -- opts:
 --   columns      list of the columns to keep (an unknown one is an error)
 --   images       list of the columns holding image paths; nil = every column
---                whose values ALL end in .jpg/.jpeg/.png (detect_image_column;
+--                whose values ALL end in an image extension (detect_image_column;
 --                a column where only some do is an error: declare it)
 --   modalities   {column = "image" | "text"}: the same, said per column (no
 --                detection at all: undeclared columns are not images)
@@ -596,7 +595,7 @@ function M.load(path, opts)
 end
 
 --- detect_image_column(ds, column) -> true when every row's value is a path
--- ending in .jpg/.jpeg/.png, false when none is; a mix is an error naming a
+-- ending in an image extension, false when none is; a mix is an error naming a
 -- row of each kind (declare the column with images = {...} or modalities).
 -- By name only (no file is opened): a missing file in an image column is then
 -- reported by load as not found, with the path it looked for.
@@ -642,7 +641,7 @@ function M.resolve_images(ds, columns, opts)
   return ds
 end
 
---- image_folder(dir [, {extensions = {"jpg","jpeg","png"}}]) -> Dataset
+--- image_folder(dir [, {extensions = {"jpg","png",...}}]) -> Dataset (default: clip.image.EXTENSIONS)
 -- One sub-folder per class (sorted by name; hidden ones skipped); every image
 -- below it (recursively) is a row {image = path, label = class index
 -- (1-based), class = folder name}. ds.classes lists the class names; a class

@@ -34,6 +34,7 @@
 -- projection runs again on later calls. A fingerprint of the frozen weights
 -- guards the cache: it is rebuilt if they change.
 local core = require "clip.core"
+local image = require "clip.image"
 local templates_mod = require "clip.templates"
 local progress = require "clip.progress"
 
@@ -44,7 +45,6 @@ local function is_tensor(x)
 end
 M.is_tensor = is_tensor
 
-local IMAGE_EXT = { jpg = true, jpeg = true, png = true, bmp = true, gif = true, webp = true }
 
 --- "image" or "text" for a list of inputs (paths with an image extension and
 -- clip.Image userdata are images; other strings and id lists are texts).
@@ -55,8 +55,7 @@ function M.modality(items)
   if type(x) == "userdata" then return "image" end
   if type(x) == "table" then return "text" end
   if type(x) == "string" then
-    local ext = x:match("%.(%w+)$")
-    if ext and IMAGE_EXT[ext:lower()] then return "image" end
+    if image.has_image_extension(x) then return "image" end
     return "text"
   end
   error("eval: inputs must be image paths, clip.Image, texts or id lists", 3)

@@ -17,6 +17,18 @@ local M = {}
 --- before anything is allocated. Pillow's DecompressionBombError threshold.
 M.MAX_PIXELS = core.image_max_pixels
 
+--- The file extensions taken for images where a path must be recognized without
+-- opening it (image folders, undeclared dataset columns): the formats the decoder
+-- reads (it tells them apart by content, not by extension). Lowercase keys.
+M.EXTENSIONS = { jpg = true, jpeg = true, png = true, gif = true, webp = true, bmp = true, tif = true,
+  tiff = true }
+
+--- True when p is a string ending in one of M.EXTENSIONS (case-insensitive).
+function M.has_image_extension(p)
+  local ext = type(p) == "string" and p:match("%.([%w]+)$")
+  return ext ~= nil and M.EXTENSIONS[ext:lower()] == true
+end
+
 --- Pillow's resampling filter numbers.
 M.RESAMPLE = { NEAREST = 0, LANCZOS = 1, BILINEAR = 2, BICUBIC = 3, BOX = 4, HAMMING = 5 }
 

@@ -7,7 +7,7 @@
 -- opts.modalities = { anchor = "image", positive = "text" } on the loss, or the
 -- column types of the Dataset the batch came from (Dataset:batches). Only an
 -- undeclared list column is detected, from every row: all existing image
--- files (.jpg/.jpeg/.png/.bmp/.gif/.webp) or clip.Images -> images, none ->
+-- files (clip.image.EXTENSIONS) or clip.Images -> images, none ->
 -- texts, a mix -> an error naming a row of each kind.
 --
 -- loss:backward(batch [, {scale = s}]) runs forward and backward and returns
@@ -35,11 +35,11 @@
 -- all-reduce of the gradients then gives the single-process gradient at the
 -- global batch. forward stays local (evaluation runs on one rank).
 local core = require "clip.core"
+local image = require "clip.image"
 
 local M = {}
 
 local COLUMN_ORDER = { "anchor", "positive", "negative" }
-local IMAGE_EXT = { jpg = true, jpeg = true, png = true, bmp = true, gif = true, webp = true }
 
 local function is_tensor(x)
   return type(x) == "userdata" and getmetatable(x) == getmetatable(core.zeros({}))
@@ -65,8 +65,7 @@ local function columns_of(batch)
 end
 
 local function is_image_path(x)
-  local ext = x:match("%.(%w+)$")
-  return ext ~= nil and IMAGE_EXT[ext:lower()] == true and core.is_file(x)
+  return image.has_image_extension(x) and core.is_file(x)
 end
 
 local function show(x)
