@@ -146,13 +146,14 @@ local logf = (function()
 end)()
 local impls = { "ours", "torch", "ort" }
 local la0 = loadavg()
-local peaks = {}
+local peaks, peaks256 = {}, {} -- widest FMA peak (256-bit only under CLIP_NO_AVX512), 256-bit
 io.stderr:write(("machine load average at start: %s\n"):format(la0))
 local cache_run = {} -- one process per (impl, args) per round: several cases share a run
 for r = 1, rounds do
   if peak then
     local j = sh(root .. "build/bench/peak")
     peaks[#peaks + 1] = tonumber(j:match('"peak_nt":([%d.]+)'))
+    peaks256[#peaks256 + 1] = tonumber(j:match('"avx2_nt":([%d.]+)'))
     if logf then logf:write(j) end
   end
   cache_run = {}
@@ -197,7 +198,9 @@ local cpu = sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "
 print(("machine: %s, %s cores; load average %s at start, %s at end; %d rounds, medians")
   :format(cpu, sh("nproc"):match("%d+"), la0, loadavg(), rounds))
 if peak then
-  print(("FMA peak (bench/peak.c, all cores): median %.1f GFLOP/s over %d runs"):format(median(peaks), #peaks))
+  local no512 = (os.getenv("CLIP_NO_AVX512") or "") ~= "" and os.getenv("CLIP_NO_AVX512") ~= "0"
+  print(("FMA peak (bench/peak.c, all cores%s): median %.1f GFLOP/s over %d runs; 256-bit (AVX2) %.1f")
+    :format(no512 and ", 256-bit: CLIP_NO_AVX512 is set" or "", median(peaks), #peaks, median(peaks256)))
 end
 print()
 print("| case | ours | PyTorch | ONNX Runtime | ours vs PyTorch | ours vs ORT |")

@@ -1,14 +1,17 @@
 -- spec/packed_spec.lua - packed weights (csrc/kernels/gemm_packed.c, model.c's ct_model_pack):
--- the AVX-512 kernel against the naive twin on odd shapes, in one thread and split over the
--- pool; the encoders with packed weights against the same model unpacked; packs rebuilt
--- after every kind of write to a weight; mapped weights released after packing read back
--- exactly the file's bytes.
+-- each packed micro-kernel this CPU runs (AVX-512, AVX2 + FMA) against the naive twin on odd
+-- shapes, in one thread and split over the pool, and the two against each other (bitwise);
+-- the run-time choice of kernel; the encoders with packed weights against the same model
+-- unpacked; packs rebuilt after every kind of write to a weight; mapped weights released after
+-- packing read back exactly the file's bytes.
 local H = require "spec.helpers"
 local clip = require "clip"
+local sh = require "spec.support.shell"
 local core = clip.core
 local K = core.kernels
 
 local has = K.gemm_packed_available()
+local kernels = K.gemm_packed_kernels() -- those this CPU runs ("avx512" dropped by CLIP_NO_AVX512)
 local function rnd(shape, seed) return core.randn(shape, seed) end
 
 local function maxdiff(a, b)
@@ -16,47 +19,115 @@ local function maxdiff(a, b)
   return math.max(d:max(), -d:min())
 end
 
-describe("packed gemm kernel", function()
+describe("packed gemm kernels", function()
   if not has then
-    pending("this CPU has no AVX-512F: the packed kernel is not used (nor tested) here")
+    pending("this CPU runs neither packed kernel (AVX-512F, AVX2+FMA+F16C): nothing is packed here")
     return
   end
 
-  it("matches the naive twin on odd shapes (row blocks, panel and K edges)", function()
-    local seed = 1
-    for _, M in ipairs({ 1, 2, 5, 11, 12, 13, 25, 50, 121, 257 }) do
-      for _, N in ipairs({ 1, 17, 32, 33, 64, 100 }) do
-        for _, Kd in ipairs({ 1, 7, 16, 191, 192, 193, 400 }) do
-          seed = seed + 1
-          local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1000)
-          H.assert_close(K.gemm_packed(a, b), K.gemm_nt(a, b, true), { atol = 1e-4, rtol = 1e-5,
-            label = ("gemm_packed %dx%d x %dx%d^T"):format(M, Kd, N, Kd) })
+  it("the selected one is the widest this CPU runs", function()
+    assert.equal(kernels[1], K.gemm_packed_kernel())
+  end)
+
+  for _, isa in ipairs({ "avx512", "avx2" }) do
+    local runs = false
+    for _, k in ipairs(kernels) do runs = runs or k == isa end
+    describe(isa, function()
+      if not runs then
+        pending("this CPU (or CLIP_NO_AVX512 / CLIP_NO_AVX2) does not run the " .. isa .. " kernel")
+        return
+      end
+
+      it("matches the naive twin on odd shapes (row blocks, panel halves and K edges)", function()
+        local seed = 1
+        for _, M in ipairs({ 1, 2, 5, 6, 7, 11, 12, 13, 25, 50, 121, 257 }) do
+          for _, N in ipairs({ 1, 8, 9, 16, 17, 24, 32, 33, 64, 100 }) do
+            for _, Kd in ipairs({ 1, 7, 16, 191, 192, 193, 400 }) do
+              seed = seed + 1
+              local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1000)
+              H.assert_close(K.gemm_packed(a, b, nil, 0, false, "f32", isa), K.gemm_nt(a, b, true),
+                { atol = 1e-4, rtol = 1e-5, label = ("%s gemm_packed %dx%d x %dx%d^T"):format(isa, M, Kd, N, Kd) })
+            end
+          end
+        end
+      end)
+
+      it("adds beta C, and ignores C's old values when beta is 0", function()
+        for _, s in ipairs({ { 13, 70 }, { 7, 9 } }) do
+          local a, b = rnd({ s[1], 200 }, 5), rnd({ s[2], 200 }, 6)
+          local c0 = rnd({ s[1], s[2] }, 7)
+          local want = K.gemm_nt(a, b, true, c0:clone(), 1, -2)
+          H.assert_close(K.gemm_packed(a, b, c0:clone(), -2, false, "f32", isa), want,
+            { atol = 1e-4, rtol = 1e-5, label = isa .. " beta -2" })
+          local nan = core.full({ s[1], s[2] }, 0 / 0)
+          H.assert_close(K.gemm_packed(a, b, nan, 0, false, "f32", isa), K.gemm_nt(a, b, true),
+            { atol = 1e-4, rtol = 1e-5, label = isa .. " beta 0 over NaN" })
+        end
+      end)
+
+      it("split over the pool (1, 2 and 3 threads) gives the same result", function()
+        local before = clip.get_num_threads()
+        for _, nt in ipairs({ 1, 2, 3 }) do
+          clip.set_num_threads(nt)
+          for _, s in ipairs({ { 50, 768, 64 }, { 3, 100, 300 }, { 130, 96, 40 } }) do
+            local a, b = rnd({ s[1], s[3] }, s[1]), rnd({ s[2], s[3] }, s[2])
+            H.assert_close(K.gemm_packed(a, b, nil, 0, true, "f32", isa), K.gemm_nt(a, b, true),
+              { atol = 1e-4, rtol = 1e-5, label = ("%s pooled %d threads %dx%dx%d"):format(isa, nt, s[1], s[2], s[3]) })
+          end
+        end
+        clip.set_num_threads(before)
+      end)
+
+      for _, kind in ipairs({ "f16", "bf16" }) do
+        it("converts " .. kind .. " panels exactly (the twin on the rounded weights)", function()
+          local seed = 100
+          for _, M in ipairs({ 1, 7, 12, 50 }) do
+            for _, N in ipairs({ 5, 17, 32, 70 }) do
+              for _, Kd in ipairs({ 3, 192, 200 }) do
+                seed = seed + 1
+                local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 7)
+                local got, bh = K.gemm_packed(a, b, nil, 0, false, kind, isa)
+                H.assert_close(got, K.gemm_nt(a, bh, true), { atol = 1e-4, rtol = 1e-5,
+                  label = ("%s %s %dx%dx%d"):format(isa, kind, M, N, Kd) })
+                assert.is_true(maxdiff(bh, b) > 0, "the weights were rounded")
+              end
+            end
+          end
+        end)
+      end
+    end)
+  end
+
+  it("AVX-512 and AVX2 give bitwise the same results (same FMAs in the same order)", function()
+    if #kernels < 2 then pending("needs both kernels (AVX-512 CPU, CLIP_NO_AVX512 unset)") return end
+    local seed = 500
+    for _, M in ipairs({ 1, 7, 12, 13, 50 }) do
+      for _, N in ipairs({ 9, 33, 100 }) do
+        for _, Kd in ipairs({ 5, 193, 400 }) do
+          for _, kind in ipairs({ "f32", "f16", "bf16" }) do
+            seed = seed + 1
+            local a, b, c = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1), rnd({ M, N }, seed + 2)
+            local x = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx512")
+            local y = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx2")
+            assert.equal(0, maxdiff(x, y), ("%s %dx%dx%d"):format(kind, M, N, Kd))
+          end
         end
       end
     end
   end)
 
-  it("adds beta C, and ignores C's old values when beta is 0", function()
-    local a, b = rnd({ 13, 200 }, 5), rnd({ 70, 200 }, 6)
-    local c0 = rnd({ 13, 70 }, 7)
-    local want = K.gemm_nt(a, b, true, c0:clone(), 1, -2)
-    H.assert_close(K.gemm_packed(a, b, c0:clone(), -2), want, { atol = 1e-4, rtol = 1e-5, label = "beta -2" })
-    local nan = core.full({ 13, 70 }, 0 / 0)
-    H.assert_close(K.gemm_packed(a, b, nan, 0), K.gemm_nt(a, b, true),
-      { atol = 1e-4, rtol = 1e-5, label = "beta 0 over NaN" })
-  end)
-
-  it("split over the pool (1, 2 and 3 threads) gives the same result", function()
-    local before = clip.get_num_threads()
-    for _, nt in ipairs({ 1, 2, 3 }) do
-      clip.set_num_threads(nt)
-      for _, s in ipairs({ { 50, 768, 64 }, { 3, 100, 300 }, { 130, 96, 40 } }) do
-        local a, b = rnd({ s[1], s[3] }, s[1]), rnd({ s[2], s[3] }, s[2])
-        H.assert_close(K.gemm_packed(a, b, nil, 0, true), K.gemm_nt(a, b, true),
-          { atol = 1e-4, rtol = 1e-5, label = ("pooled %d threads %dx%dx%d"):format(nt, s[1], s[2], s[3]) })
-      end
-    end
-    clip.set_num_threads(before)
+  it("are chosen at run time: CLIP_NO_AVX512 selects AVX2, with CLIP_NO_AVX2 nothing is packed", function()
+    local probe = [[lua5.4 -e 'local c = require("clip"); local K = c.core.kernels;
+      local m = c.load("spec/fixtures/models/tiny", {tokenizer = false});
+      m:encode_images(c.core.randn({1, 3, 32, 32}, 1));
+      print((K.gemm_packed_kernel() or "none") .. " " .. m:packed_blocks())']]
+    local function run(env) return (sh.must(env .. " " .. probe):gsub("%s+$", "")) end
+    local cpu_avx2 = false
+    for _, k in ipairs(kernels) do cpu_avx2 = cpu_avx2 or k == "avx2" end
+    local n = run("CLIP_NO_AVX512=0 CLIP_NO_AVX2=0"):match("%d+$")
+    assert.is_true(tonumber(n) > 0, "packed blocks")
+    if cpu_avx2 then assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0")) end
+    assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1"))
   end)
 end)
 
@@ -193,26 +264,9 @@ describe("half-precision models (clip.load(dir, {half = true}))", function()
     return m:encode_images(ref.pixel_values), m:encode_texts(js.input_ids)
   end
 
-  for _, c in ipairs({ { "tiny-gelu-fp16", "F16", "f16" }, { "tiny-bf16", "BF16", "bf16" } }) do
-    local name, dtype, kind = c[1], c[2], c[3]
+  for _, c in ipairs({ { "tiny-gelu-fp16", "F16" }, { "tiny-bf16", "BF16" } }) do
+    local name, dtype = c[1], c[2]
     local dir = H.fixtures .. "models/" .. name
-
-    it(name .. ": the packed kernel on " .. kind .. " panels matches the twin on the rounded weights", function()
-      if not has then pending("no packed kernel on this CPU") return end
-      local seed = 100
-      for _, M in ipairs({ 1, 7, 12, 50 }) do
-        for _, N in ipairs({ 5, 32, 70 }) do
-          for _, Kd in ipairs({ 3, 192, 200 }) do
-            seed = seed + 1
-            local a, b = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 7)
-            local got, bh = K.gemm_packed(a, b, nil, 0, false, kind)
-            H.assert_close(got, K.gemm_nt(a, bh, true), { atol = 1e-4, rtol = 1e-5,
-              label = ("%s %dx%dx%d"):format(kind, M, N, Kd) })
-            assert.is_true(maxdiff(bh, b) > 0, "the weights were rounded")
-          end
-        end
-      end
-    end)
 
     it(name .. ": keeps " .. dtype .. " weights and gives the float32 model's embeddings exactly", function()
       local h = clip.load(dir, { tokenizer = false, half = true })

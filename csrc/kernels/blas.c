@@ -140,7 +140,7 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 /* ---------------------------------------------------------------- packed weights */
 
 typedef struct {
-  int M, N, K, lda, ldc, nout, npan, kind;
+  int M, N, K, lda, ldc, nout, npan, kind, isa;
   float beta;
   const float *A;
   const void *const *P;
@@ -165,7 +165,7 @@ static void packed_part(void *ctx, int tid, int nt) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
     if (hi > lo)
-      ct_gemm_packed_pa(g->M, g->N, g->K, 1.0f, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
+      ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, 1.0f, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
                         g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
                         hi - r * g->npan);
   }
@@ -174,9 +174,15 @@ static void packed_part(void *ctx, int tid, int nt) {
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
                      const void *const *P, int kind, const float *const *bias, float *const *C,
                      int ldc, float beta) {
+  ct_sgemm_packed_isa(ct_gemm_packed_kernel(), M, N, K, A, lda, nout, P, kind, bias, C, ldc, beta);
+}
+
+void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
+                         const void *const *P, int kind, const float *const *bias,
+                         float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, beta, A, P, C, bias,
-                  NULL, 0};
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, beta, A, P, C,
+                  bias, NULL, 0};
   atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
   if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) {

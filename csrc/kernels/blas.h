@@ -20,6 +20,10 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
                      const void *const *P, int kind, const float *const *bias, float *const *C,
                      int ldc, float beta);
+/* ... on micro-kernel isa (gemm.h: PK_AVX2, PK_AVX512), not the selected one (specs) */
+void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
+                         const void *const *P, int kind, const float *const *bias,
+                         float *const *C, int ldc, float beta);
 /* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */

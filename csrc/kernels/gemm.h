@@ -22,9 +22,17 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
 /* Its naive twin (the oracle of spec/gemm_spec.lua) is the door's: ct_sgemm_ref(0, 1, ...)
  * (blas.h), plain loops, double accumulation. */
 
-/* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel.
- * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel. */
+/* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel,
+ * one layout for both micro-kernels: AVX-512 (12 x 32) and AVX2 + FMA (6 x 16, half a panel).
+ * ct_gemm_packed_kernel(): the one this CPU runs, chosen once at run time: PK_AVX512 when the
+ * CPU has AVX-512F and CLIP_NO_AVX512 is not set, else PK_AVX2 when it has AVX2, FMA and
+ * F16C and CLIP_NO_AVX2 is not set, else 0 (nothing is packed; OpenBLAS).
+ * ct_gemm_packed_available(): ct_gemm_packed_kernel() != 0. */
 enum { PK_NR = 32 };
+enum { PK_AVX2 = 1, PK_AVX512 = 2 };
+int ct_gemm_packed_kernel(void);
+/* 1 when this CPU (and the environment) allows micro-kernel isa (PK_AVX2 or PK_AVX512) */
+int ct_gemm_packed_runs(int isa);
 /* element types of a packed panel: float, or IEEE half / bfloat16 converted on the fly */
 enum { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };
 /* bytes per packed element of a kind */
@@ -53,5 +61,10 @@ void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
                        const float *apa, const void *P, int kind, float beta, const float *bias,
                        float *C, int ldc, int p0, int p1);
+/* ... on micro-kernel isa (PK_AVX2 or PK_AVX512; ct_gemm_packed_runs(isa) required), not the
+ * selected one: the specs test both */
+void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *apa, const void *P, int kind, float beta, const float *bias,
+                        float *C, int ldc, int p0, int p1);
 
 #endif

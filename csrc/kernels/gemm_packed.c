@@ -37,21 +37,50 @@
 #endif
 enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
 
-int ct_have_avx512(void) { return ct_gemm_packed_available(); }
+/* 1 when the environment variable name is set to something other than "" and "0" */
+static int env_off(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0");
+}
 
-int ct_gemm_packed_available(void) {
+int ct_have_avx512(void) {
 #ifdef CT_PK_X86
   static int cached = -1;
   if (cached < 0) { /* CLIP_NO_AVX512=1: behave as on a CPU without it (tests, benchmarks) */
-    const char *off = getenv("CLIP_NO_AVX512");
     __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
+    cached = __builtin_cpu_supports("avx512f") && !env_off("CLIP_NO_AVX512");
   }
   return cached;
 #else
   return 0;
 #endif
 }
+
+/* the AVX2 kernel needs FMA, and F16C for F16 panels (every AVX2+FMA CPU has it);
+ * CLIP_NO_AVX2=1 turns it off (with CLIP_NO_AVX512=1: nothing packed, as on an old CPU) */
+static int have_avx2(void) {
+#ifdef CT_PK_X86
+  static int cached = -1;
+  if (cached < 0) {
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c") && !env_off("CLIP_NO_AVX2");
+  }
+  return cached;
+#else
+  return 0;
+#endif
+}
+
+int ct_gemm_packed_runs(int isa) {
+  return isa == PK_AVX512 ? ct_have_avx512() : isa == PK_AVX2 ? have_avx2() : 0;
+}
+
+int ct_gemm_packed_kernel(void) {
+  return ct_have_avx512() ? PK_AVX512 : have_avx2() ? PK_AVX2 : 0;
+}
+
+int ct_gemm_packed_available(void) { return ct_gemm_packed_kernel() != 0; }
 
 size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)K; }
 
@@ -163,6 +192,137 @@ typedef void (*ukr_fn)(int, const float *, const void *, float *, int, int, floa
 static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
 #undef TABLE
 
+/* ---- AVX2 + FMA: the same panels, read as two halves of 16 columns. A half's k step is
+ * one 64-byte line (32 bytes for 16-bit panels): two ymm of 8 floats. Micro-kernel: mr <= 6
+ * rows x 16 columns = up to 12 ymm accumulators, 2 panel loads and mr broadcasts per k (15 of
+ * the 16 ymm registers). It reads the A row blocks packed for the AVX-512 kernel (up to 12
+ * rows, k-major) with their stride, a block of 7..12 rows as two sub-blocks of near-equal
+ * size (10 -> 5 + 5), so A is packed the same way for both kernels. Every C element gets the
+ * same FMAs in the same order as in the AVX-512 kernel, and the same store arithmetic: the
+ * two kernels give bitwise the same results (spec/packed_spec.lua). */
+#define TGT2 __attribute__((target("avx2,fma,f16c")))
+#define LOADB2_F32(bp, b0, b1) \
+  do { b0 = _mm256_load_ps(bp); b1 = _mm256_load_ps((bp) + 8); } while (0)
+#define LOADB2_F16(bp, b0, b1)                                        \
+  do {                                                                \
+    b0 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(bp)));      \
+    b1 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(bp) + 1));  \
+  } while (0)
+#define BF16X8(p) \
+  _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_load_si128(p)), 16))
+#define LOADB2_BF16(bp, b0, b1)                  \
+  do {                                           \
+    b0 = BF16X8((const __m128i *)(bp));          \
+    b1 = BF16X8((const __m128i *)(bp) + 1);      \
+  } while (0)
+
+/* lanes j < n of 8 set (maskload / maskstore), n clamped to 0..8 */
+TGT2 static inline __m256i lanes8(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* c[r][0..nc) (op)= alpha * sum_k ap[k*as + r] * bp[k*NR + j], nc <= 16; as UKR above */
+#define UKR2(MR, SUF, ET, LOADB)                                                             \
+  TGT2 static void u2##SUF##MR(int kc, const float *ap, int as, const void *bv, float *c,     \
+                               int ldc, int nc, float alpha, float beta, int first,           \
+                               const void *pfv, const float *bias) {                          \
+    const ET *bp = bv;                                                                        \
+    const char *pf = pfv;                                                                     \
+    __m256 acc[MR][2];                                                                        \
+    _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                   \
+      acc[r][0] = _mm256_setzero_ps();                                                        \
+      acc[r][1] = _mm256_setzero_ps();                                                        \
+    }                                                                                         \
+    for (int k = 0; k < kc; k++) {                                                            \
+      if (pf) _mm_prefetch(pf + (size_t)k * NR * sizeof(ET), PK_HINT);                        \
+      __m256 b0, b1;                                                                          \
+      LOADB(bp, b0, b1);                                                                      \
+      _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                 \
+        __m256 a = _mm256_broadcast_ss(ap + r);                                               \
+        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);                                        \
+        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);                                        \
+      }                                                                                       \
+      ap += as;                                                                               \
+      bp += NR;                                                                               \
+    }                                                                                         \
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);                             \
+    if (nc == 16) {                                                                           \
+      _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                 \
+        float *cr = c + (size_t)r * ldc;                                                      \
+        __m256 x0 = _mm256_mul_ps(va, acc[r][0]), x1 = _mm256_mul_ps(va, acc[r][1]);          \
+        if (!first) {                                                                         \
+          x0 = _mm256_add_ps(_mm256_loadu_ps(cr), x0);                                        \
+          x1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), x1);                                    \
+        } else {                                                                              \
+          if (bias) {                                                                         \
+            x0 = _mm256_add_ps(x0, _mm256_loadu_ps(bias));                                    \
+            x1 = _mm256_add_ps(x1, _mm256_loadu_ps(bias + 8));                                \
+          }                                                                                   \
+          if (beta != 0.0f) {                                                                 \
+            x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), x0);                                \
+            x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), x1);                            \
+          }                                                                                   \
+        }                                                                                     \
+        _mm256_storeu_ps(cr, x0);                                                             \
+        _mm256_storeu_ps(cr + 8, x1);                                                         \
+      }                                                                                       \
+      return;                                                                                 \
+    }                                                                                         \
+    __m256i m0 = lanes8(nc), m1 = lanes8(nc - 8);                                             \
+    _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                   \
+      float *cr = c + (size_t)r * ldc;                                                        \
+      __m256 x0 = _mm256_mul_ps(va, acc[r][0]), x1 = _mm256_mul_ps(va, acc[r][1]);            \
+      if (!first) {                                                                           \
+        x0 = _mm256_add_ps(_mm256_maskload_ps(cr, m0), x0);                                   \
+        x1 = _mm256_add_ps(_mm256_maskload_ps(cr + 8, m1), x1);                               \
+      } else {                                                                                \
+        if (bias) {                                                                           \
+          x0 = _mm256_add_ps(x0, _mm256_maskload_ps(bias, m0));                               \
+          x1 = _mm256_add_ps(x1, _mm256_maskload_ps(bias + 8, m1));                           \
+        }                                                                                     \
+        if (beta != 0.0f) {                                                                   \
+          x0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr, m0), x0);                           \
+          x1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8, m1), x1);                       \
+        }                                                                                     \
+      }                                                                                       \
+      _mm256_maskstore_ps(cr, m0, x0);                                                        \
+      _mm256_maskstore_ps(cr + 8, m1, x1);                                                    \
+    }                                                                                         \
+  }
+#define UKRS2(SUF, ET, LOADB)                                                    \
+  UKR2(1, SUF, ET, LOADB) UKR2(2, SUF, ET, LOADB) UKR2(3, SUF, ET, LOADB)        \
+  UKR2(4, SUF, ET, LOADB) UKR2(5, SUF, ET, LOADB) UKR2(6, SUF, ET, LOADB)
+UKRS2(s, float, LOADB2_F32)
+UKRS2(h, uint16_t, LOADB2_F16)
+UKRS2(b, uint16_t, LOADB2_BF16)
+#undef UKRS2
+#undef UKR2
+
+typedef void (*ukr2_fn)(int, const float *, int, const void *, float *, int, int, float, float,
+                        int, const void *, const float *);
+#define TABLE2(SUF) {NULL, u2##SUF##1, u2##SUF##2, u2##SUF##3, u2##SUF##4, u2##SUF##5, u2##SUF##6}
+static const ukr2_fn avx2_ukrs[3][7] = {TABLE2(s), TABLE2(h), TABLE2(b)};
+#undef TABLE2
+
+/* One AVX-512 micro-block (mr <= 12 rows x nc <= 32 columns of a panel) on the AVX2 kernels:
+ * per half of the panel, the rows as one or two sub-blocks; the first sub-block of each half
+ * prefetches that half of the next panel (16-bit panels: one line holds both halves). */
+static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const unsigned char *bp,
+                   size_t es, float *c, int ldc, int nc, float alpha, float beta, int first,
+                   const unsigned char *pf, const float *bias) {
+  int s0 = mr <= 6 ? mr : (mr + 1) / 2;
+  for (int h = 0; h < 2 && 16 * h < nc; h++) {
+    int nch = nc - 16 * h < 16 ? nc - 16 * h : 16;
+    const unsigned char *bh = bp + (size_t)16 * h * es;
+    const unsigned char *ph = pf && (h == 0 || es == 4) ? pf + (size_t)16 * h * es : NULL;
+    const float *bb = bias ? bias + 16 * h : NULL;
+    tab[s0](kc, ap, mr, bh, c + 16 * h, ldc, nch, alpha, beta, first, ph, bb);
+    if (mr > s0)
+      tab[mr - s0](kc, ap + s0, mr, bh, c + (size_t)s0 * ldc + 16 * h, ldc, nch, alpha, beta,
+                   first, NULL, bb);
+  }
+}
+
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
  * mr rows (the near-equal split of ct_gemm_packed), each k-major. */
 static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
@@ -203,10 +363,19 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
                        const float *apa, const void *P, int kind, float beta, const float *bias,
                        float *C, int ldc, int p0, int p1) {
+  ct_gemm_packed_isa(ct_gemm_packed_kernel(), M, N, K, alpha, A, lda, apa, P, kind, beta, bias,
+                     C, ldc, p0, p1);
+}
+
+void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *apa, const void *P, int kind, float beta, const float *bias,
+                        float *C, int ldc, int p0, int p1) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
   const unsigned char *Pb = P;
   size_t es = ct_pack_elem_size(kind);
-  const ukr_fn *tab = ukrs[kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0];
+  int ki = kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0;
+  const ukr_fn *tab = ukrs[ki];
+  const ukr2_fn *tab2 = isa == PK_AVX2 ? avx2_ukrs[ki] : NULL;
   if (K <= 0) {
     int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
     for (int i = 0; i < M; i++)
@@ -239,9 +408,14 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
           const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
           for (int b = 0; b < nb; b++) {
             int mr = bi[b + 1] - bi[b];
-            tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc,
-                    alpha, beta, k0 == 0, b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL,
-                    bias ? bias + j0 : NULL);
+            const unsigned char *pf = b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL;
+            if (tab2)
+              block2(tab2, mr, kc, ap + (size_t)bi[b] * kc, bp, es,
+                     C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0, pf,
+                     bias ? bias + j0 : NULL);
+            else
+              tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc,
+                      nc, alpha, beta, k0 == 0, pf, bias ? bias + j0 : NULL);
           }
         }
       }
@@ -259,6 +433,12 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
                        float *C, int ldc, int p0, int p1) {
   (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)apa; (void)P; (void)kind;
   (void)beta; (void)bias; (void)C; (void)ldc; (void)p0; (void)p1;
+}
+void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *apa, const void *P, int kind, float beta, const float *bias,
+                        float *C, int ldc, int p0, int p1) {
+  (void)isa; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)apa; (void)P;
+  (void)kind; (void)beta; (void)bias; (void)C; (void)ldc; (void)p0; (void)p1;
 }
 size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {

@@ -651,11 +651,13 @@ static int k_gemm_nt(lua_State *L) {
   }
   return 1;
 }
-/* kernels.gemm_packed(a, b [, c, beta [, pooled [, half]]]) -> a b^T + beta c with b packed
- * (gemm_packed.c): in the calling thread, or split over the state's pool through blas.c's
- * door (pooled). half "f16" / "bf16": b is rounded to that type and packed as 16-bit values
- * (the kernel converts them back); the second result is b as rounded, for the naive twin.
- * kernels.gemm_packed_available() says whether this CPU runs it. */
+/* kernels.gemm_packed(a, b [, c, beta [, pooled [, half [, kernel]]]]) -> a b^T + beta c with
+ * b packed (gemm_packed.c): in the calling thread, or split over the state's pool through
+ * blas.c's door (pooled). half "f16" / "bf16": b is rounded to that type and packed as 16-bit
+ * values (the kernel converts them back); the second result is b as rounded, for the naive
+ * twin. kernel "avx512" / "avx2": that micro-kernel (default: the selected one).
+ * kernels.gemm_packed_available() says whether this CPU runs one, gemm_packed_kernel() which
+ * ("avx512", "avx2" or nil), gemm_packed_kernels() the list of those it can run. */
 static int k_gemm_packed(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   need2(L, a, "gemm_packed");
@@ -669,7 +671,12 @@ static int k_gemm_packed(lua_State *L) {
   const char *hs = luaL_optstring(L, 6, "f32");
   int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
   if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "gemm_packed: half '%s'?", hs);
-  if (!ct_gemm_packed_available()) return luaL_error(L, "gemm_packed: this CPU has no AVX-512");
+  const char *ks = luaL_optstring(L, 7, "auto");
+  int isa = !strcmp(ks, "avx512") ? PK_AVX512 : !strcmp(ks, "avx2") ? PK_AVX2
+          : !strcmp(ks, "auto") ? ct_gemm_packed_kernel() : -1;
+  if (isa < 0) return luaL_error(L, "gemm_packed: kernel '%s'?", ks);
+  if (!ct_gemm_packed_runs(isa))
+    return luaL_error(L, "gemm_packed: this CPU runs no packed kernel '%s'", ks);
   l_tensor *c;
   if (lua_isnoneornil(L, 3)) {
     int64_t s[2] = {M, N};
@@ -704,11 +711,11 @@ static int k_gemm_packed(lua_State *L) {
   if (pooled) {
     const void *P = pt->data;
     float *C = c->data;
-    ct_sgemm_packed(M, N, K, a->data, K, 1, &P, kind, NULL, &C, N, beta);
+    ct_sgemm_packed_isa(isa, M, N, K, a->data, K, 1, &P, kind, NULL, &C, N, beta);
   } else {
     ct_pool *prev = ct_pool_make_current(NULL);
-    ct_gemm_packed(M, N, K, 1.0f, a->data, K, pt->data, kind, beta, c->data, N, 0,
-                   (N + PK_NR - 1) / PK_NR);
+    ct_gemm_packed_isa(isa, M, N, K, 1.0f, a->data, K, NULL, pt->data, kind, beta, NULL, c->data,
+                       N, 0, (N + PK_NR - 1) / PK_NR);
     ct_pool_make_current(prev);
   }
   lua_pushvalue(L, cidx);
@@ -717,6 +724,26 @@ static int k_gemm_packed(lua_State *L) {
 }
 static int k_gemm_packed_available(lua_State *L) {
   lua_pushboolean(L, ct_gemm_packed_available());
+  return 1;
+}
+
+static const char *isa_name(int isa) { return isa == PK_AVX512 ? "avx512" : "avx2"; }
+
+static int k_gemm_packed_kernel(lua_State *L) {
+  int isa = ct_gemm_packed_kernel();
+  if (isa) lua_pushstring(L, isa_name(isa));
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int k_gemm_packed_kernels(lua_State *L) {
+  lua_newtable(L);
+  int n = 0;
+  for (int isa = PK_AVX512; isa >= PK_AVX2; isa--)
+    if (ct_gemm_packed_runs(isa)) {
+      lua_pushstring(L, isa_name(isa));
+      lua_rawseti(L, -2, ++n);
+    }
   return 1;
 }
 
@@ -735,6 +762,8 @@ void l_kernels_open(lua_State *L) {
                                 {"gemm_available", k_gemm_available},
                                 {"gemm_packed", k_gemm_packed},
                                 {"gemm_packed_available", k_gemm_packed_available},
+                                {"gemm_packed_kernel", k_gemm_packed_kernel},
+                                {"gemm_packed_kernels", k_gemm_packed_kernels},
                                 {"layernorm_stats", k_layernorm_stats},
                                 {"layernorm_backward", k_layernorm_backward},
                                 {"linear_backward", k_linear_backward},
