@@ -116,7 +116,7 @@ describe("packed gemm kernels", function()
     end
   end)
 
-  it("are chosen at run time: CLIP_NO_AVX512 selects AVX2, with CLIP_NO_AVX2 nothing is packed", function()
+  it("are chosen at run time: AVX-512, else AVX2 when CLIP_PACKED_AVX2=1 (opt-in), else nothing packed", function()
     local probe = [[lua5.4 -e 'local c = require("clip"); local K = c.core.kernels;
       local m = c.load("spec/fixtures/models/tiny", {tokenizer = false});
       m:encode_images(c.core.randn({1, 3, 32, 32}, 1));
@@ -124,10 +124,11 @@ describe("packed gemm kernels", function()
     local function run(env) return (sh.must(env .. " " .. probe):gsub("%s+$", "")) end
     local cpu_avx2 = false
     for _, k in ipairs(kernels) do cpu_avx2 = cpu_avx2 or k == "avx2" end
-    local n = run("CLIP_NO_AVX512=0 CLIP_NO_AVX2=0"):match("%d+$")
+    local n = run("CLIP_NO_AVX512=0 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1"):match("%d+$")
     assert.is_true(tonumber(n) > 0, "packed blocks")
-    if cpu_avx2 then assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0")) end
-    assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1"))
+    if cpu_avx2 then assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1")) end
+    assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=0"))
+    assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1 CLIP_PACKED_AVX2=1"))
   end)
 end)
 

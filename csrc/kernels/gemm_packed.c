@@ -76,8 +76,15 @@ int ct_gemm_packed_runs(int isa) {
   return isa == PK_AVX512 ? ct_have_avx512() : isa == PK_AVX2 ? have_avx2() : 0;
 }
 
+/* The AVX2 kernel is opt-in (CLIP_PACKED_AVX2=1) until it is measured faster than OpenBLAS on
+ * a quiet machine: under load it tied at batch 1 and lost at batch 8 (docs/performance.md). */
 int ct_gemm_packed_kernel(void) {
-  return ct_have_avx512() ? PK_AVX512 : have_avx2() ? PK_AVX2 : 0;
+  static int avx2_on = -1;
+  if (avx2_on < 0) {
+    const char *v = getenv("CLIP_PACKED_AVX2");
+    avx2_on = v && *v && strcmp(v, "0") != 0;
+  }
+  return ct_have_avx512() ? PK_AVX512 : have_avx2() && avx2_on ? PK_AVX2 : 0;
 }
 
 int ct_gemm_packed_available(void) { return ct_gemm_packed_kernel() != 0; }
