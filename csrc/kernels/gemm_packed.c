@@ -25,6 +25,7 @@
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CT_PK_X86 1
 #endif
@@ -62,9 +63,12 @@ static int have_avx2(void) {
 #ifdef CT_PK_X86
   static int cached = -1;
   if (cached < 0) {
+    /* F16C through CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c") */
+    unsigned a, b, c = 0, d;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1u);
     __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c") && !env_off("CLIP_NO_AVX2");
+    cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c &&
+             !env_off("CLIP_NO_AVX2");
   }
   return cached;
 #else
