@@ -26,7 +26,7 @@ external_dependencies = {
    ZLIB = { header = "zlib.h", library = "z" },
    WEBP = { header = "webp/decode.h", library = "webp" },
    WEBPDEMUX = { header = "webp/demux.h", library = "webpdemux" },
-   TIFF = { header = "tiffio.h", library = "tiff" },
+   TIFF = { library = "tiff" }, -- tiffio.h sits in the multiarch include folder, which pkg-config knows
    GIF = { header = "gif_lib.h", library = "gif" },
 }
 -- The Makefile is the one build description (objects selected by folder, per-layer
