@@ -93,10 +93,12 @@ env:
 
 # Install the Debian packages the build and tests need (skips what is there).
 # Where apt-get does not exist it says which packages are missing and leaves it
-# to you (the build then finds them through pkg-config).
+# to you (the build then finds them through pkg-config). A name installed for
+# two architectures (multiarch, `make test-aarch64`) is ambiguous to dpkg -s,
+# so it is asked again for the native architecture.
 deps:
-	@missing=""; for p in $(DEBS) $(EXTRA_DEBS); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; arch=$$(dpkg --print-architecture 2>/dev/null); for p in $(DEBS) $(EXTRA_DEBS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || dpkg -s $$p:$$arch >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "clip: no apt-get here; install the equivalents of these Debian packages yourself:$$missing" >&2; \
