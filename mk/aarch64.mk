@@ -37,10 +37,10 @@
 # x86-64 `make test`. Everything that exercises the module's code runs.
 #
 # The x86-64 kernels compile out on aarch64 (#if defined(__x86_64__) in gemm.c,
-# gemm_packed.c, simd.h and the kernels): ct_gemm_available() and
-# ct_gemm_packed_available() are 0, no weights are packed, the GEMMs go to
-# OpenBLAS and exp/softmax/LayerNorm take the scalar loops. NEON kernels are
-# still to come (issue 15).
+# gemm_packed.c, simd.h and the kernels). The packed GEMM has a NEON micro-kernel
+# (gemm_packed.c), so weights are packed and spec/packed_spec.lua runs it against
+# the naive twin; ct_gemm_available() is 0, so the other GEMMs go to OpenBLAS, and
+# exp/softmax/LayerNorm take the scalar loops (no NEON versions yet, issue 15).
 
 AARCH64_BUILD   := build/aarch64
 AARCH64_CC      ?= aarch64-linux-gnu-gcc

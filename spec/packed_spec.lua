@@ -1,5 +1,5 @@
 -- spec/packed_spec.lua - packed weights (csrc/kernels/gemm_packed.c, model.c's ct_model_pack):
--- the AVX-512 kernel against the naive twin on odd shapes, in one thread and split over the
+-- the AVX-512 (x86-64) or NEON (aarch64) kernel against the naive twin on odd shapes, in one thread and split over the
 -- pool; the encoders with packed weights against the same model unpacked; packs rebuilt
 -- after every kind of write to a weight; mapped weights released after packing read back
 -- exactly the file's bytes.
@@ -18,7 +18,7 @@ end
 
 describe("packed gemm kernel", function()
   if not has then
-    pending("this CPU has no AVX-512F: the packed kernel is not used (nor tested) here")
+    pending("no packed kernel here (x86-64 without AVX-512F, or CLIP_NO_AVX512): not used (nor tested)")
     return
   end
 

@@ -23,7 +23,8 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
  * (blas.h), plain loops, double accumulation. */
 
 /* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel.
- * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel. */
+ * ct_gemm_packed_available(): 1 when this CPU runs the AVX-512 micro-kernel (x86-64) or the
+ * NEON one (aarch64), and CLIP_NO_AVX512 is not set. */
 enum { PK_NR = 32 };
 /* element types of a packed panel: float, or IEEE half / bfloat16 converted on the fly */
 enum { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };

@@ -16,6 +16,8 @@
  * panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
+ * On aarch64 the same driver runs a NEON micro-kernel (two rows x 32 columns at a time, the
+ * same FMAs in the same order; vcvt_f32_f16 / a 16-bit shift for half panels), always there.
  * Never -ffast-math. */
 #include "gemm.h"
 
@@ -27,6 +29,10 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define CT_PK_X86 1
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#include <math.h>
+#define CT_PK_NEON 1
 #endif
 
 #ifndef PK_HINT
@@ -37,17 +43,33 @@
 #endif
 enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
 
-int ct_have_avx512(void) { return ct_gemm_packed_available(); }
+/* CLIP_NO_AVX512=1: behave as on a CPU without it (tests, benchmarks); on aarch64 it turns
+ * the NEON packed kernel off the same way */
+static int packed_off(void) {
+  const char *off = getenv("CLIP_NO_AVX512");
+  return off && *off && strcmp(off, "0");
+}
 
 int ct_gemm_packed_available(void) {
-#ifdef CT_PK_X86
+#if defined(CT_PK_X86)
   static int cached = -1;
-  if (cached < 0) { /* CLIP_NO_AVX512=1: behave as on a CPU without it (tests, benchmarks) */
-    const char *off = getenv("CLIP_NO_AVX512");
+  if (cached < 0) {
     __builtin_cpu_init();
-    cached = __builtin_cpu_supports("avx512f") && !(off && *off && strcmp(off, "0"));
+    cached = __builtin_cpu_supports("avx512f") && !packed_off();
   }
   return cached;
+#elif defined(CT_PK_NEON)
+  static int cached = -1; /* NEON (Advanced SIMD) is part of every AArch64 CPU */
+  if (cached < 0) cached = !packed_off();
+  return cached;
+#else
+  return 0;
+#endif
+}
+
+int ct_have_avx512(void) {
+#ifdef CT_PK_X86
+  return ct_gemm_packed_available();
 #else
   return 0;
 #endif
@@ -145,6 +167,79 @@ PACK_NT(ct_pack_nt_h, uint16_t)
       _mm512_mask_storeu_ps(cr + 16, m1, x1);                                            \
     }                                                                                    \
   }
+#elif defined(CT_PK_NEON)
+/* NEON micro-kernel: the same contract as the AVX-512 one (one k step of the 32-column panel
+ * per iteration, one FMA per element and k in the same order, then alpha, the bias or beta C),
+ * for two rows of A at a time: 16 accumulators of 4 floats and 8 of the panel, of the 32
+ * registers. The store goes through a row of 32 floats for the column edge. */
+typedef void (*loadb_fn)(const void *, float32x4_t *);
+static inline void loadb_f32(const void *p, float32x4_t *b) {
+  const float *f = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vld1q_f32(f + 4 * i);
+}
+static inline void loadb_f16(const void *p, float32x4_t *b) {
+  const float16_t *h = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vcvt_f32_f16(vld1_f16(h + 4 * i));
+}
+static inline void loadb_bf16(const void *p, float32x4_t *b) {
+  const uint16_t *h = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h + 4 * i), 16));
+}
+#define LOADB_F32 loadb_f32
+#define LOADB_F16 loadb_f16
+#define LOADB_BF16 loadb_bf16
+
+static inline void store_row(float *cr, const float32x4_t *acc, int nc, float alpha, float beta,
+                             int first, const float *bias) {
+  float t[NR];
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) vst1q_f32(t + 4 * i, acc[i]);
+  for (int j = 0; j < nc; j++) {
+    float x = alpha * t[j];
+    if (!first) {
+      x = cr[j] + x;
+    } else {
+      if (bias) x = x + bias[j];
+      if (beta != 0.0f) x = fmaf(beta, cr[j], x);
+    }
+    cr[j] = x;
+  }
+}
+
+static inline __attribute__((always_inline)) void
+ukr_neon(const int MR, loadb_fn loadb, const size_t es, int kc, const float *ap, const void *bv,
+         float *c, int ldc, int nc, float alpha, float beta, int first, const void *pfv,
+         const float *bias) {
+  for (int r0 = 0; r0 < MR; r0 += 2) {
+    const int two = r0 + 1 < MR;
+    float32x4_t c0[8], c1[8];
+    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = c1[i] = vdupq_n_f32(0.0f);
+    const unsigned char *bp = bv, *pf = pfv;
+    for (int k = 0; k < kc; k++) {
+      if (pf && r0 == 0) __builtin_prefetch(pf + (size_t)k * NR * es, 0, 2);
+      float32x4_t b[8];
+      loadb(bp, b);
+      float x0 = ap[(size_t)k * MR + r0];
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = vfmaq_n_f32(c0[i], b[i], x0);
+      if (two) {
+        float x1 = ap[(size_t)k * MR + r0 + 1];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c1[i] = vfmaq_n_f32(c1[i], b[i], x1);
+      }
+      bp += (size_t)NR * es;
+    }
+    store_row(c + (size_t)r0 * ldc, c0, nc, alpha, beta, first, bias);
+    if (two) store_row(c + (size_t)(r0 + 1) * ldc, c1, nc, alpha, beta, first, bias);
+  }
+}
+
+#define UKR(MR, SUF, ET, LOADB)                                                                \
+  static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, int nc,  \
+                           float alpha, float beta, int first, const void *pfv,                \
+                           const float *bias) {                                                \
+    ukr_neon(MR, LOADB, sizeof(ET), kc, ap, bv, c, ldc, nc, alpha, beta, first, pfv, bias);    \
+  }
+#endif
+
+#if defined(CT_PK_X86) || defined(CT_PK_NEON)
 #define UKRS(SUF, ET, LOADB)                                                               \
   UKR(1, SUF, ET, LOADB) UKR(2, SUF, ET, LOADB) UKR(3, SUF, ET, LOADB) UKR(4, SUF, ET, LOADB) \
   UKR(5, SUF, ET, LOADB) UKR(6, SUF, ET, LOADB) UKR(7, SUF, ET, LOADB) UKR(8, SUF, ET, LOADB)  \

@@ -669,7 +669,7 @@ static int k_gemm_packed(lua_State *L) {
   const char *hs = luaL_optstring(L, 6, "f32");
   int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
   if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "gemm_packed: half '%s'?", hs);
-  if (!ct_gemm_packed_available()) return luaL_error(L, "gemm_packed: this CPU has no AVX-512");
+  if (!ct_gemm_packed_available()) return luaL_error(L, "gemm_packed: no packed kernel here (AVX-512 on x86-64, NEON on aarch64; CLIP_NO_AVX512 turns it off)");
   l_tensor *c;
   if (lua_isnoneornil(L, 3)) {
     int64_t s[2] = {M, N};
