@@ -75,6 +75,14 @@ int ct_have_avx512(void) {
 #endif
 }
 
+int ct_have_neon(void) {
+#ifdef CT_PK_NEON
+  return ct_gemm_packed_available();
+#else
+  return 0;
+#endif
+}
+
 size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)K; }
 
 /* ct_pack_nt (float) and ct_pack_nt_h (16-bit values copied as they are): one body; 8 k at a
