@@ -40,8 +40,8 @@
 # gemm_packed.c, simd.h and the kernels). The packed GEMM has a NEON micro-kernel
 # (gemm_packed.c), so weights are packed and spec/packed_spec.lua runs it against
 # the naive twin; quick_gelu and the softmax use the NEON exp (simd.h), compared
-# with the twins by kernels_spec; ct_gemm_available() is 0, so the other GEMMs go
-# to OpenBLAS, and LayerNorm takes the scalar loop (no NEON version yet, issue 15).
+# with the twins by kernels_spec, and so does LayerNorm's NEON sums; ct_gemm_available()
+# is 0 (no NEON small-M kernel), so the other GEMMs go to OpenBLAS.
 
 AARCH64_BUILD   := build/aarch64
 AARCH64_CC      ?= aarch64-linux-gnu-gcc

@@ -25,6 +25,15 @@ describe("kernels vs naive twins", function()
     H.assert_close(K.layernorm(x, w, b, 1e-5), K.layernorm(x, w, b, 1e-5, true), { atol = 2e-5, label = "layernorm" })
   end)
 
+  it("layernorm with row lengths that leave a tail (the vector lanes' edges: 16, 8, 4)", function()
+    for _, C in ipairs({ 1, 3, 7, 13, 43 }) do
+      local x = clip.randn({ 5, C }, 20 + C) * 2 + 10
+      local w, b = clip.randn({ C }, 40 + C), clip.randn({ C }, 60 + C)
+      H.assert_close(K.layernorm(x, w, b, 1e-5), K.layernorm(x, w, b, 1e-5, true),
+        { atol = 2e-5, label = "layernorm C=" .. C })
+    end
+  end)
+
   it("activations", function()
     local x = clip.randn({ 1000 }, 9) * 4
     for _, a in ipairs({ "quick_gelu", "gelu", "gelu_new", "relu" }) do
