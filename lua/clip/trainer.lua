@@ -467,6 +467,25 @@ end
 
 local CSV_FIRST = { "type", "step", "epoch" }
 
+-- one CSV line of record r over the columns cols
+local function csv_row(r, cols)
+  local cells = {}
+  for i, k in ipairs(cols) do
+    local v = r[k]
+    if type(v) == "number" then cells[i] = fmt_number(v)
+    elseif v == nil then cells[i] = ""
+    else
+      local s = tostring(v)
+      if s:find('[,"\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
+      cells[i] = s
+    end
+  end
+  return table.concat(cells, ",")
+end
+
+-- metrics.csv written whole (atomically) from trainer.records: the columns are
+-- CSV_FIRST, then every other key of the records, sorted. Later records with no
+-- new key are appended by log() through self._csv.
 function Trainer:_write_csv()
   if not self.out then return end
   local keys, seen = {}, {}
@@ -479,22 +498,13 @@ function Trainer:_write_csv()
   for _, k in ipairs(CSV_FIRST) do cols[#cols + 1] = k end
   for _, k in ipairs(keys) do cols[#cols + 1] = k end
   local lines = { table.concat(cols, ",") }
-  for _, r in ipairs(self.records) do
-    local cells = {}
-    for i, k in ipairs(cols) do
-      local v = r[k]
-      if type(v) == "number" then cells[i] = fmt_number(v)
-      elseif v == nil then cells[i] = ""
-      else
-        local s = tostring(v)
-        if s:find('[,"\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
-        cells[i] = s
-      end
-    end
-    lines[#lines + 1] = table.concat(cells, ",")
-  end
-  local ok, err = core.write_file(join(self.out, "metrics.csv"), table.concat(lines, "\n") .. "\n")
+  for _, r in ipairs(self.records) do lines[#lines + 1] = csv_row(r, cols) end
+  if self._csv then self._csv:close(); self._csv = nil end
+  local path = join(self.out, "metrics.csv")
+  local ok, err = core.write_file(path, table.concat(lines, "\n") .. "\n")
   if not ok then error(err, 0) end
+  self._csv_cols, self._csv_seen = cols, seen
+  self._csv = io.open(path, "ab")
 end
 
 --- Append a record to metrics.jsonl / metrics.csv (and trainer.records).
@@ -511,7 +521,15 @@ function Trainer:log(rec)
   if self._log then
     self._log:write(line, "\n")
     self._log:flush()
-    self:_write_csv()
+    -- a record with a key the header lacks rewrites metrics.csv; others append a line
+    local new_key = not self._csv
+    for k in pairs(rec) do new_key = new_key or not self._csv_seen[k] end
+    if new_key then
+      self:_write_csv()
+    else
+      self._csv:write(csv_row(rec, self._csv_cols), "\n")
+      self._csv:flush()
+    end
   end
   return rec
 end
@@ -1006,6 +1024,7 @@ end
 --- Close the metrics log.
 function Trainer:close()
   if self._log then self._log:close(); self._log = nil end
+  if self._csv then self._csv:close(); self._csv = nil end
 end
 
 return M
