@@ -7,6 +7,7 @@
  * section and match shape x dtype size; F32 tensors survive ct_st_write +
  * ct_st_open bit for bit. */
 #include "fuzz_common.h"
+#include "fuzz_st.h"
 
 #include "safetensors.h"
 
@@ -40,10 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int nout = 0;
   for (int i = 0; i < f.n; i++) {
     const ct_st_entry *t = &f.entries[i];
-    CHECK(t->begin <= t->end && t->end <= f.data_len, "entry %d out of range", i);
-    CHECK(t->end - t->begin == (uint64_t)t->numel * ct_dtype_size(t->dtype),
-          "entry %d: size disagrees with shape", i);
-    CHECK(t->ndim >= 0 && t->ndim <= CT_ST_MAXDIM, "entry %d: ndim %d", i, t->ndim);
+    check_st_entry(&f, i);
     CHECK(ct_st_find(&f, t->name) <= i, "find");
     if ((uint64_t)t->numel > MAX_CONVERT) continue;
     float *buf = malloc(((size_t)t->numel + 1) * sizeof(float));

@@ -9,6 +9,7 @@
  * Oracles: ASan/UBSan/LSan; a refusal names the file; an accepted file has unique names, entries
  * inside the data whose size matches shape x dtype, and every entry converts to float32. */
 #include "fuzz_common.h"
+#include "fuzz_st.h"
 
 #include "torchfile.h"
 
@@ -99,10 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(f.data_len <= f.map_len, "data larger than its mapping");
   for (int i = 0; i < f.n; i++) {
     const ct_st_entry *t = &f.entries[i];
-    CHECK(t->begin <= t->end && t->end <= f.data_len, "entry %d out of range", i);
-    CHECK(t->end - t->begin == (uint64_t)t->numel * ct_dtype_size(t->dtype),
-          "entry %d: size disagrees with shape", i);
-    CHECK(t->ndim >= 0 && t->ndim <= CT_ST_MAXDIM, "entry %d: ndim %d", i, t->ndim);
+    check_st_entry(&f, i);
     CHECK(ct_st_find(&f, t->name) == i, "name '%s' twice", t->name);
     float *out = malloc(((size_t)t->numel + 1) * sizeof(float));
     CHECK(out, "out of memory");

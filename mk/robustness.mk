@@ -122,7 +122,7 @@ $(FUZZ_LIB): $(FUZZ_OBJS)
 	@rm -f $@
 	ar rcs $@ $(FUZZ_OBJS)
 
-$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h fuzz/fuzz_image.h fuzz/micro_config.h $(FUZZ_LIB) $(HDRS)
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h fuzz/fuzz_st.h fuzz/fuzz_image.h fuzz/micro_config.h $(FUZZ_LIB) $(HDRS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) $(INC_core) \
 	  -DCLIP_TOKENIZER_DIR='"$(CURDIR)/spec/fixtures/tokenizer"' \
 	  $< $(FUZZ_LIB) -o $@ $(LIBS)
