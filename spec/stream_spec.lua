@@ -328,15 +328,18 @@ describe("clip.stream", function()
       for k, v in pairs(extra or {}) do o[k] = v end
       local out = {}
       o.on_step = function(_, rec) out[#out + 1] = rec.loss end
-      clip.Trainer(o):fit()
+      local t = clip.Trainer(o)
+      t:fit()
       m:close()
-      return out
+      return out, t.loss
     end
 
     it("trains on a stream exactly as on the same rows in memory", function()
       local ds = data.load(PAIRS, { images = { "image" } }):split_by("split").train
       local st = stream.open(PAIRS, { images = { "image" } }):filter(function(r) return r.split == "train" end)
-      local a, b = losses(ds), losses(st)
+      local a = losses(ds)
+      local b, loss = losses(st)
+      assert.truthy(next(loss.cache.image), "frozen features cached by default")
       assert.equal(#ds.rows, st:count())
       assert.equal(2 * ((#ds.rows + 2) // 3), #b)
       assert.same(a, b)
@@ -345,7 +348,8 @@ describe("clip.stream", function()
       assert.same(c, losses(st, { shuffle = true, seed = 3 }))
       assert.are_not.same(b, c)
       -- without the frozen-feature cache: the same numbers
-      local d = losses(st, { loss_opts = { modalities = MOD.modalities, cache = false } })
+      local d, loss2 = losses(st, { loss_opts = { modalities = MOD.modalities, cache = false } })
+      assert.is_nil(next(loss2.cache.image), "cache = false keeps nothing")
       for i = 1, #b do assert.truthy(math.abs(b[i] - d[i]) <= 1e-6 * math.abs(b[i]), i) end
     end)
   end)
