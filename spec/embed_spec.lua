@@ -87,6 +87,18 @@ describe("clip.embed", function()
     assert.same(paths, inputs)
     assert_exact(emb, model:encode_images(paths, { batch_size = 4, normalize = true }), "normalized npy")
     assert_exact(clip.npy.load(out .. "/shard-00000.npy"), emb:rows(1, 8), "numpy file")
+    -- a shard whose every row was bad: an empty {0, D} array, read back as such
+    local bad = tmp .. "/bad"
+    sh("mkdir -p " .. q(bad))
+    for _, n in ipairs({ "truncated.png", "garbage.jpg", "natural.jpg" }) do sh(("cp %s %s/"):format(q(IMG .. n), q(bad))) end
+    local r = embed.run(model, bad, tmp .. "/npy0", { chunk_size = 2, format = "npy" })
+    assert.same({ 3, 1, 2, 2 }, { r.rows, r.embedded, r.skipped, r.shards })
+    local e = embed.open(tmp .. "/npy0")
+    local t0 = e:shard(2) -- garbage.jpg natural.jpg | truncated.png
+    assert.same({ 0, 24 }, t0:shape())
+    local all, inputs = e:load()
+    assert.same({ bad .. "/natural.jpg" }, inputs)
+    assert_exact(all, model:encode_images({ bad .. "/natural.jpg" }), "the good one")
   end)
 
   it("resumes after an interruption without recomputing finished shards", function()

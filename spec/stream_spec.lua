@@ -140,6 +140,17 @@ describe("clip.stream", function()
       assert.same({ "a cat", "a dog", "last" }, collect(s, "text"))
     end)
 
+    it("reads one image file as one row, and refuses a JSON list with a hint", function()
+      local s = stream.open(H.fixtures .. "images/natural.jpg")
+      assert.same({ { image = H.fixtures .. "images/natural.jpg", class = "" } }, collect(s))
+      assert.same({ "image" }, s.image_columns)
+      local p = tmp .. "/list.json"
+      write(p, '[{"a": 1}]')
+      local ok, err = pcall(stream.open, p)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find(p .. ": a JSON list is read whole, not streamed", 1, true), err)
+    end)
+
     it("walks a folder lazily in clip.data.list_images' order", function()
       local dir = H.fixtures .. "images"
       local s = stream.open(dir)

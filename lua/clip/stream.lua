@@ -23,6 +23,7 @@
 --   "x.csv" / ".tsv"       RFC 4180 read in 64 KiB pieces: quoted fields may hold
 --                          newlines; the first record is the header
 --   "x.txt" (any other)    one text per non-blank line: rows {text = line}
+--   "x.jpg" (an image)     one row {image = path, class = ""}
 --   "-"                    the lines of stdin (can be read once only)
 --   a directory            its image files: rows {image = path, class = the
 --                          sub-folder below the root ("" for files in the root)}
@@ -270,10 +271,13 @@ local function format_of(path)
   if ext == "csv" then return "csv" end
   if ext == "tsv" or ext == "tab" then return "tsv" end
   if ext == "jsonl" or ext == "ndjson" then return "jsonl" end
+  if ext == "json" then return "json" end
+  if image.EXTENSIONS[ext] then return "image" end
   return "lines"
 end
 
---- format_of(path) -> "jsonl", "csv", "tsv" or "lines", by the extension (as open reads it).
+--- format_of(path) -> "jsonl", "csv", "tsv", "json", "image" or "lines", by the
+-- extension (as open reads it).
 M.format_of = format_of
 
 local function file_size(path)
@@ -396,7 +400,22 @@ function M._open(source, opts)
   local s = { name = source, base = base, image_columns = ropts.images or {}, once = source == "-",
     desc = { type = fmt, path = source ~= "-" and strip_slashes(source) or "-", images = ropts.images,
       column = fmt == "lines" and (opts.column or "text") or nil } }
-  if fmt == "jsonl" then
+  if fmt == "image" then
+    -- one image file: one row, as a folder holding only it would give
+    s.gen = function()
+      local done = false
+      return function()
+        if done then return nil end
+        done = true
+        return { image = source, class = "" }
+      end
+    end
+    s.columns, s.image_columns = { "image", "class" }, { "image" }
+    s.count_fast = function() return 1 end
+  elseif fmt == "json" then
+    error(source .. ": a JSON list is read whole, not streamed: use clip.data.load, or write one object "
+      .. "per line (.jsonl)", 3)
+  elseif fmt == "jsonl" then
     s.gen = jsonl_source(source, ropts)
     s.count_fast = function() return count_lines(source) end
     if opts.columns then
@@ -421,7 +440,7 @@ function M._open(source, opts)
     s.columns = { opts.column or "text" }
     if source ~= "-" then s.count_fast = function() return count_lines(source) end end
   else
-    error(("stream.open: unknown format '%s' (jsonl, csv, tsv, lines)"):format(tostring(fmt)), 3)
+    error(("stream.open: unknown format '%s' (jsonl, csv, tsv, lines, image)"):format(tostring(fmt)), 3)
   end
   if source ~= "-" then s.desc.bytes = file_size(source) end
   return new(s)
