@@ -318,6 +318,14 @@ describe("clip.embed", function()
       assert.equal(18, j.candidates)
       local want = clip.search.build(model, paths):query_text(model, "a cat", 3)
       for i = 1, 3 do assert.equal(want[i].path, j.results[i].input) end
+      -- a file sorting first: refused while skipping, with no progress line left behind
+      sh(("cp %s %s"):format(q(IMG .. "natural.jpg"), q(dir .. "/a/000.jpg")))
+      code, so, se = cli(("embed %s %s --out-dir %s --chunk-size 5 --batch-size 2 -r"):format(q(MODEL), q(dir),
+        q(out)))
+      assert.equal(1, code)
+      assert.equal("", so)
+      assert.equal(("clip: %s: the source changed since shard-00000.safetensors was written: row 1 is %s/a/000.jpg, "
+        .. "the manifest has %s/a/broken.png (rerun with overwrite = true to start over)\n"):format(out, dir, dir), se)
     end)
 
     it("streams texts from a file and stdin, quietly", function()

@@ -55,10 +55,10 @@ end
 -- THE DECODE HOOK: every image run() embeds is decoded and preprocessed here
 -- (or by opts.decode, which has the same contract). pixels: a Tensor {k, 3, S,
 -- S} of the paths that decoded, in order (or nil when none did); errors: nil, or
--- {[i] = message} for each path i that did not (the message names the file and
--- the reason). A pixels tensor with one row per path (#paths rows, the failed
--- ones holding anything) is accepted too. A decoder that works on threads
--- replaces the body of this function.
+-- a table whose entry i is the message for path i if it did not decode (naming
+-- the file and the reason; nil or false for the others). A pixels tensor with
+-- one row per path (#paths rows, the failed ones holding anything) is accepted
+-- too. A decoder that works on threads replaces the body of this function.
 function M.decode_batch(model, paths)
   local proc = model.processor
   local ok, px = pcall(proc.preprocess_batch, proc, paths)
@@ -480,77 +480,80 @@ function M.run(model, source, out_dir, opts)
   for _, e in ipairs(man.shards) do embedded = embedded + e.embedded end
   bar:update(done_rows, nskipped > 0 and ("skipped " .. nskipped) or nil)
 
-  local it = s:rows()
-  -- the finished rows: read (not embedded), their shards' first and last inputs checked
-  local si = 1
-  for pos = 1, done_rows do
-    local row = it()
-    local e = man.shards[si]
-    if row == nil then
-      bar:finish()
-      error(("%s: the source has only %d rows, the finished shards cover %d; it changed since they were "
-        .. "written (rerun with overwrite = true to start over)"):format(out_dir, pos - 1, done_rows), 2)
+  local pos, resumed = done_rows, #man.shards
+  -- the pass; on any error the bar is wiped (not left half drawn) and the error goes on
+  local okp, perr = pcall(function()
+    local it = s:rows()
+    -- the finished rows: read (not embedded), their shards' first and last inputs checked
+    local si = 1
+    for p = 1, done_rows do
+      local row = it()
+      local e = man.shards[si]
+      if row == nil then
+        error(("%s: the source has only %d rows, the finished shards cover %d; it changed since they were "
+          .. "written (rerun with overwrite = true to start over)"):format(out_dir, p - 1, done_rows), 2)
+      end
+      local want = (p == e.first and e.first_input) or (p == e.last and e.last_input) or nil
+      if want ~= nil and input_key(row[column]) ~= want then
+        error(("%s: the source changed since %s was written: row %d is %s, the manifest has %s (rerun with "
+          .. "overwrite = true to start over)"):format(out_dir, e.file, p, short(input_key(row[column])),
+            short(want)), 2)
+      end
+      if p == e.last then si = si + 1 end
     end
-    local want = (pos == e.first and e.first_input) or (pos == e.last and e.last_input) or nil
-    if want ~= nil and input_key(row[column]) ~= want then
-      bar:finish()
-      error(("%s: the source changed since %s was written: row %d is %s, the manifest has %s (rerun with "
-        .. "overwrite = true to start over)"):format(out_dir, e.file, pos, short(input_key(row[column])),
-          short(want)), 2)
+    local k = #man.shards
+    local function flush(rows)
+      local t, kept, failed = embed_chunk(model, kind, rows, o)
+      if #failed > 0 and on_error == "raise" then
+        local r = rows[failed[1][1]]
+        error(("%s%s"):format(r.line and ("%s: line %d: "):format(s.name, r.line) or "", failed[1][2]), 0)
+      end
+      local inputs, indices = {}, {}
+      for j, i in ipairs(kept) do
+        inputs[j] = rows[i].input
+        indices[j] = rows[i].pos
+      end
+      k = k + 1
+      local e = write_shard(out_dir, k, kind, t, inputs, indices, o)
+      e.rows, e.embedded, e.skipped = #rows, #kept, #failed
+      e.first, e.last = rows[1].pos, rows[#rows].pos
+      e.first_input, e.last_input = input_key(rows[1].input), input_key(rows[#rows].input)
+      for _, f in ipairs(failed) do
+        local r = rows[f[1]]
+        local x = { position = r.pos, input = type(r.input) == "string" and r.input or nil, error = f[2],
+          line = r.line, shard = e.file }
+        man.skipped[#man.skipped + 1] = x
+        log(("skipped %s%s"):format(r.line and ("%s line %d: "):format(s.name, r.line) or "", f[2]))
+      end
+      man.shards[#man.shards + 1] = e
+      embedded = embedded + #kept
+      nskipped = nskipped + #failed
+      man.rows, man.embedded = pos, embedded
+      write_json(mpath, man)
+      bar:update(pos, nskipped > 0 and ("skipped " .. nskipped) or nil)
+      if opts.on_chunk then
+        opts.on_chunk({ shard = k, file = e.file, rows = e.rows, embedded = e.embedded, first = e.first,
+          last = e.last, skipped = e.skipped })
+      end
     end
-    if pos == e.last then si = si + 1 end
+    local rows = {}
+    while true do
+      local row = it()
+      if row == nil then break end
+      pos = pos + 1
+      rows[#rows + 1] = { pos = pos, input = row[column], line = row._line }
+      if #rows == chunk then
+        flush(rows)
+        rows = {}
+      end
+    end
+    if #rows > 0 then flush(rows) end
+  end)
+  if not okp then
+    bar.transient = true
+    bar:finish()
+    error(perr, 0)
   end
-  local resumed = #man.shards
-
-  local pos = done_rows
-  local k = #man.shards
-  local function flush(rows)
-    local t, kept, failed = embed_chunk(model, kind, rows, o)
-    if #failed > 0 and on_error == "raise" then
-      local r = rows[failed[1][1]]
-      bar:finish()
-      error(("%s%s"):format(r.line and ("%s: line %d: "):format(s.name, r.line) or "", failed[1][2]), 0)
-    end
-    local inputs, indices = {}, {}
-    for j, i in ipairs(kept) do
-      inputs[j] = rows[i].input
-      indices[j] = rows[i].pos
-    end
-    k = k + 1
-    local e = write_shard(out_dir, k, kind, t, inputs, indices, o)
-    e.rows, e.embedded, e.skipped = #rows, #kept, #failed
-    e.first, e.last = rows[1].pos, rows[#rows].pos
-    e.first_input, e.last_input = input_key(rows[1].input), input_key(rows[#rows].input)
-    for _, f in ipairs(failed) do
-      local r = rows[f[1]]
-      local x = { position = r.pos, input = type(r.input) == "string" and r.input or nil, error = f[2],
-        line = r.line, shard = e.file }
-      man.skipped[#man.skipped + 1] = x
-      log(("skipped %s%s"):format(r.line and ("%s line %d: "):format(s.name, r.line) or "", f[2]))
-    end
-    man.shards[#man.shards + 1] = e
-    embedded = embedded + #kept
-    nskipped = nskipped + #failed
-    man.rows, man.embedded = pos, embedded
-    write_json(mpath, man)
-    bar:update(pos, nskipped > 0 and ("skipped " .. nskipped) or nil)
-    if opts.on_chunk then
-      opts.on_chunk({ shard = k, file = e.file, rows = e.rows, embedded = e.embedded, first = e.first,
-        last = e.last, skipped = e.skipped })
-    end
-  end
-  local rows = {}
-  while true do
-    local row = it()
-    if row == nil then break end
-    pos = pos + 1
-    rows[#rows + 1] = { pos = pos, input = row[column], line = row._line }
-    if #rows == chunk then
-      flush(rows)
-      rows = {}
-    end
-  end
-  if #rows > 0 then flush(rows) end
   man.rows, man.embedded, man.complete = pos, embedded, true
   man.dim = D
   write_json(mpath, man)
