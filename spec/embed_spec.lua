@@ -270,6 +270,15 @@ describe("clip.embed", function()
       assert.truthy(math.abs(a[i].score - b[i].score) < 1e-6)
     end
     assert.equal(18, embed.open(out):index():size())
+    -- the reader's own search, one shard at a time: the same ranking
+    local q = model:encode_texts({ "a photo of a cat" })
+    local c = embed.open(out):search(q, 5)
+    for i = 1, 5 do
+      assert.equal(b[i].path, c[i].input)
+      assert.equal(b[i].index, c[i].index)
+      assert.truthy(math.abs(c[i].score - b[i].score) < 1e-6)
+    end
+    assert.equal(18, #embed.open(out):search(q[1], 50))
   end)
 
   describe("bin/clip embed --out-dir", function()

@@ -652,6 +652,40 @@ function Reader:load()
   return t, inputs, indices
 end
 
+--- search(query, k) -> the k best rows for one query embedding ({D} or {1, D}),
+-- one shard in memory at a time: a list of {input, score (cosine), index (row
+-- in load()'s order)}, best first, ties in row order.
+function Reader:search(q, k)
+  if q:dim() == 1 then q = q:reshape({ 1, q:size(1) }) end
+  if q:dim() ~= 2 or q:size(1) ~= 1 then error("search: expected one query embedding, {D} or {1, D}", 2) end
+  if q:size(2) ~= self.dim then
+    error(("%s: embeddings of %d values, the query has %d"):format(self.dir, self.dim, q:size(2)), 2)
+  end
+  k = math.tointeger(k or 10)
+  if not k or k < 1 then error("search: k must be a positive integer", 2) end
+  local best, offset = {}, 0
+  local function key(h) return h.score == h.score and h.score or -math.huge end -- NaN last
+  local function better(a, b)
+    if key(a) ~= key(b) then return key(a) > key(b) end
+    return a.index < b.index
+  end
+  for t, inputs in self:shards() do
+    local n = t:size(1)
+    if n > 0 then
+      local kk = math.min(k, n)
+      local vals, idx = core.cosine_similarity(q, t):topk(kk)
+      for j = 1, kk do
+        local i = idx[1][j]
+        best[#best + 1] = { input = inputs[i], score = vals:get(1, j), index = offset + i }
+      end
+      table.sort(best, better)
+      for j = #best, k + 1, -1 do best[j] = nil end
+    end
+    offset = offset + n
+  end
+  return best
+end
+
 --- index() -> a clip.search Index of the images (normalized embeddings).
 function Reader:index()
   if self.kind ~= "image" then error(self.dir .. ": holds text embeddings; a search index needs images", 2) end
