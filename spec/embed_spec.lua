@@ -56,7 +56,12 @@ describe("clip.embed", function()
 
   it("writes shards whose rows equal one model:encode_images call exactly", function()
     local out = tmp .. "/out"
-    local r = embed.run(model, dir, out, { chunk_size = 4, batch_size = 2 })
+    local seen = {}
+    local r = embed.run(model, dir, out, { chunk_size = 4, batch_size = 2,
+      progress = function(done, total) seen[#seen + 1] = done .. "/" .. total end })
+    -- the progress moves batch by batch (2 rows), the total counted first
+    assert.equal("2/18", seen[2])
+    assert.equal("18/18", seen[#seen])
     assert.same({ 18, 18, 0, 5, 0, 5 }, { r.rows, r.embedded, r.skipped, r.shards, r.resumed_shards,
       r.computed_shards })
     for k = 0, 4 do assert.is_true(clip.core.is_file(("%s/shard-%05d.safetensors"):format(out, k))) end

@@ -315,6 +315,7 @@ local function embed_chunk(model, kind, rows, o)
         for _, i in ipairs(good) do kept[#kept + 1] = idx[i] end
       end
     end
+    if o.on_batch then o.on_batch(b - a + 1, #failed) end
   end
   table.sort(failed, function(x, y) return x[1] < y[1] end)
   local D = model.config.projection_dim
@@ -476,6 +477,13 @@ function M.run(model, source, out_dir, opts)
   local o = { batch_size = bs, column = column, normalize = opts.normalize == true, file_format = fmt,
     decode = opts.decode or M.decode_batch, model_dir = model.dir }
   local nskipped = #man.skipped
+  -- the bar moves after every batch, not only at the end of a shard
+  local shown = done_rows
+  o.on_batch = function(n, failed_so_far)
+    shown = shown + n
+    local sk = nskipped + failed_so_far
+    bar:update(shown, sk > 0 and ("skipped " .. sk) or nil)
+  end
   local embedded = 0
   for _, e in ipairs(man.shards) do embedded = embedded + e.embedded end
   bar:update(done_rows, nskipped > 0 and ("skipped " .. nskipped) or nil)
@@ -530,6 +538,7 @@ function M.run(model, source, out_dir, opts)
       nskipped = nskipped + #failed
       man.rows, man.embedded = pos, embedded
       write_json(mpath, man)
+      shown = pos
       bar:update(pos, nskipped > 0 and ("skipped " .. nskipped) or nil)
       if opts.on_chunk then
         opts.on_chunk({ shard = k, file = e.file, rows = e.rows, embedded = e.embedded, first = e.first,
