@@ -363,6 +363,96 @@ end
 
 -- Readers -----------------------------------------------------------------
 
+-- the pattern that ends an unquoted field, per delimiter
+local csv_stops = {}
+local function csv_stop(delim)
+  local s = csv_stops[delim]
+  if not s then
+    s = "[" .. (delim == "%" and "%%" or ("%" .. delim)) .. "\r\n]"
+    csv_stops[delim] = s
+  end
+  return s
+end
+
+--- parse_csv_record(text, pos, line [, {delimiter = ",", name = "<csv>", final = true}])
+-- -> record, next_pos, next_line, or nil.
+-- One RFC 4180 record of text starting at byte pos (on line number line): a
+-- list of strings with .line = line. With final = false the text is a prefix
+-- of more to come (a streaming reader's buffer): when the record might go on
+-- past its end (an open quoted field, a last field or line end not yet
+-- terminated) the result is nil and the caller appends text and asks again
+-- from the same pos. With final = true (default) the end of text ends the
+-- record, and an open quoted field is an error naming the file and the line.
+function M.parse_csv_record(text, pos, line, opts)
+  opts = opts or {}
+  local delim = opts.delimiter or ","
+  local name = opts.name or "<csv>"
+  local final = opts.final ~= false
+  local stop = csv_stop(delim)
+  local n = #text
+  local rec, start_line = {}, line
+  while true do
+    local field
+    if text:sub(pos, pos) == '"' then
+      local parts, p = {}, pos + 1
+      while true do
+        local q = text:find('"', p, true)
+        if not q then
+          if not final then return nil end
+          error(("%s: line %d: unterminated quoted field"):format(name, start_line), 0)
+        end
+        if q == n and not final then return nil end -- a second '"' may follow
+        local chunk = text:sub(p, q - 1)
+        local _, nl = chunk:gsub("\n", "")
+        line = line + nl
+        parts[#parts + 1] = chunk
+        if text:sub(q + 1, q + 1) == '"' then
+          parts[#parts + 1] = '"'
+          p = q + 2
+        else
+          pos = q + 1
+          break
+        end
+      end
+      field = table.concat(parts)
+      local c = text:sub(pos, pos)
+      if c ~= "" and c ~= delim and c ~= "\r" and c ~= "\n" then
+        error(("%s: line %d: unexpected character after a quoted field"):format(name, line), 0)
+      end
+    else
+      local e = text:find(stop, pos)
+      if e then
+        field = text:sub(pos, e - 1)
+        pos = e
+      else
+        if not final then return nil end
+        field = text:sub(pos)
+        pos = n + 1
+      end
+    end
+    rec[#rec + 1] = field
+    local c = text:sub(pos, pos)
+    if c == "" and not final then return nil end
+    if c == delim then
+      pos = pos + 1
+    else
+      if c == "\r" then
+        if pos == n and not final then return nil end -- "\r\n" split between reads
+        pos = pos + 1
+        c = text:sub(pos, pos)
+      end
+      if c == "\n" then pos = pos + 1 end
+      line = line + 1
+      break
+    end
+  end
+  rec.line = start_line
+  return rec, pos, line
+end
+
+--- True for the record of an empty line (skipped by the readers).
+function M.csv_blank(rec) return #rec == 1 and rec[1] == "" end
+
 --- parse_csv(text [, {delimiter = ",", name = "<csv>"}]) -> header, records
 -- RFC 4180: quoted fields may hold the delimiter, "" (a quote) and newlines;
 -- CRLF or LF line ends; a UTF-8 BOM is skipped. Each record is a list of
@@ -374,56 +464,11 @@ function M.parse_csv(text, opts)
   if #delim ~= 1 then error("parse_csv: the delimiter must be one character", 2) end
   if text:sub(1, 3) == "\239\187\191" then text = text:sub(4) end
   local records, pos, n, line = {}, 1, #text, 1
-  local stop = "[" .. (delim == "%" and "%%" or ("%" .. delim)) .. "\r\n]"
+  local ropts = { delimiter = delim, name = name, final = true }
   while pos <= n do
-    local rec, start_line = {}, line
-    while true do
-      local field
-      if text:sub(pos, pos) == '"' then
-        local parts, p = {}, pos + 1
-        while true do
-          local q = text:find('"', p, true)
-          if not q then error(("%s: line %d: unterminated quoted field"):format(name, start_line), 0) end
-          local chunk = text:sub(p, q - 1)
-          local _, nl = chunk:gsub("\n", "")
-          line = line + nl
-          parts[#parts + 1] = chunk
-          if text:sub(q + 1, q + 1) == '"' then
-            parts[#parts + 1] = '"'
-            p = q + 2
-          else
-            pos = q + 1
-            break
-          end
-        end
-        field = table.concat(parts)
-        local c = text:sub(pos, pos)
-        if c ~= "" and c ~= delim and c ~= "\r" and c ~= "\n" then
-          error(("%s: line %d: unexpected character after a quoted field"):format(name, line), 0)
-        end
-      else
-        local e = text:find(stop, pos)
-        if e then
-          field = text:sub(pos, e - 1)
-          pos = e
-        else
-          field = text:sub(pos)
-          pos = n + 1
-        end
-      end
-      rec[#rec + 1] = field
-      local c = text:sub(pos, pos)
-      if c == delim then
-        pos = pos + 1
-      else
-        if c == "\r" then pos = pos + 1; c = text:sub(pos, pos) end
-        if c == "\n" then pos = pos + 1 end
-        line = line + 1
-        break
-      end
-    end
-    rec.line = start_line
-    if not (#rec == 1 and rec[1] == "") then records[#records + 1] = rec end
+    local rec
+    rec, pos, line = M.parse_csv_record(text, pos, line, ropts)
+    if not M.csv_blank(rec) then records[#records + 1] = rec end
   end
   if #records == 0 then error(name .. ": empty file (no header row)", 0) end
   local header = table.remove(records, 1)
@@ -431,23 +476,34 @@ function M.parse_csv(text, opts)
   return header, records
 end
 
-local function records_to_rows(name, header, records)
+--- csv_check_header(name, header): an error naming the file when a column of
+-- the header has no name or appears twice.
+function M.csv_check_header(name, header)
   local seen = {}
   for i, h in ipairs(header) do
     if h == "" then error(("%s: column %d of the header has no name"):format(name, i), 0) end
     if seen[h] then error(("%s: column '%s' appears twice in the header"):format(name, h), 0) end
     seen[h] = true
   end
-  local rows = {}
-  for i, rec in ipairs(records) do
-    if #rec ~= #header then
-      error(("%s: line %d: %d fields, the header has %d"):format(name, rec.line, #rec, #header), 0)
-    end
-    local r = {}
-    for j, h in ipairs(header) do r[h] = rec[j] end
-    rows[i] = r
-    rows[i]._line = rec.line
+end
+
+--- csv_row(name, header, record) -> the row {column = value, _line = line};
+-- a record whose field count differs from the header's is an error naming the
+-- file and the line.
+function M.csv_row(name, header, rec)
+  if #rec ~= #header then
+    error(("%s: line %d: %d fields, the header has %d"):format(name, rec.line, #rec, #header), 0)
   end
+  local r = {}
+  for j, h in ipairs(header) do r[h] = rec[j] end
+  r._line = rec.line
+  return r
+end
+
+local function records_to_rows(name, header, records)
+  M.csv_check_header(name, header)
+  local rows = {}
+  for i, rec in ipairs(records) do rows[i] = M.csv_row(name, header, rec) end
   return rows
 end
 
@@ -668,6 +724,12 @@ function M.image_folder(dir, opts)
   if #classes == 0 then error(dir .. ": no class sub-folders (expected " .. dir .. "/<class>/<image>)", 2) end
   return M.dataset(rows, { "image", "label", "class" },
     { name = dir, base = dir, classes = classes, image_columns = { "image" } })
+end
+
+--- stream(source [, opts]) -> a clip.stream Stream: the rows of a file or folder
+-- read lazily (datasets larger than memory); see lua/clip/stream.lua.
+function M.stream(source, opts)
+  return require("clip.stream").open(source, opts)
 end
 
 --- list_images(dir [, {recursive = true}]) -> sorted list of image paths

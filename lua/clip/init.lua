@@ -45,7 +45,8 @@ M.json = { decode = core.json_decode, encode = core.json_encode, null = core.jso
 -- Submodules, loaded on first use ------------------------------------------
 local lazy = { tokenizer = "clip.tokenizer", image = "clip.image", model = "clip.model",
   loss = "clip.loss", optim = "clip.optim", data = "clip.data", eval = "clip.eval", search = "clip.search",
-  checkpoint = "clip.checkpoint", npy = "clip.npy", dist = "clip.dist", Trainer = "clip.trainer", trainer = "clip.trainer" }
+  checkpoint = "clip.checkpoint", npy = "clip.npy", stream = "clip.stream", embed = "clip.embed",
+  dist = "clip.dist", Trainer = "clip.trainer", trainer = "clip.trainer" }
 setmetatable(M, {
   __index = function(t, k)
     local name = lazy[k]

@@ -17,6 +17,8 @@
 -- Frozen-feature cache: when a tower is frozen below its projection, each
 -- image / text is encoded once and later steps reuse its pooled features
 -- (the same numbers as re-encoding); only the projection runs per step.
+-- The cache grows with the distinct items seen; opts.cache = false keeps
+-- nothing (a clip.stream of millions of rows: every step encodes its batch).
 --
 -- GradCache (opts.mini_batch_size = m, on any loss; the Cached* constructors
 -- default it to 32): backward embeds the batch m rows of one column at a time
@@ -202,7 +204,9 @@ function Loss:_encode(kind, items, want_grad)
     local _, ex = mc:encode_pixels(items, { pooled = true })
     pooled = ex.pooled
   else
-    local cache, rows, missing, mi = self.cache[kind], {}, {}, {}
+    -- opts.cache = false: nothing kept (streams of millions of distinct rows)
+    local cache = self.opts.cache == false and {} or self.cache[kind]
+    local rows, missing, mi = {}, {}, {}
     for i, x in ipairs(items) do
       local k = key_of(x)
       local hit = k and cache[k]

@@ -61,8 +61,10 @@ local function format_rate(r)
 end
 
 --- new{ total = n, label = "", unit = "it", stream = io.stderr,
---        mode = "auto", width = 24, transient = false } -> Bar
+--        mode = "auto", width = 24, transient = false, initial = 0 } -> Bar
 -- total may be nil (then no bar and no ETA, only the count and the rate).
+-- initial: items already done before this run (a resumed job, as tqdm's
+-- initial): the bar starts there, and rates and ETAs count only this run's.
 function M.new(opts)
   opts = opts or {}
   local stream = opts.stream or io.stderr
@@ -73,7 +75,8 @@ function M.new(opts)
     stream = stream,
     mode = resolve_mode(opts.mode, stream),
     width = opts.width or 24,
-    done = 0,
+    done = opts.initial or 0,
+    initial = opts.initial or 0,
     start = M.clock(),
     last_draw = -math.huge,
     extra = nil,
@@ -85,7 +88,7 @@ end
 
 function Bar:_line()
   local elapsed = M.clock() - self.start
-  local rate = elapsed > 0 and self.done / elapsed or 0
+  local rate = elapsed > 0 and (self.done - self.initial) / elapsed or 0
   local parts = { self.label }
   if self.total and self.total > 0 then
     local frac = math.min(1, self.done / self.total)
@@ -96,8 +99,8 @@ function Bar:_line()
   else
     parts[#parts + 1] = tostring(self.done)
   end
-  if self.done > 0 then parts[#parts + 1] = format_rate(rate) .. " " .. self.unit .. "/s" end
-  if self.total and self.done > 0 and self.done < self.total then
+  if self.done > self.initial then parts[#parts + 1] = format_rate(rate) .. " " .. self.unit .. "/s" end
+  if self.total and self.done > self.initial and self.done < self.total then
     parts[#parts + 1] = "ETA " .. M.format_duration((self.total - self.done) / rate)
   elseif self.done > 0 then
     parts[#parts + 1] = M.format_duration(elapsed)
@@ -147,9 +150,10 @@ function Bar:finish(msg)
     self.stream:write("\r\27[K", msg or self:_line(), "\n")
   else
     local elapsed = M.clock() - self.start
-    local rate = elapsed > 0 and self.done / elapsed or 0
-    self.stream:write(msg or ("%s: %d %s in %.1fs (%s %s/s)%s"):format(self.label, self.done, self.unit,
-      elapsed, format_rate(rate), self.unit, self.extra and ("  " .. self.extra) or ""), "\n")
+    local rate = elapsed > 0 and (self.done - self.initial) / elapsed or 0
+    local before = self.initial > 0 and (" (%d done before)"):format(self.initial) or ""
+    self.stream:write(msg or ("%s: %d %s%s in %.1fs (%s %s/s)%s"):format(self.label, self.done, self.unit,
+      before, elapsed, format_rate(rate), self.unit, self.extra and ("  " .. self.extra) or ""), "\n")
   end
   self.stream:flush()
   return self
@@ -173,16 +177,17 @@ function Callback:advance(k) return self:update(self.done + (k or 1)) end
 function Callback:log() end
 function Callback:finish() return self end
 
---- wrap(opt, total, label, unit) -> an object with update/advance/log/finish.
+--- wrap(opt, total, label, unit [, initial]) -> an object with update/advance/log/finish.
 -- opt: nil/false (silent), true (an "auto" bar on stderr), "bar"/"lines"/
 -- "quiet", "transient" (an "auto" bar erased at finish), a function
 -- fn(done, total), or a ready object.
-function M.wrap(opt, total, label, unit)
+function M.wrap(opt, total, label, unit, initial)
   if not opt then return setmetatable({}, Null) end
-  if opt == true then return M.new({ total = total, label = label, unit = unit }) end
-  if opt == "transient" then return M.new({ total = total, label = label, unit = unit, transient = true }) end
-  if type(opt) == "string" then return M.new({ total = total, label = label, unit = unit, mode = opt }) end
-  if type(opt) == "function" then return setmetatable({ fn = opt, total = total, done = 0 }, Callback) end
+  local o = { total = total, label = label, unit = unit, initial = initial }
+  if opt == true then return M.new(o) end
+  if opt == "transient" then o.transient = true return M.new(o) end
+  if type(opt) == "string" then o.mode = opt return M.new(o) end
+  if type(opt) == "function" then return setmetatable({ fn = opt, total = total, done = initial or 0 }, Callback) end
   if type(opt) == "table" and opt.update then return opt end
   error("progress: expected nil, a boolean, a mode name, a function or a progress object", 2)
 end

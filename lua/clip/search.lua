@@ -96,6 +96,19 @@ function M.build(model, source, opts)
   return self
 end
 
+--- from_embeddings(embeddings, paths [, {model, skipped}]) -> Index of those
+-- image embeddings {n, D} (L2-normalized here) and their n paths.
+function M.from_embeddings(emb, paths, opts)
+  opts = opts or {}
+  if not is_tensor(emb) or emb:dim() ~= 2 then error("search.from_embeddings: expected a Tensor {n, D}", 2) end
+  if type(paths) ~= "table" or #paths ~= emb:size(1) then
+    error(("search.from_embeddings: %d embeddings but %s paths"):format(emb:size(1),
+      type(paths) == "table" and tostring(#paths) or "no"), 2)
+  end
+  return setmetatable({ embeddings = emb:normalize(), paths = paths, skipped = opts.skipped or {},
+    model = opts.model }, Index)
+end
+
 --- Number of images in the index.
 function Index:size() return #self.paths end
 Index.__len = Index.size
@@ -138,10 +151,17 @@ function Index:save(dir)
   return dir
 end
 
---- load(dir) -> Index (errors name the file and what is wrong).
+--- load(dir) -> Index (errors name the file and what is wrong). dir: a
+-- folder written by Index:save, or by clip.embed.run (images; its manifest.json).
 function M.load(dir)
   local pj = dir .. "/paths.json"
   local f = io.open(pj, "rb")
+  if not f and core.is_file(dir .. "/manifest.json") then
+    local embed = require "clip.embed"
+    local ok, r = pcall(function() return embed.open(dir):index() end)
+    if not ok then error(r, 2) end
+    return r
+  end
   if not f then error(pj .. ": not found (is " .. dir .. " an index saved by clip.search?)", 2) end
   local meta = core.json_decode(f:read("a"), pj)
   f:close()

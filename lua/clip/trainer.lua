@@ -580,7 +580,7 @@ end
 -- the very features the straight run had.
 function Trainer:_replay_cache()
   local loss, target = self.loss, self.state_resume
-  if type(loss.cache) ~= "table" then return end
+  if type(loss.cache) ~= "table" or (type(loss.opts) == "table" and loss.opts.cache == false) then return end
   if type(loss.clear_cache) == "function" then loss:clear_cache() end
   local mc = self.model.core
   if mc:trainable("vision").below_projection and mc:trainable("text").below_projection then return end
