@@ -16,6 +16,18 @@ local function flatten(x, out)
 end
 M.flatten = flatten
 
+-- bits(t [, h]) -> a 32-bit FNV-1a hash (8 hex digits) of a tensor's float32 values, in order:
+-- equal hashes mean bitwise equal results, so a spec can hold the bits of a kernel's output on
+-- one CPU and compare another CPU's (or another kernel's) with them. h continues a hash.
+function M.bits(t, h)
+  h = h and tonumber(h, 16) or 2166136261
+  for _, x in ipairs(flatten(t:totable())) do
+    local s = string.pack("<f", x)
+    for i = 1, 4 do h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff end
+  end
+  return ("%08x"):format(h)
+end
+
 -- assert_close(actual, expected, {atol=, rtol=, label=})
 -- actual/expected: clip.Tensor, nested tables or numbers. Fails with the label,
 -- the largest difference and its (flat, 1-based) index.

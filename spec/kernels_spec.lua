@@ -25,6 +25,15 @@ describe("kernels vs naive twins", function()
     H.assert_close(K.layernorm(x, w, b, 1e-5), K.layernorm(x, w, b, 1e-5, true), { atol = 2e-5, label = "layernorm" })
   end)
 
+  it("layernorm with row lengths that leave a tail (the vector lanes' edges: 16, 8, 4)", function()
+    for _, C in ipairs({ 1, 3, 7, 13, 43 }) do
+      local x = clip.randn({ 5, C }, 20 + C) * 2 + 10
+      local w, b = clip.randn({ C }, 40 + C), clip.randn({ C }, 60 + C)
+      H.assert_close(K.layernorm(x, w, b, 1e-5), K.layernorm(x, w, b, 1e-5, true),
+        { atol = 2e-5, label = "layernorm C=" .. C })
+    end
+  end)
+
   it("activations", function()
     local x = clip.randn({ 1000 }, 9) * 4
     for _, a in ipairs({ "quick_gelu", "gelu", "gelu_new", "relu" }) do
@@ -48,6 +57,41 @@ describe("kernels vs naive twins", function()
     -- causal: the first position attends only to itself, so its output is v's first row
     local o = K.attention(q, k, v, 3, true)
     H.assert_close(o[1][1], v[1][1], { atol = 1e-6 })
+  end)
+end)
+
+-- The comparisons above pass on the scalar loops as well: this checks, in child processes (the
+-- CPU check is made once per process), that the vector exp (AVX-512 on x86-64, NEON on aarch64)
+-- is the one in use where the CPU has it. quick_gelu's bits were recorded from the AVX-512
+-- path; the NEON one (ct_exp4: the same constants and FMAs) gives the same bits. The softmax
+-- sums in 16 or 4 lanes, so only its difference from the scalar loop (libm's expf) is checked.
+-- LayerNorm's vector sums give the scalar loop's bits on these inputs (double sums), so they
+-- have no such check: only the twin comparisons above.
+describe("vector paths in use", function()
+  local sh = require "spec.support.shell"
+  local probe = [[lua5.4 -e 'local c = require("clip"); local H = require("spec.helpers");
+    local K = c.core.kernels; local x = c.rand({1003}, 11) * 80 - 40;
+    local q, k, v = c.rand({2, 11, 24}, 10), c.rand({2, 11, 24}, 11), c.rand({2, 11, 24}, 12);
+    print(table.concat(K.gemm_packed_kernels(), ","), H.bits(K.act(x, "quick_gelu")),
+      H.bits(K.attention(q, k, v, 3, false)))']]
+  local function run(env)
+    local out = sh.must(env .. " " .. probe)
+    local ks, g, a = out:match("([%w,]*)\t(%x+)\t(%x+)%s*$")
+    assert(ks, "probe output: " .. out)
+    return ks, g, a
+  end
+
+  it("quick_gelu and the attention softmax take the vector exp where the CPU has one", function()
+    local ks, g, a = run("CLIP_NO_AVX512=0")
+    local ks0, g0, a0 = run("CLIP_NO_AVX512=1")
+    assert.is_nil(ks0:find("avx512") or ks0:find("neon"), "CLIP_NO_AVX512=1 turns the vector paths off")
+    if not (ks:find("avx512") or ks:find("neon")) then
+      pending("neither AVX-512 nor NEON here: the scalar loops are the ones in use")
+      return
+    end
+    assert.equal("5358c4d9", g, "quick_gelu's bits with the vector exp (" .. ks .. ")")
+    assert.not_equal(g0, g, "quick_gelu: the scalar loop (libm's expf) gives other bits")
+    assert.not_equal(a0, a, "attention: the scalar softmax gives other bits")
   end)
 end)
 

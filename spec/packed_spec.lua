@@ -1,7 +1,8 @@
 -- spec/packed_spec.lua - packed weights (csrc/kernels/gemm_packed.c, model.c's ct_model_pack):
--- each packed micro-kernel this CPU runs (AVX-512, AVX2 + FMA) against the naive twin on odd
--- shapes, in one thread and split over the pool, and the two against each other (bitwise);
--- the run-time choice of kernel; the encoders with packed weights against the same model
+-- each packed micro-kernel this CPU runs (AVX-512 and AVX2 + FMA on x86-64, NEON on aarch64)
+-- against the naive twin on odd shapes, in one thread and split over the pool, and against the
+-- bits the AVX-512 kernel gives (recorded), the two x86 kernels also against each other; the
+-- run-time choice of kernel; the encoders with packed weights against the same model
 -- unpacked; packs rebuilt after every kind of write to a weight; mapped weights released after
 -- packing read back exactly the file's bytes.
 local H = require "spec.helpers"
@@ -14,6 +15,16 @@ local has = K.gemm_packed_available()
 local kernels = K.gemm_packed_kernels() -- those this CPU runs ("avx512" dropped by CLIP_NO_AVX512)
 local function rnd(shape, seed) return core.randn(shape, seed) end
 
+-- the module's architecture, read from its ELF header (e_machine 183: aarch64), so that the
+-- kernels of the other architecture are not reported as skipped
+local ARM = (function()
+  local f = assert(io.open(assert(package.searchpath("clip.core", package.cpath)), "rb"))
+  local h = f:read(20)
+  f:close()
+  return string.unpack("<I2", h, 19) == 183
+end)()
+local ISAS = ARM and { "neon" } or { "avx512", "avx2" }
+
 local function maxdiff(a, b)
   local d = a - b
   return math.max(d:max(), -d:min())
@@ -21,7 +32,7 @@ end
 
 describe("packed gemm kernels", function()
   if not has then
-    pending("this CPU runs neither packed kernel (AVX-512F, AVX2+FMA+F16C): nothing is packed here")
+    pending("no packed kernel selected here (x86-64 without AVX-512F and without CLIP_PACKED_AVX2=1, or CLIP_NO_AVX512): nothing is packed")
     return
   end
 
@@ -29,7 +40,7 @@ describe("packed gemm kernels", function()
     assert.equal(kernels[1], K.gemm_packed_kernel())
   end)
 
-  for _, isa in ipairs({ "avx512", "avx2" }) do
+  for _, isa in ipairs(ISAS) do
     local runs = false
     for _, k in ipairs(kernels) do runs = runs or k == isa end
     describe(isa, function()
@@ -48,6 +59,30 @@ describe("packed gemm kernels", function()
               H.assert_close(K.gemm_packed(a, b, nil, 0, false, "f32", isa), K.gemm_nt(a, b, true),
                 { atol = 1e-4, rtol = 1e-5, label = ("%s gemm_packed %dx%d x %dx%d^T"):format(isa, M, Kd, N, Kd) })
             end
+          end
+        end
+      end)
+
+      it("gives the bits the AVX-512 kernel gives (the same FMAs in the same order on every CPU)", function()
+        -- inputs from clip.rand (an integer generator, no libm: the same bits on every CPU);
+        -- the hashes were recorded from the AVX-512 kernel on x86-64
+        local want = { f32 = "dd68a7a9", f16 = "471e9297", bf16 = "874bd06b" }
+        for _, pooled in ipairs({ false, true }) do
+          local seed = 0
+          for _, kind in ipairs({ "f32", "f16", "bf16" }) do
+            local h
+            for _, M in ipairs({ 1, 7, 13, 50 }) do
+              for _, N in ipairs({ 9, 33 }) do
+                for _, Kd in ipairs({ 5, 193, 400 }) do
+                  seed = seed + 3
+                  local a = clip.rand({ M, Kd }, seed) * 2 - 1
+                  local b = clip.rand({ N, Kd }, seed + 1) * 2 - 1
+                  local c = clip.rand({ M, N }, seed + 2) * 2 - 1
+                  h = H.bits(K.gemm_packed(a, b, c, 0.5, pooled, kind, isa), h)
+                end
+              end
+            end
+            assert.equal(want[kind], h, ("%s %s pooled=%s"):format(isa, kind, tostring(pooled)))
           end
         end
       end)
@@ -98,25 +133,27 @@ describe("packed gemm kernels", function()
     end)
   end
 
-  it("AVX-512 and AVX2 give bitwise the same results (same FMAs in the same order)", function()
-    if #kernels < 2 then pending("needs both kernels (AVX-512 CPU, CLIP_NO_AVX512 unset)") return end
-    local seed = 500
-    for _, M in ipairs({ 1, 7, 12, 13, 50 }) do
-      for _, N in ipairs({ 9, 33, 100 }) do
-        for _, Kd in ipairs({ 5, 193, 400 }) do
-          for _, kind in ipairs({ "f32", "f16", "bf16" }) do
-            seed = seed + 1
-            local a, b, c = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1), rnd({ M, N }, seed + 2)
-            local x = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx512")
-            local y = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx2")
-            assert.equal(0, maxdiff(x, y), ("%s %dx%dx%d"):format(kind, M, N, Kd))
+  if not ARM then
+    it("AVX-512 and AVX2 give bitwise the same results (same FMAs in the same order)", function()
+      if #kernels < 2 then pending("needs both kernels (AVX-512 CPU, CLIP_NO_AVX512 unset)") return end
+      local seed = 500
+      for _, M in ipairs({ 1, 7, 12, 13, 50 }) do
+        for _, N in ipairs({ 9, 33, 100 }) do
+          for _, Kd in ipairs({ 5, 193, 400 }) do
+            for _, kind in ipairs({ "f32", "f16", "bf16" }) do
+              seed = seed + 1
+              local a, b, c = rnd({ M, Kd }, seed), rnd({ N, Kd }, seed + 1), rnd({ M, N }, seed + 2)
+              local x = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx512")
+              local y = K.gemm_packed(a, b, c:clone(), 0.5, false, kind, "avx2")
+              assert.equal(0, maxdiff(x, y), ("%s %dx%dx%d"):format(kind, M, N, Kd))
+            end
           end
         end
       end
-    end
-  end)
+    end)
+  end
 
-  it("are chosen at run time: AVX-512, else AVX2 when CLIP_PACKED_AVX2=1 (opt-in), else nothing packed", function()
+  it("are chosen at run time: AVX-512, else AVX2 when CLIP_PACKED_AVX2=1 (opt-in), NEON on aarch64, else nothing packed", function()
     local probe = [[lua5.4 -e 'local c = require("clip"); local K = c.core.kernels;
       local m = c.load("spec/fixtures/models/tiny", {tokenizer = false});
       m:encode_images(c.core.randn({1, 3, 32, 32}, 1));
@@ -127,6 +164,7 @@ describe("packed gemm kernels", function()
     local n = run("CLIP_NO_AVX512=0 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1"):match("%d+$")
     assert.is_true(tonumber(n) > 0, "packed blocks")
     if cpu_avx2 then assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1")) end
+    if ARM then assert.equal("neon " .. n, run("CLIP_NO_AVX512=0 CLIP_PACKED_AVX2=0")) end
     assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=0"))
     assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1 CLIP_PACKED_AVX2=1"))
   end)

@@ -23,15 +23,18 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
  * (blas.h), plain loops, double accumulation. */
 
 /* Packed weights (gemm_packed.c): B[N,K] in panels of PK_NR rows, k-major within a panel,
- * one layout for both micro-kernels: AVX-512 (12 x 32) and AVX2 + FMA (6 x 16, half a panel).
- * ct_gemm_packed_kernel(): the one this CPU runs, chosen once at run time: PK_AVX512 when the
- * CPU has AVX-512F and CLIP_NO_AVX512 is not set, else PK_AVX2 when it has AVX2, FMA and
- * F16C and CLIP_NO_AVX2 is not set, else 0 (nothing is packed; OpenBLAS).
+ * one layout for every micro-kernel: AVX-512 (12 x 32) and AVX2 + FMA (6 x 16, half a panel)
+ * on x86-64, NEON (2 x 32) on aarch64.
+ * ct_gemm_packed_kernel(): the one this CPU runs, chosen once at run time. x86-64: PK_AVX512
+ * when the CPU has AVX-512F and CLIP_NO_AVX512 is not set, else PK_AVX2 when it has AVX2, FMA
+ * and F16C, CLIP_NO_AVX2 is not set and CLIP_PACKED_AVX2=1 (opt-in), else 0 (nothing is
+ * packed; OpenBLAS). aarch64: PK_NEON unless CLIP_NO_AVX512 is set, else 0.
  * ct_gemm_packed_available(): ct_gemm_packed_kernel() != 0. */
 enum { PK_NR = 32 };
-enum { PK_AVX2 = 1, PK_AVX512 = 2 };
+enum { PK_AVX2 = 1, PK_AVX512 = 2, PK_NEON = 3 };
 int ct_gemm_packed_kernel(void);
-/* 1 when this CPU (and the environment) allows micro-kernel isa (PK_AVX2 or PK_AVX512) */
+/* 1 when this CPU (and the environment) allows micro-kernel isa (PK_AVX2, PK_AVX512 or
+ * PK_NEON); CLIP_PACKED_AVX2 does not matter here */
 int ct_gemm_packed_runs(int isa);
 /* element types of a packed panel: float, or IEEE half / bfloat16 converted on the fly */
 enum { PK_F32 = 0, PK_F16 = 1, PK_BF16 = 2 };
@@ -61,8 +64,8 @@ void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
                        const float *apa, const void *P, int kind, float beta, const float *bias,
                        float *C, int ldc, int p0, int p1);
-/* ... on micro-kernel isa (PK_AVX2 or PK_AVX512; ct_gemm_packed_runs(isa) required), not the
- * selected one: the specs test both */
+/* ... on micro-kernel isa (PK_AVX2, PK_AVX512 or PK_NEON; ct_gemm_packed_runs(isa) required),
+ * not the selected one: the specs test each */
 void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *apa, const void *P, int kind, float beta, const float *bias,
                         float *C, int ldc, int p0, int p1);

@@ -16,6 +16,9 @@
  * panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
+ * On aarch64 the same driver runs a NEON micro-kernel (two rows x 32 columns at a time, the
+ * same FMAs in the same order; vcvt_f32_f16 / a 16-bit shift for half panels), on every
+ * aarch64 CPU (CLIP_NO_AVX512=1 turns it off, as it does the AVX-512 one).
  * Never -ffast-math. */
 #include "gemm.h"
 
@@ -28,6 +31,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #define CT_PK_X86 1
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#include <math.h>
+#define CT_PK_NEON 1
 #endif
 
 #ifndef PK_HINT
@@ -57,6 +64,19 @@ int ct_have_avx512(void) {
 #endif
 }
 
+/* NEON (Advanced SIMD) is part of every AArch64 CPU: no run-time check. CLIP_NO_AVX512=1
+ * turns the NEON paths off as it turns off the AVX-512 ones (one switch for "the wide vector
+ * kernels": nothing packed, libm's exp, the scalar LayerNorm). */
+int ct_have_neon(void) {
+#ifdef CT_PK_NEON
+  static int cached = -1;
+  if (cached < 0) cached = !env_off("CLIP_NO_AVX512");
+  return cached;
+#else
+  return 0;
+#endif
+}
+
 /* the AVX2 kernel needs FMA, and F16C for F16 panels (every AVX2+FMA CPU has it);
  * CLIP_NO_AVX2=1 turns it off (with CLIP_NO_AVX512=1: nothing packed, as on an old CPU) */
 static int have_avx2(void) {
@@ -77,17 +97,19 @@ static int have_avx2(void) {
 }
 
 int ct_gemm_packed_runs(int isa) {
-  return isa == PK_AVX512 ? ct_have_avx512() : isa == PK_AVX2 ? have_avx2() : 0;
+  return isa == PK_AVX512 ? ct_have_avx512()
+       : isa == PK_AVX2   ? have_avx2()
+       : isa == PK_NEON   ? ct_have_neon()
+                          : 0;
 }
 
-/* The AVX2 kernel is opt-in (CLIP_PACKED_AVX2=1) until it is measured faster than OpenBLAS on
- * a quiet machine: under load it tied at batch 1 and lost at batch 8 (docs/performance.md). */
+/* x86-64: AVX-512 where the CPU has it; else the AVX2 kernel, opt-in (CLIP_PACKED_AVX2=1) until
+ * it is measured faster than OpenBLAS on a quiet machine: under load it tied at batch 1 and
+ * lost at batch 8 (docs/performance.md); else nothing packed. aarch64: the NEON kernel. */
 int ct_gemm_packed_kernel(void) {
   static int avx2_on = -1;
-  if (avx2_on < 0) {
-    const char *v = getenv("CLIP_PACKED_AVX2");
-    avx2_on = v && *v && strcmp(v, "0") != 0;
-  }
+  if (avx2_on < 0) avx2_on = env_off("CLIP_PACKED_AVX2");
+  if (ct_have_neon()) return PK_NEON;
   return ct_have_avx512() ? PK_AVX512 : have_avx2() && avx2_on ? PK_AVX2 : 0;
 }
 
@@ -185,6 +207,79 @@ PACK_NT(ct_pack_nt_h, uint16_t)
       _mm512_mask_storeu_ps(cr + 16, m1, x1);                                            \
     }                                                                                    \
   }
+#elif defined(CT_PK_NEON)
+/* NEON micro-kernel: the same contract as the AVX-512 one (one k step of the 32-column panel
+ * per iteration, one FMA per element and k in the same order, then alpha, the bias or beta C),
+ * for two rows of A at a time: 16 accumulators of 4 floats and 8 of the panel, of the 32
+ * registers. The store goes through a row of 32 floats for the column edge. */
+typedef void (*loadb_fn)(const void *, float32x4_t *);
+static inline void loadb_f32(const void *p, float32x4_t *b) {
+  const float *f = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vld1q_f32(f + 4 * i);
+}
+static inline void loadb_f16(const void *p, float32x4_t *b) {
+  const float16_t *h = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vcvt_f32_f16(vld1_f16(h + 4 * i));
+}
+static inline void loadb_bf16(const void *p, float32x4_t *b) {
+  const uint16_t *h = p;
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) b[i] = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h + 4 * i), 16));
+}
+#define LOADB_F32 loadb_f32
+#define LOADB_F16 loadb_f16
+#define LOADB_BF16 loadb_bf16
+
+static inline void store_row(float *cr, const float32x4_t *acc, int nc, float alpha, float beta,
+                             int first, const float *bias) {
+  float t[NR];
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) vst1q_f32(t + 4 * i, acc[i]);
+  for (int j = 0; j < nc; j++) {
+    float x = alpha * t[j];
+    if (!first) {
+      x = cr[j] + x;
+    } else {
+      if (bias) x = x + bias[j];
+      if (beta != 0.0f) x = fmaf(beta, cr[j], x);
+    }
+    cr[j] = x;
+  }
+}
+
+static inline __attribute__((always_inline)) void
+ukr_neon(const int MR, loadb_fn loadb, const size_t es, int kc, const float *ap, const void *bv,
+         float *c, int ldc, int nc, float alpha, float beta, int first, const void *pfv,
+         const float *bias) {
+  for (int r0 = 0; r0 < MR; r0 += 2) {
+    const int two = r0 + 1 < MR;
+    float32x4_t c0[8], c1[8];
+    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = c1[i] = vdupq_n_f32(0.0f);
+    const unsigned char *bp = bv, *pf = pfv;
+    for (int k = 0; k < kc; k++) {
+      if (pf && r0 == 0) __builtin_prefetch(pf + (size_t)k * NR * es, 0, 2);
+      float32x4_t b[8];
+      loadb(bp, b);
+      float x0 = ap[(size_t)k * MR + r0];
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = vfmaq_n_f32(c0[i], b[i], x0);
+      if (two) {
+        float x1 = ap[(size_t)k * MR + r0 + 1];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c1[i] = vfmaq_n_f32(c1[i], b[i], x1);
+      }
+      bp += (size_t)NR * es;
+    }
+    store_row(c + (size_t)r0 * ldc, c0, nc, alpha, beta, first, bias);
+    if (two) store_row(c + (size_t)(r0 + 1) * ldc, c1, nc, alpha, beta, first, bias);
+  }
+}
+
+#define UKR(MR, SUF, ET, LOADB)                                                                \
+  static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, int nc,  \
+                           float alpha, float beta, int first, const void *pfv,                \
+                           const float *bias) {                                                \
+    ukr_neon(MR, LOADB, sizeof(ET), kc, ap, bv, c, ldc, nc, alpha, beta, first, pfv, bias);    \
+  }
+#endif
+
+#if defined(CT_PK_X86) || defined(CT_PK_NEON)
 #define UKRS(SUF, ET, LOADB)                                                               \
   UKR(1, SUF, ET, LOADB) UKR(2, SUF, ET, LOADB) UKR(3, SUF, ET, LOADB) UKR(4, SUF, ET, LOADB) \
   UKR(5, SUF, ET, LOADB) UKR(6, SUF, ET, LOADB) UKR(7, SUF, ET, LOADB) UKR(8, SUF, ET, LOADB)  \
@@ -203,6 +298,7 @@ typedef void (*ukr_fn)(int, const float *, const void *, float *, int, int, floa
 static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
 #undef TABLE
 
+#ifdef CT_PK_X86
 /* ---- AVX2 + FMA: the same panels, read as two halves of 16 columns. A half's k step is
  * one 64-byte line (32 bytes for 16-bit panels): two ymm of 8 floats. Micro-kernel: mr <= 6
  * rows x 16 columns = up to 12 ymm accumulators, 2 panel loads and mr broadcasts per k (15 of
@@ -333,6 +429,7 @@ static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const un
                    first, NULL, bb);
   }
 }
+#endif /* CT_PK_X86: the AVX2 kernel */
 
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
  * mr rows (the near-equal split of ct_gemm_packed), each k-major. */
@@ -386,7 +483,11 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
   size_t es = ct_pack_elem_size(kind);
   int ki = kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0;
   const ukr_fn *tab = ukrs[ki];
+#ifdef CT_PK_X86
   const ukr2_fn *tab2 = isa == PK_AVX2 ? avx2_ukrs[ki] : NULL;
+#else
+  (void)isa; /* aarch64: one micro-kernel, NEON's */
+#endif
   if (K <= 0) {
     int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
     for (int i = 0; i < M; i++)
@@ -420,11 +521,13 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
           for (int b = 0; b < nb; b++) {
             int mr = bi[b + 1] - bi[b];
             const unsigned char *pf = b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL;
+#ifdef CT_PK_X86
             if (tab2)
               block2(tab2, mr, kc, ap + (size_t)bi[b] * kc, bp, es,
                      C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0, pf,
                      bias ? bias + j0 : NULL);
             else
+#endif
               tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc,
                       nc, alpha, beta, k0 == 0, pf, bias ? bias + j0 : NULL);
           }

@@ -34,6 +34,25 @@ __attribute__((target("avx512f"))) static void quick_gelu16(float *out, const fl
     _mm512_mask_storeu_ps(out + i, m, y);
   }
 }
+#elif defined(__aarch64__)
+#define CT_ACT_NEON 1
+
+static inline float32x4_t quick_gelu4(float32x4_t x) {
+  return vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0f), ct_exp4(vmulq_f32(vdupq_n_f32(-1.702f), x))));
+}
+
+/* quick_gelu over n floats, 4 at a time (the tail through a padded copy, so every value takes
+ * the vector path) */
+static void quick_gelu_neon(float *out, const float *inp, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(out + i, quick_gelu4(vld1q_f32(inp + i)));
+  if (i < n) {
+    float t[4] = {0, 0, 0, 0};
+    for (int64_t j = i; j < n; j++) t[j - i] = inp[j];
+    vst1q_f32(t, quick_gelu4(vld1q_f32(t)));
+    for (int64_t j = i; j < n; j++) out[j] = t[j - i];
+  }
+}
 #endif
 
 static void act_range(float *out, const float *inp, int64_t n, int act) {
@@ -42,6 +61,11 @@ static void act_range(float *out, const float *inp, int64_t n, int act) {
 #ifdef CT_ACT_X86
     if (ct_have_avx512()) {
       quick_gelu16(out, inp, n);
+      break;
+    }
+#elif defined(CT_ACT_NEON)
+    if (ct_have_neon()) {
+      quick_gelu_neon(out, inp, n);
       break;
     }
 #endif

@@ -41,6 +41,33 @@ __attribute__((target("avx512f"))) static void softmax16(float *r, int m) {
     _mm512_mask_storeu_ps(r + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + j), inv));
   }
 }
+#elif defined(CT_SIMD_NEON)
+/* softmax of r[0..m) in place (4 lanes, as softmax16: max, exp with ct_exp4, sum per lane then
+ * across; the tail through a padded copy whose padding is not summed) */
+static void softmax4(float *r, int m) {
+  float32x4_t mx = vdupq_n_f32(-INFINITY);
+  int j = 0;
+  for (; j + 4 <= m; j += 4) mx = vmaxq_f32(mx, vld1q_f32(r + j));
+  float x = vmaxvq_f32(mx);
+  for (int t = j; t < m; t++) x = r[t] > x ? r[t] : x;
+  float32x4_t vmx = vdupq_n_f32(x), sum = vdupq_n_f32(0.0f);
+  for (j = 0; j + 4 <= m; j += 4) {
+    float32x4_t e = ct_exp4(vsubq_f32(vld1q_f32(r + j), vmx));
+    sum = vaddq_f32(sum, e);
+    vst1q_f32(r + j, e);
+  }
+  float tail = 0.0f;
+  if (j < m) {
+    float t[4] = {x, x, x, x};
+    for (int q = j; q < m; q++) t[q - j] = r[q];
+    vst1q_f32(t, ct_exp4(vsubq_f32(vld1q_f32(t), vmx)));
+    for (int q = j; q < m; q++) { r[q] = t[q - j]; tail += t[q - j]; }
+  }
+  float inv = 1.0f / (vaddvq_f32(sum) + tail);
+  float32x4_t vinv = vdupq_n_f32(inv);
+  for (j = 0; j + 4 <= m; j += 4) vst1q_f32(r + j, vmulq_f32(vld1q_f32(r + j), vinv));
+  for (; j < m; j++) r[j] *= inv;
+}
 #endif
 
 /* The forward is row-separable: row i of the scores, its softmax and row i of the output
@@ -60,6 +87,8 @@ static void att_rows(void *ctx, int tid, int nt) {
   float scale = 1.0f / sqrtf((float)hs);
 #ifdef CT_SIMD_X86
   int vec = ct_have_avx512();
+#elif defined(CT_SIMD_NEON)
+  int vec = ct_have_neon();
 #endif
   for (int b = 0; b < a->B; b++)
     for (int h = 0; h < a->NH; h++) {
@@ -75,6 +104,12 @@ static void att_rows(void *ctx, int tid, int nt) {
 #ifdef CT_SIMD_X86
         if (vec) {
           softmax16(r, m);
+          for (int j = m; j < T; j++) r[j] = 0.0f;
+          continue;
+        }
+#elif defined(CT_SIMD_NEON)
+        if (vec) {
+          softmax4(r, m);
           for (int j = m; j < T; j++) r[j] = 0.0f;
           continue;
         }

@@ -69,12 +69,67 @@ __attribute__((target("avx512f"))) static void norm16(float *o, const float *x, 
     _mm512_mask_storeu_ps(o + j, k, t);
   }
 }
+#elif defined(__aarch64__)
+#define CT_LN_NEON 1
+
+/* sums16 on NEON: 8 independent double lanes (four float64x2_t), each a plain double sum */
+static void sums8(const float *x, int C, float m, double *s, double *v) {
+  float64x2_t z = vdupq_n_f64(0.0);
+  float32x4_t mm = vdupq_n_f32(m);
+  int j = 0;
+  if (s) {
+    float64x2_t s0 = z, s1 = z, s2 = z, s3 = z;
+    for (; j + 8 <= C; j += 8) {
+      float32x4_t a = vld1q_f32(x + j), b = vld1q_f32(x + j + 4);
+      s0 = vaddq_f64(s0, vcvt_f64_f32(vget_low_f32(a)));
+      s1 = vaddq_f64(s1, vcvt_high_f64_f32(a));
+      s2 = vaddq_f64(s2, vcvt_f64_f32(vget_low_f32(b)));
+      s3 = vaddq_f64(s3, vcvt_high_f64_f32(b));
+    }
+    double ss = vaddvq_f64(vaddq_f64(vaddq_f64(s0, s1), vaddq_f64(s2, s3)));
+    for (; j < C; j++) ss += x[j];
+    *s = ss;
+  }
+  if (!v) return;
+  float64x2_t v0 = z, v1 = z, v2 = z, v3 = z;
+  j = 0;
+  for (; j + 8 <= C; j += 8) {
+    /* float differences, as the scalar loop */
+    float32x4_t a = vsubq_f32(vld1q_f32(x + j), mm), b = vsubq_f32(vld1q_f32(x + j + 4), mm);
+    float64x2_t a0 = vcvt_f64_f32(vget_low_f32(a)), a1 = vcvt_high_f64_f32(a);
+    float64x2_t b0 = vcvt_f64_f32(vget_low_f32(b)), b1 = vcvt_high_f64_f32(b);
+    v0 = vfmaq_f64(v0, a0, a0);
+    v1 = vfmaq_f64(v1, a1, a1);
+    v2 = vfmaq_f64(v2, b0, b0);
+    v3 = vfmaq_f64(v3, b1, b1);
+  }
+  double vv = vaddvq_f64(vaddq_f64(vaddq_f64(v0, v1), vaddq_f64(v2, v3)));
+  for (; j < C; j++) {
+    float d = x[j] - m;
+    vv += (double)d * d;
+  }
+  *v = vv;
+}
+
+/* o = (x - m) * r * w + b, the same three roundings as the scalar loop (no FMA) */
+static void norm4(float *o, const float *x, const float *w, const float *b, int C, float m,
+                  float r) {
+  float32x4_t mm = vdupq_n_f32(m), rr = vdupq_n_f32(r);
+  int j = 0;
+  for (; j + 4 <= C; j += 4) {
+    float32x4_t t = vmulq_f32(vsubq_f32(vld1q_f32(x + j), mm), rr);
+    vst1q_f32(o + j, vaddq_f32(vmulq_f32(t, vld1q_f32(w + j)), vld1q_f32(b + j)));
+  }
+  for (; j < C; j++) o[j] = (x[j] - m) * r * w[j] + b[j];
+}
 #endif
 
 static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
                     const float *w, const float *b, int64_t N, int C, float eps) {
 #if defined(__x86_64__)
   int vec = ct_have_avx512();
+#elif defined(CT_LN_NEON)
+  int vec = ct_have_neon();
 #endif
   for (int64_t i = 0; i < N; i++) {
     const float *x = inp + i * C;
@@ -86,6 +141,12 @@ static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
       sums16(x, C, 0.0f, &s, NULL);
       m = (float)(s / C);
       sums16(x, C, m, NULL, &v);
+    } else
+#elif defined(CT_LN_NEON)
+    if (vec) {
+      sums8(x, C, 0.0f, &s, NULL);
+      m = (float)(s / C);
+      sums8(x, C, m, NULL, &v);
     } else
 #endif
     {
@@ -99,6 +160,9 @@ static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
     float r = (float)(1.0 / sqrt(v / C + eps));
 #if defined(__x86_64__)
     if (vec) norm16(o, x, w, b, C, m, r);
+    else
+#elif defined(CT_LN_NEON)
+    if (vec) norm4(o, x, w, b, C, m, r);
     else
 #endif
       for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * w[j] + b[j];

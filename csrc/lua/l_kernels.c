@@ -655,9 +655,10 @@ static int k_gemm_nt(lua_State *L) {
  * b packed (gemm_packed.c): in the calling thread, or split over the state's pool through
  * blas.c's door (pooled). half "f16" / "bf16": b is rounded to that type and packed as 16-bit
  * values (the kernel converts them back); the second result is b as rounded, for the naive
- * twin. kernel "avx512" / "avx2": that micro-kernel (default: the selected one).
- * kernels.gemm_packed_available() says whether this CPU runs one, gemm_packed_kernel() which
- * ("avx512", "avx2" or nil), gemm_packed_kernels() the list of those it can run. */
+ * twin. kernel "avx512" / "avx2" / "neon": that micro-kernel (default: the selected one).
+ * kernels.gemm_packed_available() says whether one is selected, gemm_packed_kernel() which
+ * ("avx512", "avx2", "neon" or nil), gemm_packed_kernels() the list of those this CPU can run
+ * (whether selected or not). */
 static int k_gemm_packed(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   need2(L, a, "gemm_packed");
@@ -673,8 +674,12 @@ static int k_gemm_packed(lua_State *L) {
   if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "gemm_packed: half '%s'?", hs);
   const char *ks = luaL_optstring(L, 7, "auto");
   int isa = !strcmp(ks, "avx512") ? PK_AVX512 : !strcmp(ks, "avx2") ? PK_AVX2
-          : !strcmp(ks, "auto") ? ct_gemm_packed_kernel() : -1;
+          : !strcmp(ks, "neon") ? PK_NEON : !strcmp(ks, "auto") ? ct_gemm_packed_kernel() : -1;
   if (isa < 0) return luaL_error(L, "gemm_packed: kernel '%s'?", ks);
+  if (isa == 0)
+    return luaL_error(L, "gemm_packed: no packed kernel selected here (AVX-512, or AVX2 with "
+                         "CLIP_PACKED_AVX2=1, on x86-64; NEON on aarch64; CLIP_NO_AVX512 turns "
+                         "them off)");
   if (!ct_gemm_packed_runs(isa))
     return luaL_error(L, "gemm_packed: this CPU runs no packed kernel '%s'", ks);
   l_tensor *c;
@@ -727,7 +732,9 @@ static int k_gemm_packed_available(lua_State *L) {
   return 1;
 }
 
-static const char *isa_name(int isa) { return isa == PK_AVX512 ? "avx512" : "avx2"; }
+static const char *isa_name(int isa) {
+  return isa == PK_AVX512 ? "avx512" : isa == PK_AVX2 ? "avx2" : "neon";
+}
 
 static int k_gemm_packed_kernel(lua_State *L) {
   int isa = ct_gemm_packed_kernel();
@@ -739,9 +746,10 @@ static int k_gemm_packed_kernel(lua_State *L) {
 static int k_gemm_packed_kernels(lua_State *L) {
   lua_newtable(L);
   int n = 0;
-  for (int isa = PK_AVX512; isa >= PK_AVX2; isa--)
-    if (ct_gemm_packed_runs(isa)) {
-      lua_pushstring(L, isa_name(isa));
+  static const int order[] = {PK_AVX512, PK_AVX2, PK_NEON}; /* widest first */
+  for (int i = 0; i < 3; i++)
+    if (ct_gemm_packed_runs(order[i])) {
+      lua_pushstring(L, isa_name(order[i]));
       lua_rawseti(L, -2, ++n);
     }
   return 1;
