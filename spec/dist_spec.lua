@@ -383,3 +383,50 @@ describe("faults under mpirun #mpi", function()
     assert.same(train_losses(tmp .. "/straight/run"), train_losses(pre .. "/run"))
   end)
 end)
+
+-- examples/train.lua --distributed: 2 ranks x batch 2 against one process x batch 4
+describe("examples/train.lua --distributed under mpirun #mpi", function()
+  local tmp
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+  local ARGS = "--model spec/fixtures/models/tiny --data examples/data/pairs.csv --epochs 1 --threads 1"
+
+  local function losses(dir)
+    local out = {}
+    for line in io.lines(dir .. "/metrics.jsonl") do
+      local r = clip.json.decode(line)
+      if r.type == "train" then out[#out + 1] = r.loss end
+    end
+    return out
+  end
+
+  it("trains as one process with the global batch; rank 0 alone prints and writes", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out = sh(("cd %s && %s lua5.4 examples/train.lua %s --batch-size 4 --out %s/single --quiet")
+      :format(q(ROOT), ENV, ARGS, q(tmp)))
+    assert(ok, out)
+    local dout
+    ok, dout = sh(("cd %s && timeout 300 %s %s lua5.4 examples/train.lua %s --distributed --batch-size 2 --out %s/dist")
+      :format(q(ROOT), mpirun(2), ENV, ARGS, q(tmp)))
+    assert(ok, dout)
+    assert.matches("batch 2 per rank x 2 ranks", dout, 1, true)
+    local _, tables = dout:gsub("split   rows", "")
+    assert.equal(1, tables)
+    assert.is_true(clip.core.is_file(tmp .. "/dist/model/model.safetensors"))
+    local a, b = losses(tmp .. "/single"), losses(tmp .. "/dist")
+    assert.equal(3, #b)
+    assert.equal(#a, #b)
+    for i = 1, #a do assert.is_true(math.abs(a[i] - b[i]) <= 1e-5 * math.abs(a[i]), ("step %d: %.9g vs %.9g"):format(i, a[i], b[i])) end
+  end)
+
+  it("a missing data file: an error naming it on the ranks, the job ends", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 examples/train.lua --model spec/fixtures/models/tiny "
+      .. "--data examples/data/missing.csv --distributed --out %s/missing --quiet"):format(q(ROOT), mpirun(2), ENV, q(tmp)))
+    assert.is_not_true(ok, out)
+    assert.matches("train.lua: rank %d/2: error: loading examples/data/missing.csv failed on ranks 0, 1 of 2; rank 0: "
+      .. "examples/data/missing.csv: no such file", out)
+  end)
+end)

@@ -126,8 +126,8 @@ end
 --- checked(what, fn, ...) -> fn(...)'s results on every rank, or the same error
 -- on every rank: fn runs on each rank under pcall, then the ranks exchange
 -- whether it failed; when it failed on any, every rank raises
--- "<what> failed on rank r of n: <its message>" (the lowest failing rank's
--- message, and the other failing ranks' numbers). A collective: every rank
+-- "<what> failed on rank r of n: <its message>" (several: "<what> failed on
+-- ranks 0, 1 of n; rank 0: <the lowest failing rank's message>"). A collective: every rank
 -- must call it. For the steps before training that can fail on one rank only
 -- (a file missing on one machine, a model that does not load).
 function M.checked(what, fn, ...)
@@ -142,8 +142,9 @@ function M.checked(what, fn, ...)
     end
   end
   if first then
-    local others = #failed > 1 and (" (it failed on ranks %s)"):format(table.concat(failed, ", ")) or ""
-    error(("%s failed on rank %d of %d%s: %s"):format(what, first[1], #all, others, first[2]), 0)
+    if #failed == 1 then error(("%s failed on rank %d of %d: %s"):format(what, first[1], #all, first[2]), 0) end
+    error(("%s failed on ranks %s of %d; rank %d: %s"):format(what, table.concat(failed, ", "), #all, first[1],
+      first[2]), 0)
   end
   return table.unpack(r, 2, r.n)
 end

@@ -539,8 +539,9 @@ function M._agree(dist, phase, ok, x)
   end
   if first then
     local msg = first[2]:gsub("^clip%.Trainer: ", "")
-    local others = #failed > 1 and (" (and on ranks %s)"):format(table.concat(failed, ", ", 2)) or ""
-    fail(("distributed: %s failed on rank %d of %d%s: %s"):format(phase, first[1], #all, others, msg))
+    if #failed == 1 then fail(("distributed: %s failed on rank %d of %d: %s"):format(phase, first[1], #all, msg)) end
+    fail(("distributed: %s failed on ranks %s of %d; rank %d: %s"):format(phase, table.concat(failed, ", "), #all,
+      first[1], msg))
   end
   local ref = all[1].fp
   for r = 2, #all do
