@@ -430,3 +430,46 @@ describe("examples/train.lua --distributed under mpirun #mpi", function()
       .. "examples/data/missing.csv: no such file", out)
   end)
 end)
+
+-- clip.dist's own collectives, checked inside the ranks (spec/dist/api.lua)
+describe("clip.dist collectives under mpirun #mpi", function()
+  local tmp
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+  local clock = require("clip.progress").clock
+
+  local function checks_of(pre, r)
+    local js = clip.json.decode(H.read(("%s.rank%d.json"):format(pre, r)))
+    return js.checks
+  end
+
+  for _, n in ipairs(RANKS) do
+    it(("reduce_scatter (uneven counts), the string collectives, checked and checksum on %d ranks"):format(n), function()
+      local reason = skip_reason()
+      if reason then pending(reason) end
+      local pre = ("%s/api%d"):format(tmp, n)
+      local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 spec/dist/api.lua %s"):format(q(ROOT), mpirun(n), ENV, q(pre)))
+      assert(ok, out)
+      for r = 0, n - 1 do
+        local c = checks_of(pre, r)
+        for _, name in ipairs({ "timeout", "all_gather_string", "broadcast_string", "reduce_scatter", "checked",
+          "checksum", "not broken" }) do
+          assert.equal(true, c[name], ("rank %d %s"):format(r, name))
+        end
+      end
+    end)
+  end
+
+  it("a timed-out barrier: the error, later calls refused, finalize skipped; the job ends by abort before the stalled rank wakes", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local pre = tmp .. "/stall"
+    local t0 = clock()
+    local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 spec/dist/api.lua %s stall"):format(q(ROOT), mpirun(2), ENV, q(pre)))
+    local secs = clock() - t0
+    assert.is_not_true(ok, out)
+    local c = checks_of(pre, 0)
+    for _, name in ipairs({ "timeout", "refused", "finalize skipped" }) do assert.equal(true, c[name], name) end
+    assert.is_true(secs >= 2 and secs < 25, ("took %.1f s"):format(secs))
+  end)
+end)

@@ -352,7 +352,7 @@ static MPI_Op d_op(lua_State *L, int idx, const char *what, int *avg) {
 }
 
 static int d_count(lua_State *L, int64_t n, const char *what) {
-  if (n > INT_MAX) luaL_error(L, "clip.dist.%s: %lld values are more than one MPI call carries", what, (long long)n);
+  if (n > INT_MAX) luaL_error(L, "clip.dist.%s: %I values are more than one MPI call carries", what, (lua_Integer)n);
   return (int)n;
 }
 
@@ -541,13 +541,16 @@ static int d_reduce_scatter(lua_State *L) {
   }
   if (rows != t->shape[0]) {
     char buf[96];
-    return luaL_error(L, "clip.dist.reduce_scatter: counts add up to %lld rows, the tensor is %s", (long long)rows,
+    return luaL_error(L, "clip.dist.reduce_scatter: counts add up to %I rows, the tensor is %s", (lua_Integer)rows,
                       l_shape_str(t, buf, sizeof buf));
   }
-  /* every rank must pass the same shape and counts (MPI does not check) */
-  double chk[4] = {(double)t->shape[0], (double)row, sig, 0};
+  /* every rank must pass the same shape and counts (MPI does not check); the buffers
+   * in a userdata, which a timeout keeps alive (never the C stack: MPI may write later) */
+  double *chk = lua_newuserdatauv(L, sizeof(double) * 8, 0), *agree = chk + 4;
+  chk[0] = (double)t->shape[0];
+  chk[1] = (double)row;
+  chk[2] = sig;
   chk[3] = -chk[0] - chk[1] - chk[2];
-  double agree[4];
   MPI_Request req;
   d_check(L, MPI_Iallreduce(chk, agree, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, &req), "reduce_scatter");
   d_wait(L, &req, "reduce_scatter");
@@ -582,7 +585,8 @@ static int d_broadcast(lua_State *L) {
   d_check(L, MPI_Ibcast(nb, 1, MPI_LONG_LONG, (int)root, MPI_COMM_WORLD, &req), "broadcast");
   d_wait(L, &req, "broadcast");
   if (*nb != n)
-    return luaL_error(L, "clip.dist.broadcast: rank %d has %lld values, root %d has %lld", rank, n, (int)root, *nb);
+    return luaL_error(L, "clip.dist.broadcast: rank %d has %I values, root %d has %I", rank, (lua_Integer)n,
+                      (int)root, (lua_Integer)*nb);
   if (rank != root) l_tensor_writing(L, t);
   if (n > 0) {
     d_check(L, MPI_Ibcast(t->data, d_count(L, n, "broadcast"), MPI_FLOAT, (int)root, MPI_COMM_WORLD, &req),
