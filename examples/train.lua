@@ -7,6 +7,11 @@
 --
 --   lua5.4 examples/train.lua --model models/clip-vit-large-patch14 --data pairs.csv
 --   lua5.4 examples/train.lua --help
+--
+-- Data parallel over MPI (the module built with `make MPI=1`; docs/distributed.md):
+--   mpirun -n 2 lua5.4 examples/train.lua --distributed --model DIR --data FILE
+-- Every rank runs this script: --batch-size is per rank; rank 0 prints, evaluates and
+-- writes; an error on one rank is reported and ends every rank.
 pcall(dofile, (arg and arg[0] or ""):gsub("[^/]*$", "") .. "clip_checkout.lua") -- a checkout's lua/, build/
 
 local clip = require "clip"
@@ -69,18 +74,64 @@ local args = cli.parse(arg, {
     { "format", "FMT", "saved layout", type = "choice", choices = { "hf", "sentence-transformers" }, default = "hf" },
     { "no-chart", nil, "do not write chart.png", type = "flag" },
     { "quiet", nil, "print only the before/after table", type = "flag" },
+    { "threads", "N", "threads per process (0: every CPU; with --distributed: the CPUs / the ranks on this machine)",
+      type = "integer", default = 0 },
+    { "distributed", nil, "data-parallel over the MPI ranks of mpirun / srun (module built with `make MPI=1`); "
+      .. "--batch-size is per rank", type = "flag" },
+    { "timeout", "S", "--distributed: seconds a rank waits for the others in a collective before it fails "
+      .. "(default: CLIP_DIST_TIMEOUT, else 300; 0: no limit)", type = "number" },
+    { "local-loss", nil, "--distributed: each rank computes the loss of its rows only (open_clip's local_loss)",
+      type = "flag" },
   },
 })
 
-local quiet = args.quiet
+-- Data parallel: MPI first, so that every later failure can be reported on every rank
+local dist, rank, world = clip.dist, 0, 1
+if args.distributed then
+  if not dist.available() then
+    io.stderr:write("train.lua: error: --distributed: this build has no MPI (rebuild with `make MPI=1`; "
+      .. "docs/distributed.md)\n")
+    os.exit(1)
+  end
+  local ok, r, n = pcall(dist.init, { timeout = args.timeout })
+  if not ok then io.stderr:write("train.lua: error: ", tostring(r), "\n"); os.exit(1) end
+  rank, world = r, n
+elseif args.timeout or args.local_loss then
+  io.stderr:write("train.lua: error: --timeout and --local-loss need --distributed\n")
+  os.exit(1)
+end
+local threads = args.threads
+if threads == 0 and world > 1 then
+  -- the ranks on this machine share its CPUs (OpenMPI / MPICH / Slurm name their count)
+  local here = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_SIZE") or os.getenv("MPI_LOCALNRANKS")
+    or os.getenv("SLURM_NTASKS_PER_NODE") or "")
+  if here then threads = math.max(1, clip.get_num_threads() // here) end
+end
+if threads > 0 then clip.set_num_threads(threads) end
+
+local quiet = args.quiet or rank ~= 0
 local function say(...) if not quiet then io.stdout:write(string.format(...), "\n") end end
-local function die(msg) io.stderr:write("train.lua: error: ", tostring(msg), "\n"); os.exit(1) end
+-- an error ends the run; under MPI every rank (an error of this rank alone would
+-- leave the others waiting in a collective)
+local function die(msg)
+  local who = world > 1 and ("rank %d/%d: "):format(rank, world) or ""
+  io.stderr:write(("train.lua: %serror: %s\n"):format(who, tostring(msg))) -- one write: ranks interleave
+  io.stderr:flush()
+  if world > 1 then dist.abort(1) end
+  os.exit(1)
+end
+-- the steps that can fail on one rank only run on every rank, and their error is
+-- raised on every rank (clip.dist.checked)
+local function everywhere(what, fn, ...)
+  if world == 1 then return fn(...) end
+  return dist.checked(what, fn, ...)
+end
 local tty = progress.stderr_is_tty() and not quiet
 local enc_progress = tty and "transient" or nil
 
 -- Model and freezing -----------------------------------------------------------
 
-local ok, model = pcall(clip.load, args.model)
+local ok, model = pcall(everywhere, "loading the model", clip.load, args.model)
 if not ok then die(model) end
 local cfg = model.config
 
@@ -115,7 +166,7 @@ say("Percentage of trainable parameters: %.2f%%", 100 * trainable / total)
 -- Data ---------------------------------------------------------------------------
 
 local function load(path)
-  local ok2, ds = pcall(data.load, path, { images = { args.image_col } })
+  local ok2, ds = pcall(everywhere, "loading " .. path, data.load, path, { images = { args.image_col } })
   if not ok2 then die(ds) end
   if not ds:has_column(args.text_col) then
     die(("%s: no column '%s' (columns: %s); use --text-col"):format(path, args.text_col, table.concat(ds.columns, ", ")))
@@ -232,6 +283,7 @@ local ok_t, t = pcall(Trainer.new, {
   metric_for_best = args.metric_for_best,
   early_stopping = args.patience > 0 and { patience = args.patience } or nil,
   progress = quiet and "quiet" or "auto", chart = not args.no_chart,
+  distributed = args.distributed and { local_loss = args.local_loss } or nil,
   chart_title = "fine-tuning " .. (args.model:gsub("/+$", ""):match("[^/]+$") or args.model),
   on_eval = table_row,
 })
@@ -244,7 +296,9 @@ local log_path = args.out .. "/metrics.jsonl"
 -- Before training: evaluate every split (a resumed run reads the step-0 record)
 local before = {}
 if trainer.state.step == 0 then
-  before = trainer:evaluate({ eval = all_evaluators, losses = false })
+  local ok_b, b = pcall(trainer.evaluate, trainer, { eval = all_evaluators, losses = false })
+  if not ok_b then die(tostring(b):gsub("^clip%.Trainer: ", "")) end
+  before = b
 else
   for _, r in ipairs(trainer.records) do
     if r.type == "eval" and r.step == 0 then
@@ -268,8 +322,9 @@ end
 
 local steps_per_epoch = trainer.state.steps_per_epoch
 say("")
-say("Training: %d epochs x %d steps (batch %d, lr %g, warmup %d, weight decay %g, scale %g, seed %d)",
-  args.epochs, steps_per_epoch, args.batch_size, args.lr, trainer.warmup, args.weight_decay, args.scale, args.seed)
+say("Training: %d epochs x %d steps (batch %s, lr %g, warmup %d, weight decay %g, scale %g, seed %d)",
+  args.epochs, steps_per_epoch, world > 1 and ("%d per rank x %d ranks"):format(args.batch_size, world)
+  or tostring(args.batch_size), args.lr, trainer.warmup, args.weight_decay, args.scale, args.seed)
 local header = ("%5s  %13s  %15s  %s"):format(per_epoch and "Epoch" or "Step", "Training Loss", "Validation Loss",
   table.concat((function()
     local tt = {}
@@ -283,20 +338,26 @@ say("%s", header)
 local ok_f, ferr = pcall(trainer.fit, trainer)
 if not ok_f then die(tostring(ferr):gsub("^clip%.Trainer: ", "")) end
 
-local after = trainer:evaluate({ eval = all_evaluators, losses = false, record = { final = true } })
+local ok_a, after = pcall(trainer.evaluate, trainer, { eval = all_evaluators, losses = false, record = { final = true } })
+if not ok_a then die(tostring(after):gsub("^clip%.Trainer: ", "")) end
 trainer:close()
 
--- Save the model and the chart ----------------------------------------------------------
+-- Save the model and the chart (rank 0) -------------------------------------------------
 
 local model_dir = args.out .. "/model"
-local ok4, e4 = pcall(trainer.save_model, trainer, model_dir, { format = args.format })
-if not ok4 then die(e4) end
-
 local chart_path
-if not args.no_chart then
-  chart_path = args.out .. "/chart.png"
-  local ok5, e5 = pcall(trainer.write_chart, trainer, chart_path)
-  if not ok5 then die(e5) end
+if rank == 0 then
+  local ok4, e4 = pcall(trainer.save_model, trainer, model_dir, { format = args.format })
+  if not ok4 then die(e4) end
+  if not args.no_chart then
+    chart_path = args.out .. "/chart.png"
+    local ok5, e5 = pcall(trainer.write_chart, trainer, chart_path)
+    if not ok5 then die(e5) end
+  end
+end
+if world > 1 then
+  model:close()
+  if rank ~= 0 then dist.finalize(); return end
 end
 
 -- The before/after table -------------------------------------------------------------
@@ -314,4 +375,4 @@ say("")
 say("model:   %s", model_dir)
 say("metrics: %s", log_path)
 if chart_path then say("chart:   %s", chart_path) end
-model:close()
+if world > 1 then dist.finalize() else model:close() end

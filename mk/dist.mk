@@ -6,6 +6,10 @@
 #                         `pkg-config ompi-c`, else from `mpicc --showme`
 #   make test-mpi         builds MPI=1 and runs the distributed specs (spec/dist_spec.lua,
 #                         tag "mpi") with 2 and 3 ranks under mpirun on this machine
+#   make bench-dist       2 ranks x 1 thread against 1 rank x 2 threads (and 1 x 1) for a
+#                         ViT-B/32 training step and image embedding, and the all-reduce of
+#                         B/32- and L/14-sized gradients (bench/dist_bench.lua; minutes;
+#                         BENCH_DIST_ARGS="--rounds 5 --batch 32" to change it)
 # A plain build compiles csrc/lua/l_dist.c without CLIP_MPI: its clip.dist functions
 # raise an error naming `make MPI=1`, and nothing links libmpi.
 MPI_DEBS := openmpi-bin libopenmpi-dev
@@ -21,7 +25,7 @@ INC_lua += -DCLIP_MPI $(MPI_CFLAGS)
 LIBS    += $(MPI_LIBS)
 endif
 
-.PHONY: test-mpi
+.PHONY: test-mpi bench-dist
 
 # BUSTED runs in the tree's Lua paths; the spec launches the ranks itself with the
 # MPI build (CLIP_MPI_BUILD) and reports "skipped: ..." as pending where mpirun
@@ -33,3 +37,11 @@ test-mpi:
 	CLIP_MPI_BUILD="$(CURDIR)/build/mpi" CLIP_DIST_RANKS="2 3" \
 	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/?.so;;" \
 	  $(BUSTED) --lua=$(LUA) --tags=mpi --exclude-tags=slow spec/dist_spec.lua
+
+BENCH_DIST_ARGS ?=
+bench-dist:
+	$(MAKE) deps EXTRA_DEBS="$(MPI_DEBS)"
+	$(MAKE) MPI=1 BUILD=build/mpi all
+	$(MAKE) bench-models
+	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/mpi/?.so;;" \
+	  $(LUA) bench/dist_bench.lua $(BENCH_DIST_ARGS)

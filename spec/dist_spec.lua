@@ -32,7 +32,54 @@ describe("clip.dist in this build", function()
     assert.matches("distributed = true: this build has no MPI %(rebuild with `make MPI=1`", err)
     ok, err = pcall(clip.Trainer, { model = m, loss = "clip", distributed = "yes" })
     assert.is_false(ok)
-    assert.matches("distributed must be true, false or {bucket_bytes = n}", err)
+    assert.matches("distributed must be true, false or a table {bucket_bytes = n, timeout = s", err, 1, true)
+    ok, err = pcall(clip.Trainer, { model = m, loss = "clip", distributed = { timeot = 5 } })
+    assert.is_false(ok)
+    assert.matches("distributed: unknown option 'timeot'", err, 1, true)
+    ok, err = pcall(clip.Trainer, { model = m, loss = "clip", distributed = { timeout = -1 } })
+    assert.is_false(ok)
+    assert.matches("distributed.timeout must be seconds >= 0", err, 1, true)
+  end)
+
+  it("checksums tensors and strings alike on every build (FNV-1a over 32-bit words)", function()
+    -- the value computed independently (Python: ndim, shape halves, float bits; length halves, bytes)
+    assert.equal("662038500c4114ed", clip.dist.checksum({ clip.tensor({ 1, 2, 3 }), "abc", clip.zeros({ 2, 2 }) }))
+    assert.equal("cbf29ce484222325", clip.dist.checksum({}))
+    assert.are_not.equal(clip.dist.checksum({ "ab" }), clip.dist.checksum({ "ba" }))
+    assert.are_not.equal(clip.dist.checksum({ clip.zeros({ 4 }) }), clip.dist.checksum({ clip.zeros({ 2, 2 }) }))
+  end)
+
+  -- local_loss: the parts of disjoint row ranges (as the ranks hold them) add up
+  -- to the whole loss, its gradients and its temperature / bias gradients
+  it("splits each loss into row-range parts that add up to the whole (local_loss)", function()
+    local core = clip.core
+    local a, b, c = core.randn({ 7, 5 }, 1), core.randn({ 7, 5 }, 2), core.randn({ 14, 5 }, 3)
+    local function maxabs(t) return math.max(t:max(), -t:min()) end
+    local cases = {
+      { "clip", function(lo, hi) return core.loss_clip(a, b, 2.0, lo, hi) end },
+      { "siglip", function(lo, hi) return core.loss_siglip(a, b, 2.3, -10, lo, hi) end },
+      { "mnrl", function(lo, hi) return core.loss_mnrl(a, c, 20, false, lo, hi) end },
+      { "mnsrl", function(lo, hi) return core.loss_mnrl(a, c, 20, true, lo, hi) end },
+    }
+    for _, case in ipairs(cases) do
+      local whole = table.pack(case[2]())
+      local sum = {}
+      for _, r in ipairs({ { 1, 2 }, { 3, 3 }, { 4, 7 } }) do
+        local part = table.pack(case[2](r[1], r[2]))
+        for i = 1, part.n do sum[i] = sum[i] and sum[i] + part[i] or part[i] end
+      end
+      for i = 1, whole.n do
+        local label = ("%s result %d"):format(case[1], i)
+        if type(whole[i]) == "number" then
+          assert.is_true(math.abs(whole[i] - sum[i]) <= 1e-12 * math.max(1, math.abs(whole[i])), label)
+        else
+          assert.is_true(maxabs(whole[i] - sum[i]) <= 1e-6 * maxabs(whole[i]), label)
+        end
+      end
+    end
+    local ok, err = pcall(core.loss_clip, a, b, 2.0, 3, 8)
+    assert.is_false(ok)
+    assert.matches("CLIPLoss: rows 3..8 are not within the batch of 7", err, 1, true)
   end)
 
   it("splits a global batch into contiguous near-equal shards in rank order", function()
@@ -136,21 +183,29 @@ describe("data-parallel training under mpirun #mpi", function()
     { "clip", "block" },        -- logit_scale: the loss parameter in the model
     { "siglip", "block" },      -- the loss's own two parameters
     { "cmnrl", "block" },       -- GradCache on each rank's rows, mini-batches of 1
+    -- local_loss (open_clip's local_loss + gather_with_grad): each rank's rows
+    -- against every column, the gathered rows' gradients reduce-scattered
+    { "clip", "block", "local" },
+    { "siglip", "block", "local" },
+    { "mnsrl", "projections", "local" }, -- the symmetric terms: columns against rows
+    { "triplet", "block", "local" },     -- row-wise: the rows alone, weighted by their share
+    { "cmnrl", "block", "local" },       -- GradCache with local_loss
   }
   local b = 2
   for _, n in ipairs(RANKS) do
     for _, cfg in ipairs(CONFIGS) do
-      local lname, set = cfg[1], cfg[2]
-      local label = ("%s/%s: %d ranks x batch %d == 1 process x batch %d"):format(lname, set, n, b, n * b)
+      local lname, set, loc = cfg[1], cfg[2], cfg[3]
+      local label = ("%s/%s%s: %d ranks x batch %d == 1 process x batch %d"):format(lname, set,
+        loc and " local_loss" or "", n, b, n * b)
       it(label, function()
           local reason = skip_reason()
           if reason then pending(reason) end
           local ref = ("%s/%s-%s-ref%d"):format(tmp, lname, set, n * b)
           local ok, out = sh(("cd %s && %s lua5.4 spec/dist/run.lua %s %s %d %s"):format(q(ROOT), ENV, lname, set, n * b, q(ref)))
           assert(ok, out)
-          local pre = ("%s/%s-%s-n%d"):format(tmp, lname, set, n)
-          ok, out = sh(("cd %s && timeout 300 %s %s lua5.4 spec/dist/run.lua %s %s %d %s distributed")
-            :format(q(ROOT), mpirun(n), ENV, lname, set, b, q(pre)))
+          local pre = ("%s/%s-%s-n%d%s"):format(tmp, lname, set, n, loc and "-local" or "")
+          ok, out = sh(("cd %s && timeout 300 %s %s lua5.4 spec/dist/run.lua %s %s %d %s distributed %s")
+            :format(q(ROOT), mpirun(n), ENV, lname, set, b, q(pre), loc or ""))
           assert(ok, out)
           local rw, rj = read_run(ref, 0)
           local w0 = read_run(pre, 0)
@@ -159,6 +214,7 @@ describe("data-parallel training under mpirun #mpi", function()
           for r = 0, n - 1 do
             local w, js = read_run(pre, r)
             assert.equal(n, js.world)
+            assert.equal(loc == "local", js.local_loss)
             assert.equal(3, #js.loss)
             for s = 1, 3 do
               worst_l = math.max(worst_l, math.abs(js.loss[s] - rj.loss[s]) / math.abs(rj.loss[s]))
@@ -169,11 +225,251 @@ describe("data-parallel training under mpirun #mpi", function()
             for k2, t in pairs(w0) do assert.equal(t:bytes(), w[k2]:bytes(), ("rank %d %s"):format(r, k2)) end
           end
           print(("\n  dist %-28s max rel: loss %.1e, weights/grads %.1e (%s)"):format(
-            ("%s/%s N=%d"):format(lname, set, n), worst_l, worst_t, where))
+            ("%s/%s%s N=%d"):format(lname, set, loc and "/local" or "", n), worst_l, worst_t, where))
           assert.is_true(worst_l <= TOL, ("loss rel %.3g"):format(worst_l))
           assert.is_true(worst_t <= TOL, ("%s rel %.3g"):format(where, worst_t))
       end)
     end
   end
   teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+end)
+
+-- Faults: spec/dist/fault.lua under mpirun with 2 ranks and CLIP_DIST_TIMEOUT=5;
+-- CLIP_DIST_FAULT injects the fault (see the script). Every run must end by
+-- itself well before the 120 s the shell gives it.
+describe("faults under mpirun #mpi", function()
+  local tmp, straight
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+  local clock = require("clip.progress").clock
+  local LIMIT = 60
+
+  -- run the worker; returns ok, output, seconds
+  local function fault_run(fault, out, resume)
+    local t0 = clock()
+    local ok, text = sh(("cd %s && %s CLIP_DIST_TIMEOUT=5 CLIP_DIST_FAULT=%s timeout 120 %s lua5.4 spec/dist/fault.lua %s %s")
+      :format(q(ROOT), ENV, q(fault or ""), mpirun(2), q(out), resume and "resume" or ""))
+    return ok, text, clock() - t0
+  end
+
+  local function weights(prefix, rank) return clip.load_safetensors(("%s.rank%d.safetensors"):format(prefix, rank)) end
+
+  -- the uninterrupted run (6 steps), once
+  local function straight_run()
+    if not straight then
+      local ok, out = fault_run(nil, tmp .. "/straight")
+      assert(ok, out)
+      straight = weights(tmp .. "/straight", 0)
+    end
+    return straight
+  end
+
+  local function assert_same_weights(w, label)
+    local ref, n = straight_run(), 0
+    for k, t in pairs(ref) do
+      assert(w[k], label .. ": missing " .. k)
+      assert.equal(t:bytes(), w[k]:bytes(), label .. ": " .. k .. " differs from the uninterrupted run")
+      n = n + 1
+    end
+    assert.is_true(n > 0)
+  end
+
+  local function train_losses(run_dir)
+    local out = {}
+    for line in io.lines(run_dir .. "/metrics.jsonl") do
+      local r = clip.json.decode(line)
+      if r.type == "train" then out[#out + 1] = { r.step, r.loss } end
+    end
+    return out
+  end
+
+  it("a rank that raises mid-training ends the job at once (clip.dist.run: its error, then MPI_Abort)", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out, secs = fault_run("raise:1:3", tmp .. "/raise")
+    assert.is_not_true(ok, out)
+    assert.matches("clip.dist rank 1/2: training step 3: injected fault on rank 1 at step 3", out, 1, true)
+    -- (OpenMPI's "MPI_ABORT was invoked" notice is not always printed: not checked)
+    assert.is_true(secs < LIMIT, ("took %.1f s"):format(secs))
+    print(("\n  raise: ended in %.1f s"):format(secs))
+  end)
+
+  it("a rank that raises in a script without clip.dist.run: lua5.4 exits 1 and mpirun ends the others", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out, secs = fault_run("plain:1:3", tmp .. "/plain")
+    assert.is_not_true(ok, out)
+    assert.matches("injected fault on rank 1 at step 3", out, 1, true)
+    assert.matches("returned\na non-zero exit code", out, 1, true)
+    assert.is_true(secs < LIMIT, ("took %.1f s"):format(secs))
+    print(("\n  plain: ended in %.1f s"):format(secs))
+  end)
+
+  it("a rank that hangs: the other times out after 5 s naming the collective, its rank and the time", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out, secs = fault_run("stall:1:3", tmp .. "/stall")
+    assert.is_not_true(ok, out)
+    assert.matches("clip.dist rank 0/2: training step 3: clip.dist.all_gather: rank 0 of 2 timed out after 5.%d s "
+      .. "%(timeout 5 s%) waiting for the other ranks", out)
+    assert.is_true(secs >= 5 and secs < LIMIT, ("took %.1f s"):format(secs))
+    print(("\n  stall: ended in %.1f s"):format(secs))
+  end)
+
+  for _, case in ipairs({
+    { "model", "the model's parameters %(names and shapes%): rank 0 has 78 tensors %(%d+ values%), rank 1 has 110 tensors" },
+    { "weights", "the frozen weights: rank 0 has checksum %x+, rank 1 has checksum %x+" },
+    { "options", "the training options: lr is 0.05 on rank 0, 0.07 on rank 1" },
+    { "data", "the training set's size: rank 0 has 16 rows, rank 1 has 15 rows" },
+    { "nodata", "^loading the training set failed on rank 1 of 2: .*missing%-on%-this%-rank%.csv: no such file" },
+  }) do
+    it(("a rank with another %s: the same clear error on every rank, no checkpoint"):format(case[1]), function()
+      local reason = skip_reason()
+      if reason then pending(reason) end
+      local pre = tmp .. "/" .. case[1]
+      local ok, out, secs = fault_run(case[1] .. ":1", pre)
+      assert.is_not_true(ok, out)
+      local errs = {}
+      for r = 0, 1 do
+        local path = ("%s.rank%d.err"):format(pre, r)
+        assert.is_true(clip.core.is_file(path), "no error written by rank " .. r .. ":\n" .. out)
+        errs[r + 1] = H.read(path)
+      end
+      assert.equal(errs[1], errs[2])
+      if case[1] ~= "nodata" then
+        assert.matches("^clip%.Trainer: distributed: the ranks disagree on " .. case[2], errs[1])
+      else
+        assert.matches(case[2], errs[1])
+      end
+      assert.is_false(clip.core.is_dir(pre .. "/run/checkpoints"))
+      assert.is_true(secs < LIMIT, ("took %.1f s"):format(secs))
+      print(("\n  %-8s %s"):format(case[1], errs[1]))
+    end)
+  end
+
+  it("a rank killed at step 5 ends the job; resumed, the run continues from step 4 and ends as the uninterrupted one, bit for bit", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local pre = tmp .. "/kill"
+    local ok, out, secs = fault_run("kill:1:5", pre)
+    assert.is_not_true(ok, out)
+    assert.matches("exited on signal 9", out, 1, true)
+    assert.is_true(secs < LIMIT, ("took %.1f s"):format(secs))
+    assert.same({ "step-2", "step-4" }, clip.core.listdir(pre .. "/run/checkpoints"))
+    ok, out = fault_run(nil, pre, true)
+    assert(ok, out)
+    for r = 0, 1 do assert_same_weights(weights(pre, r), "rank " .. r) end
+    assert.same(train_losses(tmp .. "/straight/run"), train_losses(pre .. "/run"))
+  end)
+
+  it("a crash while rank 0 writes a checkpoint leaves it unfinished (step-4.tmp); resumed from step 2, the run ends bit for bit as the uninterrupted one", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local pre = tmp .. "/save"
+    local ok, out, secs = fault_run("save:0:4", pre)
+    assert.is_not_true(ok, out)
+    assert.is_true(secs < LIMIT, ("took %.1f s"):format(secs))
+    local dir = pre .. "/run/checkpoints"
+    local names = clip.core.listdir(dir)
+    table.sort(names)
+    assert.same({ "step-2", "step-4.tmp" }, names)
+    assert.is_false(clip.core.is_file(dir .. "/step-4.tmp/trainer_state.json"))
+    ok, out = fault_run(nil, pre, true)
+    assert(ok, out)
+    names = clip.core.listdir(dir)
+    table.sort(names)
+    assert.same({ "step-2", "step-4", "step-6" }, names)
+    for r = 0, 1 do assert_same_weights(weights(pre, r), "rank " .. r) end
+    assert.same(train_losses(tmp .. "/straight/run"), train_losses(pre .. "/run"))
+  end)
+end)
+
+-- examples/train.lua --distributed: 2 ranks x batch 2 against one process x batch 4
+describe("examples/train.lua --distributed under mpirun #mpi", function()
+  local tmp
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+  local ARGS = "--model spec/fixtures/models/tiny --data examples/data/pairs.csv --epochs 1 --threads 1"
+
+  local function losses(dir)
+    local out = {}
+    for line in io.lines(dir .. "/metrics.jsonl") do
+      local r = clip.json.decode(line)
+      if r.type == "train" then out[#out + 1] = r.loss end
+    end
+    return out
+  end
+
+  it("trains as one process with the global batch; rank 0 alone prints and writes", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out = sh(("cd %s && %s lua5.4 examples/train.lua %s --batch-size 4 --out %s/single --quiet")
+      :format(q(ROOT), ENV, ARGS, q(tmp)))
+    assert(ok, out)
+    local dout
+    ok, dout = sh(("cd %s && timeout 300 %s %s lua5.4 examples/train.lua %s --distributed --batch-size 2 --out %s/dist")
+      :format(q(ROOT), mpirun(2), ENV, ARGS, q(tmp)))
+    assert(ok, dout)
+    assert.matches("batch 2 per rank x 2 ranks", dout, 1, true)
+    local _, tables = dout:gsub("split   rows", "")
+    assert.equal(1, tables)
+    assert.is_true(clip.core.is_file(tmp .. "/dist/model/model.safetensors"))
+    local a, b = losses(tmp .. "/single"), losses(tmp .. "/dist")
+    assert.equal(3, #b)
+    assert.equal(#a, #b)
+    for i = 1, #a do assert.is_true(math.abs(a[i] - b[i]) <= 1e-5 * math.abs(a[i]), ("step %d: %.9g vs %.9g"):format(i, a[i], b[i])) end
+  end)
+
+  it("a missing data file: an error naming it on the ranks, the job ends", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 examples/train.lua --model spec/fixtures/models/tiny "
+      .. "--data examples/data/missing.csv --distributed --out %s/missing --quiet"):format(q(ROOT), mpirun(2), ENV, q(tmp)))
+    assert.is_not_true(ok, out)
+    assert.matches("train.lua: rank %d/2: error: loading examples/data/missing.csv failed on ranks 0, 1 of 2; rank 0: "
+      .. "examples/data/missing.csv: no such file", out)
+  end)
+end)
+
+-- clip.dist's own collectives, checked inside the ranks (spec/dist/api.lua)
+describe("clip.dist collectives under mpirun #mpi", function()
+  local tmp
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+  local clock = require("clip.progress").clock
+
+  local function checks_of(pre, r)
+    local js = clip.json.decode(H.read(("%s.rank%d.json"):format(pre, r)))
+    return js.checks
+  end
+
+  for _, n in ipairs(RANKS) do
+    it(("reduce_scatter (uneven counts), the string collectives, checked and checksum on %d ranks"):format(n), function()
+      local reason = skip_reason()
+      if reason then pending(reason) end
+      local pre = ("%s/api%d"):format(tmp, n)
+      local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 spec/dist/api.lua %s"):format(q(ROOT), mpirun(n), ENV, q(pre)))
+      assert(ok, out)
+      for r = 0, n - 1 do
+        local c = checks_of(pre, r)
+        for _, name in ipairs({ "timeout", "all_gather_string", "broadcast_string", "reduce_scatter", "checked",
+          "checksum", "not broken" }) do
+          assert.equal(true, c[name], ("rank %d %s"):format(r, name))
+        end
+      end
+    end)
+  end
+
+  it("a timed-out barrier: the error, later calls refused, finalize skipped; the job ends by abort before the stalled rank wakes", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    local pre = tmp .. "/stall"
+    local t0 = clock()
+    local ok, out = sh(("cd %s && timeout 120 %s %s lua5.4 spec/dist/api.lua %s stall"):format(q(ROOT), mpirun(2), ENV, q(pre)))
+    local secs = clock() - t0
+    assert.is_not_true(ok, out)
+    local c = checks_of(pre, 0)
+    for _, name in ipairs({ "timeout", "refused", "finalize skipped" }) do assert.equal(true, c[name], name) end
+    assert.is_true(secs >= 2 and secs < 25, ("took %.1f s"):format(secs))
+  end)
 end)

@@ -228,6 +228,142 @@ double ct_loss_siglip(float *da, float *db, double *dt, double *dbias, const flo
   return loss / B;
 }
 
+/* Row ranges (open_clip's local_loss = True): the part of a loss that rows r0..r1-1
+ * (0-based) of the global batch own - their rows of the score matrix against every
+ * column, and for the symmetric terms their columns against every row - with the
+ * global batch's weights, so the parts of disjoint ranges that cover the batch add up
+ * to the loss and their gradients to its gradient. da and db receive the gradient of
+ * the part with respect to every row of a and b (other ranks' rows too: a data-parallel
+ * caller reduce-scatters them); dlogit_scale / dt / dbias the part's share. */
+
+typedef struct {
+  double *an, *bn, *na, *nb, *dan, *dbn;
+  void *mem;
+} rwork;
+
+static int rwork_alloc(rwork *w, const float *a, const float *b, int B, int M, int E) {
+  size_t n = (size_t)B * E * 2 + (size_t)M * E * 2 + B + M;
+  double *m = calloc(n, sizeof(double));
+  if (!m) return -1;
+  w->mem = m;
+  w->an = m; m += (size_t)B * E;
+  w->bn = m; m += (size_t)M * E;
+  w->dan = m; m += (size_t)B * E;
+  w->dbn = m; m += (size_t)M * E;
+  w->na = m; m += B;
+  w->nb = m;
+  l2n(w->an, w->na, a, B, E);
+  l2n(w->bn, w->nb, b, M, E);
+  return 0;
+}
+
+static double rdot(const rwork *w, int i, int j, int E) {
+  const double *x = w->an + (size_t)i * E, *y = w->bn + (size_t)j * E;
+  double s = 0;
+  for (int k = 0; k < E; k++) s += x[k] * y[k];
+  return s;
+}
+
+/* one score cos(a_i, b_j) with dL/dcos = g */
+static void rback(rwork *w, int i, int j, int E, double g) {
+  if (g == 0) return;
+  const double *x = w->an + (size_t)i * E, *y = w->bn + (size_t)j * E;
+  double *dx = w->dan + (size_t)i * E, *dy = w->dbn + (size_t)j * E;
+  for (int k = 0; k < E; k++) {
+    dx[k] += g * y[k];
+    dy[k] += g * x[k];
+  }
+}
+
+static void rwork_finish(rwork *w, float *da, float *db, const float *a, const float *b, int B, int M, int E) {
+  if (da) l2n_back(da, w->dan, w->an, w->na, a, B, E);
+  if (db) l2n_back(db, w->dbn, w->bn, w->nb, b, M, E);
+  free(w->mem);
+}
+
+double ct_loss_mnrl_rows(float *da, float *db, const float *a, const float *b, int B, int M, int E,
+                         double scale, int symmetric, int r0, int r1) {
+  rwork w;
+  if (rwork_alloc(&w, a, b, B, M, E) != 0) return NAN;
+  double *row = malloc(sizeof(double) * (size_t)M * 2);
+  if (!row) {
+    free(w.mem);
+    return NAN;
+  }
+  double *drow = row + M, fw = 0, bw = 0, wf = symmetric ? 0.5 / B : 1.0 / B;
+  for (int i = r0; i < r1; i++) {
+    for (int j = 0; j < M; j++) row[j] = scale * rdot(&w, i, j, E);
+    memset(drow, 0, sizeof(double) * M);
+    fw += xent_row(drow, row, M, i, wf);
+    for (int j = 0; j < M; j++) rback(&w, i, j, E, scale * drow[j]);
+  }
+  double loss = fw / B;
+  if (symmetric) { /* positive j (of the first B columns) against every anchor */
+    for (int j = r0; j < r1; j++) {
+      for (int i = 0; i < B; i++) row[i] = scale * rdot(&w, i, j, E);
+      memset(drow, 0, sizeof(double) * B);
+      bw += xent_row(drow, row, B, j, wf);
+      for (int i = 0; i < B; i++) rback(&w, i, j, E, scale * drow[i]);
+    }
+    loss = (fw / B + bw / B) / 2;
+  }
+  free(row);
+  rwork_finish(&w, da, db, a, b, B, M, E);
+  return loss;
+}
+
+double ct_loss_clip_rows(float *da, float *db, double *dls, const float *a, const float *b, int B,
+                         int E, double logit_scale, int r0, int r1) {
+  rwork w;
+  if (rwork_alloc(&w, a, b, B, B, E) != 0) return NAN;
+  double *row = malloc(sizeof(double) * (size_t)B * 3);
+  if (!row) {
+    free(w.mem);
+    return NAN;
+  }
+  double *drow = row + B, *cos = row + 2 * (size_t)B;
+  double s = exp(logit_scale), loss = 0, g = 0;
+  /* image rows i (logits_per_image, target i), then text rows t (logits_per_text, target t) */
+  for (int pass = 0; pass < 2; pass++)
+    for (int r = r0; r < r1; r++) {
+      for (int k = 0; k < B; k++) {
+        cos[k] = pass == 0 ? rdot(&w, r, k, E) : rdot(&w, k, r, E);
+        row[k] = s * cos[k];
+      }
+      memset(drow, 0, sizeof(double) * B);
+      loss += xent_row(drow, row, B, r, 0.5 / B);
+      for (int k = 0; k < B; k++) {
+        g += drow[k] * cos[k];
+        if (pass == 0) rback(&w, r, k, E, s * drow[k]);
+        else rback(&w, k, r, E, s * drow[k]);
+      }
+    }
+  if (dls) *dls = s * g;
+  free(row);
+  rwork_finish(&w, da, db, a, b, B, B, E);
+  return loss / (2 * B);
+}
+
+double ct_loss_siglip_rows(float *da, float *db, double *dt, double *dbias, const float *a,
+                           const float *b, int B, int E, double t, double bias, int r0, int r1) {
+  rwork w;
+  if (rwork_alloc(&w, a, b, B, B, E) != 0) return NAN;
+  double s = exp(t), loss = 0, gt = 0, gb = 0;
+  for (int i = r0; i < r1; i++)
+    for (int j = 0; j < B; j++) {
+      double c = rdot(&w, i, j, E), z = i == j ? 1 : -1, l = s * c + bias;
+      loss -= log_sigmoid(z * l);
+      double dl = -z * sigmoid(-z * l) / B;
+      gb += dl;
+      gt += dl * c;
+      rback(&w, i, j, E, dl * s);
+    }
+  if (dt) *dt = s * gt;
+  if (dbias) *dbias = gb;
+  rwork_finish(&w, da, db, a, b, B, B, E);
+  return loss / B;
+}
+
 double ct_softmax_xent(float *dlogits, const float *logits, const int *labels, int N, int C) {
   double *row = malloc(sizeof(double) * (size_t)C * 2);
   if (!row) return NAN;

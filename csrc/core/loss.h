@@ -22,6 +22,17 @@ double ct_loss_triplet(float *da, float *dp, float *dn, const float *a, const fl
  * diagonal and -1 elsewhere, loss = -sum logsigmoid(labels * logits) / B */
 double ct_loss_siglip(float *da, float *db, double *dt, double *dbias, const float *a,
                       const float *b, int B, int E, double t, double bias);
+/* The same losses restricted to rows r0..r1-1 of the batch (open_clip's local_loss):
+ * those rows' scores against every column (and for the symmetric terms those columns
+ * against every row), weighted as in the whole batch, so disjoint ranges covering the
+ * batch add up to the loss above and their gradients to its gradients. da, db: the
+ * gradient with respect to every row of a and b. 0 <= r0 < r1 <= B. */
+double ct_loss_mnrl_rows(float *da, float *db, const float *a, const float *b, int B, int M, int E,
+                         double scale, int symmetric, int r0, int r1);
+double ct_loss_clip_rows(float *da, float *db, double *dlogit_scale, const float *a, const float *b,
+                         int B, int E, double logit_scale, int r0, int r1);
+double ct_loss_siglip_rows(float *da, float *db, double *dt, double *dbias, const float *a,
+                           const float *b, int B, int E, double t, double bias, int r0, int r1);
 /* mean cross-entropy of logits [N,C] towards labels (0-based); dlogits [N,C] */
 double ct_softmax_xent(float *dlogits, const float *logits, const int *labels, int N, int C);
 

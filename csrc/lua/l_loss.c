@@ -29,7 +29,19 @@ static void push_loss(lua_State *L, double loss, int ngrads, const char *what) {
   lua_insert(L, -1 - ngrads);
 }
 
-/* core.loss_mnrl(a {B,E}, b {M,E}, scale, symmetric) -> loss, da, db */
+/* Optional rows lo, hi (1-based, inclusive) at idx, idx + 1: the local_loss part of
+ * rows lo..hi (loss.h, *_rows); *r0 = -1 when absent. */
+static void opt_rows(lua_State *L, int idx, int B, int *r0, int *r1, const char *what) {
+  *r0 = *r1 = -1;
+  if (lua_isnoneornil(L, idx)) return;
+  lua_Integer lo = luaL_checkinteger(L, idx), hi = luaL_checkinteger(L, idx + 1);
+  if (lo < 1 || hi < lo || hi > B)
+    luaL_error(L, "%s: rows %d..%d are not within the batch of %d", what, (int)lo, (int)hi, B);
+  *r0 = (int)lo - 1;
+  *r1 = (int)hi;
+}
+
+/* core.loss_mnrl(a {B,E}, b {M,E}, scale, symmetric [, lo, hi]) -> loss, da, db */
 static int l_mnrl(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double scale = luaL_optnumber(L, 3, 20.0);
@@ -37,21 +49,27 @@ static int l_mnrl(lua_State *L) {
   check_pair(L, a, b, "MultipleNegativesRankingLoss");
   int B = (int)a->shape[0], M = (int)b->shape[0], E = (int)a->shape[1];
   if (M < B) return luaL_error(L, "MultipleNegativesRankingLoss: %d candidates for %d anchors", M, B);
+  int r0, r1;
+  opt_rows(L, 5, B, &r0, &r1, "MultipleNegativesRankingLoss");
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
-  double loss = ct_loss_mnrl(da->data, db->data, a->data, b->data, B, M, E, scale, sym);
+  double loss = r0 < 0 ? ct_loss_mnrl(da->data, db->data, a->data, b->data, B, M, E, scale, sym)
+                       : ct_loss_mnrl_rows(da->data, db->data, a->data, b->data, B, M, E, scale, sym, r0, r1);
   push_loss(L, loss, 2, "MultipleNegativesRankingLoss");
   return 3;
 }
 
-/* core.loss_clip(images {B,E}, texts {B,E}, logit_scale) -> loss, da, db, dlogit_scale */
+/* core.loss_clip(images {B,E}, texts {B,E}, logit_scale [, lo, hi]) -> loss, da, db, dlogit_scale */
 static int l_clip(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double ls = luaL_checknumber(L, 3);
   check_pair(L, a, b, "CLIPLoss");
   if (a->shape[0] != b->shape[0]) return luaL_error(L, "CLIPLoss: %d images but %d texts", (int)a->shape[0], (int)b->shape[0]);
+  int B = (int)a->shape[0], E = (int)a->shape[1], r0, r1;
+  opt_rows(L, 4, B, &r0, &r1, "CLIPLoss");
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
   double dls = 0;
-  double loss = ct_loss_clip(da->data, db->data, &dls, a->data, b->data, (int)a->shape[0], (int)a->shape[1], ls);
+  double loss = r0 < 0 ? ct_loss_clip(da->data, db->data, &dls, a->data, b->data, B, E, ls)
+                       : ct_loss_clip_rows(da->data, db->data, &dls, a->data, b->data, B, E, ls, r0, r1);
   push_loss(L, loss, 2, "CLIPLoss");
   lua_pushnumber(L, dls);
   return 4;
@@ -73,16 +91,18 @@ static int l_triplet(lua_State *L) {
   return 4;
 }
 
-/* core.loss_siglip(a, b, t, bias) -> loss, da, db, dt, dbias */
+/* core.loss_siglip(a, b, t, bias [, lo, hi]) -> loss, da, db, dt, dbias */
 static int l_siglip(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   double t = luaL_checknumber(L, 3), bias = luaL_checknumber(L, 4);
   check_pair(L, a, b, "SigLIPLoss");
   if (a->shape[0] != b->shape[0]) return luaL_error(L, "SigLIPLoss: columns differ in length");
+  int B = (int)a->shape[0], E = (int)a->shape[1], r0, r1;
+  opt_rows(L, 5, B, &r0, &r1, "SigLIPLoss");
   l_tensor *da = l_tensor_new(L, 2, a->shape), *db = l_tensor_new(L, 2, b->shape);
   double dt = 0, dbias = 0;
-  double loss = ct_loss_siglip(da->data, db->data, &dt, &dbias, a->data, b->data,
-                               (int)a->shape[0], (int)a->shape[1], t, bias);
+  double loss = r0 < 0 ? ct_loss_siglip(da->data, db->data, &dt, &dbias, a->data, b->data, B, E, t, bias)
+                       : ct_loss_siglip_rows(da->data, db->data, &dt, &dbias, a->data, b->data, B, E, t, bias, r0, r1);
   push_loss(L, loss, 2, "SigLIPLoss");
   lua_pushnumber(L, dt);
   lua_pushnumber(L, dbias);

@@ -35,7 +35,11 @@
 -- of d(loss)/d(embeddings); the loss's own parameters (CLIP's logit_scale,
 -- SigLIP's two) get their gradient on rank 0 only (zero elsewhere). A SUM
 -- all-reduce of the gradients then gives the single-process gradient at the
--- global batch. forward stays local (evaluation runs on one rank).
+-- global batch. loss:distributed(clip.dist, {local_loss = true}): open_clip's
+-- local_loss with gather_with_grad - each rank computes only its rows' part
+-- of the loss against every column, and the embedding gradients of the
+-- gathered rows are reduce-scattered back to their ranks (the same gradients
+-- in the end). forward stays local (evaluation runs on one rank).
 local core = require "clip.core"
 local image = require "clip.image"
 
@@ -332,33 +336,60 @@ function Loss:_embed_chunks(want_grad, cols, kinds, n, m)
   return embeds, jobs
 end
 
---- distributed(dist): make backward data-parallel over dist's ranks
--- (clip.dist with MPI running; nil turns it off). Returns the loss.
-function Loss:distributed(dist)
+--- distributed(dist [, {local_loss = false}]): make backward data-parallel
+-- over dist's ranks (clip.dist with MPI running; nil turns it off). Returns
+-- the loss. local_loss = true: open_clip's local_loss = True with
+-- gather_with_grad = True (below).
+function Loss:distributed(dist, opts)
   if dist ~= nil and (type(dist) ~= "table" or type(dist.all_gather) ~= "function") then
     error("loss:distributed: expected clip.dist (or nil)", 2)
   end
+  if opts ~= nil and type(opts) ~= "table" then error("loss:distributed: opts must be a table", 2) end
+  local ll = opts and opts.local_loss and true or false
+  if ll and not self.local_rows then
+    error(("loss:distributed: local_loss needs a loss that computes row ranges (%s does not)")
+      :format(getmetatable(self).__name or "this loss"), 2)
+  end
   self.dist = dist
+  self.local_loss = ll
   return self
 end
 
 -- The loss and d(loss)/d(embeddings) of the local rows. Distributed: every
--- column's embeddings are all-gathered, the loss is computed at the global
--- batch, and the local rows' slice of each column's gradient is kept; the
--- loss parameters' gradient (extra) is applied on rank 0 only.
+-- column's embeddings are all-gathered (rank order = row order).
+--   default: the loss is computed at the global batch on every rank and the
+--     local rows' slice of each column's gradient is kept; the loss
+--     parameters' gradient (extra) is applied on rank 0 only.
+--   local_loss: each rank computes only its rows' part of the loss (its rows
+--     against every column, weighted as in the global batch: loss.h, *_rows),
+--     whose gradient reaches every gathered row; those gradients are summed
+--     over the ranks and each rank keeps its rows (reduce_scatter, the
+--     backward of a gather with grad); extra is applied on every rank (its
+--     part). The loss value is the sum of the parts (exchanged exactly).
+-- Either way the SUM all-reduce of the parameter gradients that follows gives
+-- the single-process gradient at the global batch.
 function Loss:_compute_grad(embeds)
   local d = self.dist
   if not d or d.world() == 1 then return self:_compute(embeds, true) end
-  local global, lo, hi = {}, nil, nil
+  local global, lo, hi, counts = {}, nil, nil, nil
   local rank = d.rank()
   for ci, e in ipairs(embeds) do
-    local g, counts = d.all_gather(e)
+    local g, c = d.all_gather(e)
     global[ci] = g
     if not lo then
+      counts = c
       lo = 1
-      for k = 1, rank do lo = lo + counts[k] end
-      hi = lo + counts[rank + 1] - 1
+      for k = 1, rank do lo = lo + c[k] end
+      hi = lo + c[rank + 1] - 1
     end
+  end
+  if self.local_loss then
+    local value, dglobal, extra = self:_compute(global, true, { lo, hi })
+    local dcols = {}
+    for ci, g in ipairs(dglobal) do dcols[ci] = d.reduce_scatter(g, counts) end
+    local total = 0
+    for _, v in ipairs(d.all_gather_string(("%a"):format(value))) do total = total + tonumber(v) end
+    return total, dcols, extra
   end
   local value, dcols, extra = self:_compute(global, true)
   for ci, g in ipairs(dcols) do dcols[ci] = g:rows(lo, hi) end
@@ -430,12 +461,16 @@ local MNRL = class("MultipleNegativesRankingLoss")
 M.MultipleNegativesRankingLoss = function(model, opts)
   return new(MNRL, model, opts)
 end
-function MNRL:_compute(e, grad)
+-- _compute(embeds, grad [, rows]): rows = {lo, hi}: the local_loss part of
+-- those rows (loss:distributed), with gradients for every row.
+MNRL.local_rows = true -- _compute(e, grad, {lo, hi})
+function MNRL:_compute(e, grad, rows)
   if #e < 2 then error("MultipleNegativesRankingLoss: needs at least two columns", 3) end
   local others = {}
   for i = 2, #e do others[#others + 1] = e[i] end
   local b = #others == 1 and others[1] or core.cat(others)
-  local loss, da, db = core.loss_mnrl(e[1], b, self.opts.scale or 20, self.symmetric)
+  local lo, hi = table.unpack(rows or {})
+  local loss, da, db = core.loss_mnrl(e[1], b, self.opts.scale or 20, self.symmetric, lo, hi)
   if not grad then return loss end
   local n = e[1]:size(1)
   local d = { da }
@@ -446,6 +481,7 @@ end
 --- MultipleNegativesSymmetricRankingLoss(model, {scale = 20}).
 local MNSRL = class("MultipleNegativesSymmetricRankingLoss")
 MNSRL._compute = MNRL._compute
+MNSRL.local_rows = true
 MNSRL.symmetric = true
 M.MultipleNegativesSymmetricRankingLoss = function(model, opts)
   return new(MNSRL, model, opts)
@@ -456,14 +492,16 @@ end
 -- open_clip does after each step; here before each forward).
 local CLIP = class("CLIPLoss")
 M.CLIPLoss = function(model, opts) return new(CLIP, model, opts) end
-function CLIP:_compute(e, grad)
+CLIP.local_rows = true -- _compute(e, grad, {lo, hi})
+function CLIP:_compute(e, grad, rows)
   if #e ~= 2 then error("CLIPLoss: expects two columns (images, texts)", 3) end
   local ls_t = self.model.core:param("logit_scale")
   if self.opts.clamp then
     local v = ls_t:get()
     if v > math.log(100) then ls_t:set(math.log(100)) elseif v < 0 then ls_t:set(0) end
   end
-  local loss, da, db, dls = core.loss_clip(e[1], e[2], ls_t:get())
+  local lo, hi = table.unpack(rows or {})
+  local loss, da, db, dls = core.loss_clip(e[1], e[2], ls_t:get(), lo, hi)
   if not grad then return loss end
   local mc = self.model.core
   return loss, { da, db }, function(scale)
@@ -477,8 +515,25 @@ end
 --- TripletLoss(model, {margin = 5}): euclidean, sentence-transformers' default.
 local TRIP = class("TripletLoss")
 M.TripletLoss = function(model, opts) return new(TRIP, model, opts) end
-function TRIP:_compute(e, grad)
+TRIP.local_rows = true -- _compute(e, grad, {lo, hi})
+function TRIP:_compute(e, grad, rows)
   if #e ~= 3 then error("TripletLoss: expects three columns (anchor, positive, negative)", 3) end
+  if rows then -- rows lo..hi alone, weighted as in the batch of B rows; zero gradient elsewhere
+    local lo, hi, B = rows[1], rows[2], e[1]:size(1)
+    local w = (hi - lo + 1) / B
+    local loss, da, dp, dn = core.loss_triplet(e[1]:rows(lo, hi), e[2]:rows(lo, hi), e[3]:rows(lo, hi),
+      self.opts.margin or 5)
+    if not grad then return loss * w end
+    local E = e[1]:size(2)
+    local function place(g)
+      local parts = {}
+      if lo > 1 then parts[#parts + 1] = core.zeros({ lo - 1, E }) end
+      parts[#parts + 1] = g * w
+      if hi < B then parts[#parts + 1] = core.zeros({ B - hi, E }) end
+      return #parts == 1 and parts[1] or core.cat(parts)
+    end
+    return loss * w, { place(da), place(dp), place(dn) }
+  end
   local loss, da, dp, dn = core.loss_triplet(e[1], e[2], e[3], self.opts.margin or 5)
   if not grad then return loss end
   return loss, { da, dp, dn }
@@ -496,10 +551,12 @@ M.SigLIPLoss = function(model, opts)
   return self
 end
 function SIG:parameters() return { self.logit_scale, self.logit_bias } end
-function SIG:_compute(e, grad)
+SIG.local_rows = true -- _compute(e, grad, {lo, hi})
+function SIG:_compute(e, grad, rows)
   if #e ~= 2 then error("SigLIPLoss: expects two columns", 3) end
   local t, b = self.logit_scale.data[1], self.logit_bias.data[1]
-  local loss, da, db, dt, dbias = core.loss_siglip(e[1], e[2], t, b)
+  local lo, hi = table.unpack(rows or {})
+  local loss, da, db, dt, dbias = core.loss_siglip(e[1], e[2], t, b, lo, hi)
   if not grad then return loss end
   return loss, { da, db }, function(scale)
     for _, pg in ipairs({ { self.logit_scale, dt }, { self.logit_bias, dbias } }) do

@@ -217,9 +217,59 @@ end
 
 -- Construction ------------------------------------------------------------------------
 
+-- Data parallel: the options of distributed = {...}
+local DIST_OPTIONS = { bucket_bytes = true, timeout = true, eval_timeout = true, local_loss = true,
+  check_weights = true, check_data = true }
+local DIST_SHAPE = "distributed must be true, false or a table {bucket_bytes = n, timeout = s, eval_timeout = s, "
+  .. "local_loss = bool, check_weights = bool, check_data = bool}"
+
+local function dist_options(dopt)
+  if dopt == true then return {} end
+  if type(dopt) ~= "table" then fail(DIST_SHAPE) end
+  for k in pairs(dopt) do
+    if not DIST_OPTIONS[k] then fail(("distributed: unknown option '%s' (%s)"):format(tostring(k), DIST_SHAPE)) end
+  end
+  for _, k in ipairs({ "timeout", "eval_timeout" }) do
+    local v = dopt[k]
+    if v ~= nil and v ~= false and (type(v) ~= "number" or v < 0 or v ~= v) then
+      fail(("distributed.%s must be seconds >= 0 (0 or false: no limit), got %s"):format(k, tostring(v)))
+    end
+  end
+  local bb = dopt.bucket_bytes
+  if bb ~= nil and (math.type(bb) ~= "integer" or bb < 4) then
+    fail(("distributed.bucket_bytes must be an integer >= 4, got %s"):format(tostring(bb)))
+  end
+  return dopt
+end
+
+local new_trainer
+
 --- clip.Trainer{...} -> trainer (see docs/api.md for the options).
+-- distributed: MPI starts first; everything else is checked on every rank,
+-- and an error on any rank (or ranks that disagree on the model, the data or
+-- the options) raises the same error on every rank (Trainer:_agree).
 function M.new(o)
   if type(o) ~= "table" then fail("expected a table of options") end
+  local dopt = o.distributed
+  if dopt == nil or dopt == false then return new_trainer(o) end
+  dopt = dist_options(dopt)
+  local dist = require "clip.dist"
+  if not dist.available() then
+    fail("distributed = true: this build has no MPI (rebuild with `make MPI=1`; docs/distributed.md)")
+  end
+  local timeout = dopt.timeout
+  if timeout == false then timeout = 0 end
+  dist.init({ timeout = timeout })
+  if dist.size() == 1 then return new_trainer(o, dist, dopt) end
+  local ok, res, fp = xpcall(function()
+    local t = new_trainer(o, dist, dopt)
+    return t, t:_fingerprint()
+  end, function(e) return e end)
+  M._agree(dist, "setting up the trainer", ok, ok and fp or res)
+  return res
+end
+
+function new_trainer(o, dist, dopt)
   for k in pairs(o) do
     if not KNOWN[k] then fail(("unknown option '%s'"):format(tostring(k))) end
   end
@@ -238,22 +288,24 @@ function M.new(o)
   end
   self.loss = loss
 
-  -- data parallel (MPI)
+  -- data parallel (MPI; M.new started it)
   self.rank, self.world = 0, 1
-  local dopt = o.distributed
-  if dopt ~= nil and dopt ~= false then
-    if dopt ~= true and type(dopt) ~= "table" then
-      fail("distributed must be true, false or {bucket_bytes = n}")
-    end
-    local dist = require "clip.dist"
-    if not dist.available() then
-      fail("distributed = true: this build has no MPI (rebuild with `make MPI=1`; docs/distributed.md)")
-    end
+  if dist then
     if type(loss.distributed) ~= "function" then fail("distributed = true needs a clip.loss loss") end
-    self.rank, self.world = dist.init()
+    self.rank, self.world = dist.rank(), dist.size()
     self.dist = dist
-    self.bucket_bytes = type(dopt) == "table" and dopt.bucket_bytes or nil
-    loss:distributed(self.world > 1 and dist or nil)
+    self.bucket_bytes = dopt.bucket_bytes
+    self.local_loss = dopt.local_loss and true or false
+    local ok, err = pcall(loss.distributed, loss, self.world > 1 and dist or nil, { local_loss = self.local_loss })
+    if not ok then fail(tostring(err)) end
+    -- the waits for rank 0's evaluations and files: eval_timeout, else the
+    -- larger of the collectives' timeout and 30 minutes (0: no limit)
+    local t = dist.get_timeout()
+    local et = dopt.eval_timeout
+    if et == false then et = 0 end
+    self.eval_timeout = et or (t == 0 and 0 or math.max(t, 1800))
+    self.check_weights = dopt.check_weights ~= false
+    self.check_data = dopt.check_data ~= false
   end
 
   -- data
@@ -402,6 +454,180 @@ function M.new(o)
 end
 
 setmetatable(M, { __call = function(_, o) return M.new(o) end })
+
+-- Data parallel: agreeing ranks ----------------------------------------------------------
+
+-- A value as Lua source (%q: exact numbers, NaN and Inf included), for the
+-- payloads the ranks exchange; tables with string or number keys.
+local function ser(v)
+  local t = type(v)
+  if t == "table" then
+    local parts = {}
+    for _, k in ipairs(sorted_keys(v)) do parts[#parts + 1] = "[" .. ser(k) .. "]=" .. ser(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" or t == "number" or t == "boolean" then
+    return ("%q"):format(v)
+  end
+  return "nil"
+end
+
+local function deser(s, who)
+  local f, err = load("return " .. s, "=(" .. who .. ")", "t", {})
+  if not f then error(("clip.Trainer: distributed: unreadable message from %s: %s"):format(who, err), 0) end
+  return f()
+end
+M._ser, M._deser = ser, deser
+
+-- "path = value" lines of a nested table (sorted), for comparing configurations
+local function flatten(t, prefix, out)
+  out = out or {}
+  for _, k in ipairs(sorted_keys(t)) do
+    local v, key = t[k], prefix and (prefix .. "." .. tostring(k)) or tostring(k)
+    if type(v) == "table" then flatten(v, key, out)
+    else out[#out + 1] = { key, type(v) == "number" and fmt_number(v) or tostring(v) } end
+  end
+  return out
+end
+
+local function lines_of(t)
+  local out = {}
+  for _, kv in ipairs(flatten(t)) do out[#out + 1] = kv[1] .. " = " .. kv[2] end
+  return table.concat(out, "\n")
+end
+
+-- the first difference of two lines_of() strings, as "key is a on rank 0, b on rank r"
+local function first_difference(a, b, r)
+  local ma, mb, keys = {}, {}, {}
+  for line in (a .. "\n"):gmatch("(.-)\n") do
+    local k, v = line:match("^(.-) = (.*)$")
+    if k then ma[k] = v; keys[#keys + 1] = k end
+  end
+  for line in (b .. "\n"):gmatch("(.-)\n") do
+    local k, v = line:match("^(.-) = (.*)$")
+    if k then
+      mb[k] = v
+      if ma[k] == nil then keys[#keys + 1] = k end
+    end
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if ma[k] ~= mb[k] then
+      return ("%s is %s on rank 0, %s on rank %d"):format(k, ma[k] or "absent", mb[k] or "absent", r)
+    end
+  end
+  return "they differ"
+end
+
+--- M._agree(dist, phase, ok, x): a collective over every rank after a phase
+-- that may fail on some ranks only. x is the rank's error when not ok, else
+-- its fingerprint: a list of {label = ..., value = ..., show = ..., lines =
+-- ..., hint = ...}. An error on any rank raises on every rank
+-- "clip.Trainer: distributed: <phase> failed on rank r of n: <message>";
+-- then every fingerprint item must equal rank 0's, else every rank raises
+-- "clip.Trainer: distributed: the ranks disagree on <label>: ...".
+function M._agree(dist, phase, ok, x)
+  local payload = ok and { fp = x or {} } or { err = tostring(x) }
+  local all = dist.all_gather_string(ser(payload))
+  local failed, first = {}, nil
+  for i, str in ipairs(all) do
+    local p = deser(str, "rank " .. (i - 1))
+    all[i] = p
+    if p.err then
+      failed[#failed + 1] = i - 1
+      first = first or { i - 1, p.err }
+    end
+  end
+  if first then
+    local msg = first[2]:gsub("^clip%.Trainer: ", "")
+    if #failed == 1 then fail(("distributed: %s failed on rank %d of %d: %s"):format(phase, first[1], #all, msg)) end
+    fail(("distributed: %s failed on ranks %s of %d; rank %d: %s"):format(phase, table.concat(failed, ", "), #all,
+      first[1], msg))
+  end
+  local ref = all[1].fp
+  for r = 2, #all do
+    local fp = all[r].fp
+    for i, item in ipairs(ref) do
+      local other = fp[i] or {}
+      if other.value ~= item.value or other.lines ~= item.lines then
+        local what
+        if item.lines then
+          what = first_difference(item.lines, other.lines or "", r - 1)
+        else
+          what = ("rank 0 has %s, rank %d has %s"):format(item.show or item.value, r - 1, other.show or other.value or "?")
+        end
+        fail(("distributed: the ranks disagree on %s: %s%s"):format(item.label, what, item.hint or ""))
+      end
+    end
+  end
+  return all
+end
+
+-- This rank's fingerprint of what every rank must share: the model (its
+-- parameters' names and shapes, configuration, trainable set, frozen
+-- weights), the training set (size and rows) and the training options.
+function Trainer:_fingerprint()
+  local model, mc = self.model, self.model.core
+  local info = model:parameter_info()
+  local names, trainable, frozen, numel = {}, {}, {}, 0
+  for i, it in ipairs(info) do
+    names[i] = it.name .. ":" .. table.concat(it.shape, "x")
+    numel = numel + it.numel
+    if mc:requires_grad(it.name) then trainable[#trainable + 1] = it.name else frozen[#frozen + 1] = it.name end
+  end
+  local cs = self.dist.checksum
+  local fp = {
+    { label = "the model's parameters (names and shapes)", value = cs({ table.concat(names, "\n") }),
+      show = ("%d tensors (%d values)"):format(#info, numel), hint = " (every rank must load the same model)" },
+    { label = "the model's configuration (config.json)", lines = lines_of(model.config or {}),
+      hint = " (every rank must load the same model)" },
+    { label = "the trainable parameters", value = cs({ table.concat(trainable, "\n") }),
+      show = ("%d trainable tensors"):format(#trainable), hint = " (the same train_only / set_trainable on every rank)" },
+  }
+  if self.check_weights then
+    local value, show = "not compared", "not compared (half-precision weights are checked by the configuration only)"
+    if not mc:lazy() then
+      local ts = {}
+      for _, n in ipairs(frozen) do ts[#ts + 1] = mc:param(n) end
+      value = cs(ts)
+      show = ("checksum %s"):format(value)
+    end
+    fp[#fp + 1] = { label = "the frozen weights", value = value, show = show,
+      hint = " (every rank must load the same model files; distributed = {check_weights = false} skips this)" }
+  end
+  if self.train then
+    fp[#fp + 1] = { label = "the training set's size", value = self.train:size(), show = ("%d rows"):format(self.train:size()),
+      hint = " (every rank must load the same training set)" }
+    if self.check_data then
+      local cols = sorted_keys(self.columns)
+      local chunks, rows, buf = {}, self.train.rows, {}
+      for i = 1, #rows do
+        local r = rows[i]
+        for _, c in ipairs(cols) do
+          local v = r[self.columns[c]]
+          buf[#buf + 1] = type(v) == "table" and table.concat(v, ",") or tostring(v)
+        end
+        if #buf >= 8192 or i == #rows then chunks[#chunks + 1] = cs({ table.concat(buf, "\0") }); buf = {} end
+      end
+      local value = cs({ table.concat(chunks) })
+      fp[#fp + 1] = { label = "the training set's rows", value = value, show = ("checksum %s"):format(value),
+        hint = " (every rank must load the same file, with the same image paths; distributed = {check_data = false} skips this)" }
+    end
+  else
+    fp[#fp + 1] = { label = "the training set", value = "none", show = "none",
+      hint = " (every rank must pass train)" }
+  end
+  local opt = self.optimizer
+  fp[#fp + 1] = { label = "the training options", hint = " (every rank must run with the same options)",
+    lines = lines_of({ batch_size = self.batch_size, grad_accumulation = self.accum, seed = self.seed,
+      shuffle = self.shuffle, drop_last = self.drop_last, epochs = self.epochs, max_steps = self.max_steps or "none",
+      loss = self.loss_name or getmetatable(self.loss).__name or "custom", local_loss = self.local_loss,
+      optimizer = getmetatable(opt) and getmetatable(opt).__name or "custom", lr = opt.lr,
+      max_grad_norm = self.max_grad_norm or "none", eval_every = self.eval_every or "no",
+      save_every = self.save_every or "no", resume = self.resume == true and "latest" or self.resume or "no",
+      bucket_bytes = self.bucket_bytes or "default", timeout = self.dist.get_timeout(),
+      eval_timeout = self.eval_timeout }) }
+  return fp
+end
 
 -- metric_for_best -> the key among names (case-insensitive, "eval_" prefix
 -- optional); errors list the names unless `soft`
@@ -624,6 +850,32 @@ end
 -- written before every check has passed.
 function Trainer:prepare()
   if self.state then return self end
+  if self.world == 1 then
+    local s, from = self:_prepare_checks()
+    self:_prepare_files(s, from)
+    self.state = s
+    return self
+  end
+  -- data parallel: the checks on every rank, then rank 0's files, each phase
+  -- agreed (an error on one rank is raised on every rank), then rank 0's
+  -- trainable weights for every rank
+  local errh = function(e) return e end
+  local ok, s, from = xpcall(self._prepare_checks, errh, self)
+  M._agree(self.dist, "preparing the run", ok, ok and {
+    { label = "the checkpoint to resume from", value = from and ("step %d"):format(s.step) or "none",
+      hint = " (every rank must see the same out/checkpoints: a shared file system)" } } or s)
+  local wok, werr = xpcall(self._prepare_files, errh, self, s, from)
+  M._agree(self.dist, "writing the output files", wok, wok and {} or werr)
+  for _, p in ipairs(self.optimizer:parameters()) do
+    if p.requires_grad then self.dist.broadcast(p.data, 0) end
+  end
+  self.state = s
+  return self
+end
+
+-- prepare(), first half: every check, the resumed checkpoint loaded; nothing
+-- written. Returns the state and the checkpoint resumed from (or nil).
+function Trainer:_prepare_checks()
   local s = { step = 0, epoch = 1, consumed = 0, run_sum = 0, run_n = 0, ep_sum = 0, ep_n = 0, bad_evals = 0 }
   if self.train then
     s.steps_per_epoch = self:_steps_per_epoch()
@@ -688,13 +940,19 @@ function Trainer:prepare()
       end
     end
   end
-  -- the output directory (rank 0 writes; the other ranks keep records in memory)
+  -- the records of the run resumed (every rank reads them: they agree)
+  if self.out and from then self.records = read_records(join(self.out, "metrics.jsonl"), s.step) end
+  return s, from
+end
+
+-- prepare(), second half: the output directory (rank 0 writes; the other
+-- ranks keep their records in memory).
+function Trainer:_prepare_files(s, from)
   if self.out and self.rank == 0 then
     local ok, err = core.mkdir_p(self.out)
     if not ok then fail(err) end
     local log_path = join(self.out, "metrics.jsonl")
     if from then
-      self.records = read_records(log_path, s.step)
       local lines = {}
       for i, r in ipairs(self.records) do lines[i] = core.json_encode(r) end
       local wok, werr = core.write_file(log_path, #lines > 0 and table.concat(lines, "\n") .. "\n" or "")
@@ -710,14 +968,6 @@ function Trainer:prepare()
     if not self._log then fail(log_path .. ": cannot write") end
     self:_write_csv()
   end
-  -- data parallel: every rank starts from rank 0's trainable weights
-  if self.world > 1 then
-    for _, p in ipairs(self.optimizer:parameters()) do
-      if p.requires_grad then self.dist.broadcast(p.data, 0) end
-    end
-  end
-  self.state = s
-  return self
 end
 
 -- Evaluation -------------------------------------------------------------------------
@@ -739,9 +989,35 @@ end
 -- epoch, ...} and calls on_eval. opts: eval (other evaluators), losses
 -- (false: skip eval_datasets), record (extra fields for the record, e.g.
 -- {final = true}), log (false: neither log nor call on_eval).
+--
+-- Distributed: a collective (call it on every rank): rank 0 evaluates, and
+-- every rank gets its metrics and record (logs it, calls on_eval); the others
+-- wait up to eval_timeout. An error on rank 0 is raised on every rank.
 function Trainer:evaluate(opts)
   opts = opts or {}
   self:prepare()
+  if self.world == 1 then return self:_evaluate_here(opts) end
+  local payload
+  if self.rank == 0 then
+    local here = {}
+    for k, v in pairs(opts) do here[k] = v end
+    here.log = false
+    local ok, m, rec = xpcall(self._evaluate_here, function(e) return e end, self, here)
+    payload = ser(ok and { m = m, rec = rec } or { err = tostring(m) })
+  end
+  local got = deser(self.dist.with_timeout(self.eval_timeout, self.dist.broadcast_string, payload, 0), "rank 0")
+  if got.err then
+    fail(("distributed: the evaluation failed on rank 0: %s"):format((got.err:gsub("^clip%.Trainer: ", ""))))
+  end
+  local m, rec = got.m, got.rec
+  if opts.log ~= false then
+    self:log(rec)
+    self:_fire("on_eval", m, rec)
+  end
+  return m, rec
+end
+
+function Trainer:_evaluate_here(opts)
   local evs = self.evaluators
   if opts.eval ~= nil then evs = is_callable(opts.eval) and { opts.eval } or opts.eval end
   local m = {}
@@ -783,7 +1059,8 @@ function Trainer:_save_best(value, key)
   self:_fire("on_save", dir, { kind = "best", step = self.state.step, metric = key, value = value })
 end
 
--- after an evaluation during fit: best metric, best/, early stopping
+-- after an evaluation during fit: best metric, early stopping; returns
+-- {value, key} when best/ is to be written (fit writes it, on rank 0)
 function Trainer:_track_best(m)
   if not self.metric_for_best then return end
   local names = {}
@@ -798,7 +1075,7 @@ function Trainer:_track_best(m)
   else better = v < s.best_value and (s.best_value - v) > th end
   if better then
     s.best_value, s.best_step, s.bad_evals = v, s.step, 0
-    if self.out then self:_save_best(v, key) end
+    if self.out then return { v, key } end
   else
     s.bad_evals = s.bad_evals + 1
     if self.early_stopping and s.bad_evals >= self.early_stopping.patience then
@@ -876,12 +1153,36 @@ function Trainer:_allreduce_grads()
   self.dist.allreduce_many(list, "sum", self.bucket_bytes)
 end
 
--- Data parallel: rank 0's stop decision (early stopping, a callback) for every rank.
-function Trainer:_sync_stop()
-  local s = self.state
-  local t = core.tensor({ self._stop and 1 or 0, s.stopped_early and 1 or 0 })
-  self.dist.broadcast(t, 0)
-  self._stop, s.stopped_early = t[1] ~= 0, t[2] ~= 0 or nil
+-- After each step: best/ and the checkpoint due (written by rank 0 alone),
+-- then every rank learns whether that failed and whether any rank's callback
+-- asked to stop (early stopping is decided alike on every rank: they all see
+-- the same evaluations). The others wait for rank 0's files up to
+-- eval_timeout. Single process: just the files.
+function Trainer:_after_step(best, save_now)
+  if self.world == 1 then
+    if best then self:_save_best(best[1], best[2]) end
+    if save_now then self:_save_checkpoint() end
+    return
+  end
+  local err
+  if self.rank == 0 then
+    local ok, e = xpcall(function()
+      if best then self:_save_best(best[1], best[2]) end
+      if save_now then self:_save_checkpoint() end
+    end, function(e) return e end)
+    if not ok then err = tostring(e) end
+  end
+  local dist = self.dist
+  local limit = (best or save_now) and self.eval_timeout or dist.get_timeout()
+  local all = dist.with_timeout(limit, dist.all_gather_string, ser({ stop = self._stop or false, err = err }))
+  for r, str in ipairs(all) do
+    local p = deser(str, "rank " .. (r - 1))
+    if p.err then
+      fail(("distributed: writing %s on rank 0 failed at step %d: %s"):format(save_now and "the checkpoint" or "best/",
+        self.state.step, (p.err:gsub("^clip%.Trainer: ", ""))))
+    end
+    if p.stop then self._stop = true end
+  end
 end
 
 --- fit() -> summary {step, epoch, best_metric, best_value, best_step,
@@ -902,7 +1203,7 @@ function Trainer:fit()
     checkpoint.remove_tree(join(self.out, "best"))
     s.cleared = true
   end
-  if self.o.eval_on_start and s.step == 0 and #self.records == 0 and self.rank == 0 then
+  if self.o.eval_on_start and s.step == 0 and #self.records == 0 then
     local m = self:evaluate()
     if self.metric_for_best then
       local names = {}
@@ -935,22 +1236,22 @@ function Trainer:fit()
         s.epoch, s.consumed, s.ep_sum, s.ep_n = s.epoch + 1, 0, 0, 0
       end
       local ev_now = self:_eval_due(s.step, epoch_end)
-      if ev_now and self.rank == 0 then
+      local best
+      if ev_now then -- distributed: every rank, rank 0 evaluates (evaluate)
         local m, r = self:evaluate({ train_loss = s.run_n > 0 and s.run_sum / s.run_n or nil,
           record = { epoch = epoch_end and ep or nil } })
         s.run_sum, s.run_n = 0, 0
         if epoch_end then last_eval = m end
-        self:_track_best(m)
+        best = self:_track_best(m)
         if not epoch_end then
           local parts = {}
           for _, k in ipairs(sorted_keys(m)) do parts[#parts + 1] = ("%s %.4f"):format(k, m[k]) end
           bar:log(("step %d: %s"):format(r.step, table.concat(parts, ", ")))
         end
       end
-      local save_now = self.out and self.rank == 0 and ((self.save_every == "epoch" and epoch_end)
+      local save_now = self.out and ((self.save_every == "epoch" and epoch_end)
         or (math.type(self.save_every) == "integer" and s.step % self.save_every == 0))
-      if save_now then self:_save_checkpoint() end
-      if self.world > 1 then self:_sync_stop() end
+      self:_after_step(best, save_now)
       if epoch_end or s.step >= s.total_steps or self._stop then
         local extra = ""
         if epoch_end and last_eval then
@@ -967,10 +1268,7 @@ function Trainer:fit()
     end
   end
   if self.world > 1 then
-    self.dist.barrier() -- rank 0's files are written
-    local t = core.tensor({ s.best_step or -1 })
-    self.dist.broadcast(t, 0)
-    s.best_step = t[1] >= 0 and math.tointeger(t[1]) or nil
+    self.dist.with_timeout(self.eval_timeout, self.dist.barrier) -- rank 0's files are written
   end
   if self.load_best_at_end and s.best_step and self.out then
     local w = core.load_safetensors(join(join(self.out, "best"), "model.safetensors"))
