@@ -50,6 +50,46 @@ describe("build", function()
     end
   end)
 
+  it("gives lua_pushfstring-style calls only the conversions Lua has", function()
+    -- luaL_error / lua_pushfstring know %s %d %f %p %c %U %I %%; a C conversion such as
+    -- %lld or %zu raises "invalid conversion" instead of the message (l_errorf takes C's)
+    local CALLS = { luaL_error = true, lua_pushfstring = true, luaL_argerror = true,
+      luaL_typeerror = true }
+    local found = {}
+    for _, f in ipairs(ls("csrc/lua/*.c")) do
+      local src = H.read(root .. f)
+      for pos, call in src:gmatch("()(%f[%w_][%w_]+)%s*%(") do
+        if CALLS[call] then
+          -- the first string literal before the call's first ';' (adjacent literals joined)
+          local args = src:sub(pos):match("^[^;]*")
+          local lits, i = {}, 1
+          while true do -- string literals, escapes kept as written
+            local a = args:find('"', i, true)
+            if not a then break end
+            local j = a + 1
+            while j <= #args and args:sub(j, j) ~= '"' do
+              j = j + (args:sub(j, j) == "\\" and 2 or 1)
+            end
+            lits[#lits + 1] = args:sub(a + 1, j - 1)
+            i = j + 1
+          end
+          local fmt = table.concat(lits)
+          for conv in fmt:gsub("%%%%", ""):gmatch("%%(.)") do
+            if not ("sdfpcUI"):find(conv, 1, true) then
+              found[#found + 1] = ("%s: %s(\"%s\") has %%%s"):format(f, call, fmt, conv)
+            end
+          end
+        end
+      end
+    end
+    assert.same({}, found)
+    -- and the message of one of the calls that had %lld
+    local t = require("clip").tensor({ 1, 2 })
+    local ok, err = pcall(t.rows, t, 5, 6)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("rows: range 5..6 out of bounds for 2 rows", 1, true), err)
+  end)
+
   it("has luaopen_clip_core only in lclip.c and lua.h only in csrc/lua/", function()
     for _, f in ipairs(ls("csrc/*/*.c csrc/*/*.h")) do
       local src = H.read(root .. f)

@@ -51,7 +51,7 @@ static int l_read_idx(lua_State *L) {
   uint8_t hdr[4];
   if (read_exact(*g, hdr, 4) != 0) return luaL_error(L, "%s: not an IDX file (too short)", path);
   if (hdr[0] != 0 || hdr[1] != 0) return luaL_error(L, "%s: not an IDX file (bad magic)", path);
-  if (hdr[2] != 0x08) return luaL_error(L, "%s: IDX data type 0x%02x is not supported (unsigned byte only)", path, hdr[2]);
+  if (hdr[2] != 0x08) return l_errorf(L, "%s: IDX data type 0x%02x is not supported (unsigned byte only)", path, hdr[2]);
   int nd = hdr[3];
   if (nd < 1 || nd > CT_MAXDIM) return luaL_error(L, "%s: IDX file with %d dimensions", path, nd);
   int64_t shape[CT_MAXDIM], total = 1;
@@ -65,7 +65,7 @@ static int l_read_idx(lua_State *L) {
   /* read into a scratch userdata first: the data must exist before the tensor is made */
   uint8_t *raw = lua_newuserdatauv(L, (size_t)total, 0);
   if (read_exact(*g, raw, (size_t)total) != 0)
-    return luaL_error(L, "%s: truncated IDX data (expected %lld bytes)", path, (long long)total);
+    return l_errorf(L, "%s: truncated IDX data (expected %lld bytes)", path, (long long)total);
   gzclose(*g);
   *g = NULL;
   l_tensor *t = l_tensor_new(L, nd, shape);

@@ -95,7 +95,7 @@ l_tensor *l_checktensor(lua_State *L, int idx) {
 int l_checkshape(lua_State *L, int idx, int64_t *shape) {
   if (lua_isinteger(L, idx)) { /* clip.zeros(3) */
     shape[0] = lua_tointeger(L, idx);
-    if (shape[0] < 0) luaL_error(L, "shape: negative size %lld", (long long)shape[0]);
+    if (shape[0] < 0) l_errorf(L, "shape: negative size %lld", (long long)shape[0]);
     return 1;
   }
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -152,7 +152,7 @@ static void fill_from(lua_State *L, int idx, int depth, int ndim,
   if (lua_type(L, idx) != LUA_TTABLE)
     luaL_error(L, "tensor: ragged nested table (expected a table at depth %d)", depth + 1);
   if ((int64_t)luaL_len(L, idx) != shape[depth])
-    luaL_error(L, "tensor: ragged nested table (length %lld at depth %d, expected %lld)",
+    l_errorf(L, "tensor: ragged nested table (length %lld at depth %d, expected %lld)",
                (long long)luaL_len(L, idx), depth + 1, (long long)shape[depth]);
   for (int64_t i = 0; i < shape[depth]; i++) {
     lua_geti(L, idx, i + 1);
@@ -180,7 +180,7 @@ static int t_tensor(lua_State *L) {
     int64_t s2[CT_MAXDIM];
     int n2 = l_checkshape(L, 2, s2);
     if (shape_numel(n2, s2) != t->numel)
-      luaL_error(L, "tensor: %lld values do not fit the shape given",
+      l_errorf(L, "tensor: %lld values do not fit the shape given",
                  (long long)t->numel);
     t->ndim = n2;
     memcpy(t->shape, s2, sizeof s2);
@@ -308,7 +308,7 @@ static int64_t index_offset(lua_State *L, l_tensor *t, int idx, int nidx) {
     lua_Integer k = luaL_checkinteger(L, idx + i);
     if (k < 0) k += t->shape[i] + 1;
     if (k < 1 || k > t->shape[i])
-      luaL_error(L, "index %d out of range for dim %d of size %lld", (int)k, i + 1,
+      l_errorf(L, "index %d out of range for dim %d of size %lld", (int)k, i + 1,
                  (long long)t->shape[i]);
     off = off * t->shape[i] + (k - 1);
   }
@@ -350,7 +350,7 @@ static int m_rows(lua_State *L) {
   if (i < 0) i += t->shape[0] + 1;
   if (j < 0) j += t->shape[0] + 1;
   if (i < 1 || j > t->shape[0] || j < i - 1)
-    return luaL_error(L, "rows: range %d..%d out of bounds for %lld rows", (int)i,
+    return l_errorf(L, "rows: range %d..%d out of bounds for %lld rows", (int)i,
                       (int)j, (long long)t->shape[0]);
   int64_t shape[CT_MAXDIM];
   memcpy(shape, t->shape, sizeof shape);
@@ -383,7 +383,7 @@ static int m_reshape(lua_State *L) {
   if (infer >= 0) shape[infer] = known ? t->numel / known : 0;
   if (shape_numel(n, shape) != t->numel) {
     char b[128];
-    return luaL_error(L, "reshape: cannot view %s (%lld values) with the shape given",
+    return l_errorf(L, "reshape: cannot view %s (%lld values) with the shape given",
                       l_shape_str(t, b, sizeof b), (long long)t->numel);
   }
   l_tensor_view(L, 1, t->data, n, shape, t->readonly);
@@ -749,7 +749,7 @@ static int t_from_bytes(lua_State *L) {
   int64_t shape[CT_MAXDIM];
   int nd = l_checkshape(L, 2, shape);
   if (shape_numel(nd, shape) * 4 != (int64_t)n)
-    return luaL_error(L, "from_bytes: %zu bytes do not fit the shape given", n);
+    return l_errorf(L, "from_bytes: %zu bytes do not fit the shape given", n);
   l_tensor *t = l_tensor_new(L, nd, shape);
   memcpy(t->data, s, n);
   return 1;
@@ -766,7 +766,7 @@ static int mm_index(lua_State *L) {
     if (t->ndim == 0) return luaL_error(L, "cannot index a scalar tensor");
     if (i < 0) i += t->shape[0] + 1;
     if (i < 1 || i > t->shape[0])
-      return luaL_error(L, "index %d out of range for dim 1 of size %lld", (int)i,
+      return l_errorf(L, "index %d out of range for dim 1 of size %lld", (int)i,
                         (long long)t->shape[0]);
     if (t->ndim == 1) {
       lua_pushnumber(L, t->data[i - 1]);
@@ -789,7 +789,7 @@ static int mm_newindex(lua_State *L) {
   if (t->ndim != 1) return luaL_error(L, "t[i] = v needs a 1-D tensor (use t:set)");
   if (i < 0) i += t->shape[0] + 1;
   if (i < 1 || i > t->shape[0])
-    return luaL_error(L, "index %d out of range for size %lld", (int)i, (long long)t->shape[0]);
+    return l_errorf(L, "index %d out of range for size %lld", (int)i, (long long)t->shape[0]);
   t->data[i - 1] = (float)luaL_checknumber(L, 3);
   return 0;
 }

@@ -5,6 +5,9 @@
 #include "lclip.h"
 #include "lua.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 L_EXPORT int luaopen_clip_core(lua_State *L) {
   lua_newtable(L);
   l_pool_open(L); /* first: the other areas' kernels run on it */
@@ -24,4 +27,13 @@ L_EXPORT int luaopen_clip_core(lua_State *L) {
   lua_pushliteral(L, CLIP_VERSION); /* the one version string: include/clip.h */
   lua_setfield(L, -2, "version");
   return 1;
+}
+
+int l_errorf(lua_State *L, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return luaL_error(L, "%s", msg);
 }

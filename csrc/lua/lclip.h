@@ -42,6 +42,15 @@ static inline void l_set_bool(lua_State *L, const char *k, int v) {
   lua_setfield(L, -2, k);
 }
 
+/* luaL_error with C's printf conversions (lua_pushfstring has only %s %d %f %p %c %U %I
+ * and %%: a %lld or %zu there raises "invalid conversion" instead of the message). The
+ * message is cut at 1023 bytes. */
+int l_errorf(lua_State *L, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
 /* Make the calling state's thread pool current (l_pool.c); call at the
  * start of every binding that runs heavy kernels. */
 void l_pool_enter(lua_State *L);
