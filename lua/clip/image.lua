@@ -169,7 +169,8 @@ M.Processor = Processor
 --- on background threads while the caller does something else (encodes the previous batch).
 ---   opts.threads: background threads (default 1; docs/performance.md says why)
 ---   opts.skip_errors: as in preprocess_batch (default false)
----   opts.idle: run the threads at SCHED_IDLE priority (default false)
+---   opts.idle: run the threads at SCHED_IDLE priority (default false): they take only CPU
+---     time nothing else wants; under outside load a starved thread delays wait()
 --- ld:submit(paths) starts a batch and returns at once (one batch pending at a time);
 --- ld:wait() finishes it (the calling thread helps) and returns what preprocess_batch returns;
 --- ld:pending(), ld:close() (also <close> and __gc: cancels a pending batch and joins the
