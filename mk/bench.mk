@@ -5,12 +5,14 @@
 #   make bench-ort         npm onnxruntime-node into bench/node_modules (git-ignored)
 #   make bench-gemm        one-thread GEMM kernels at the towers' shapes (bench/gemm_bench.c)
 #   make bench-gradcache   peak RSS of one MNRL step at batch 256, plain vs GradCache (bench/gradcache.lua)
+#   make bench-embed       a folder of 256 JPEGs embedded end to end (serial, parallel, pipelined decoding)
+#                          against the B/32 image tower alone, batch 32 (bench/embed_folder.lua)
 #   BENCH_ROUNDS=N, BENCH_ARGS="--only ours,ort image" to narrow a run.
 BENCH_ROUNDS ?= 3
 BENCH_ARGS   ?=
 BENCH_ENV    := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
 
-.PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak bench-gemm bench-gradcache
+.PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak bench-gemm bench-gradcache bench-embed bench-jpegs
 
 bench: all bench-models
 	$(BENCH_ENV) $(LUA) bench/run.lua --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
@@ -40,3 +42,13 @@ bench-gemm:
 
 bench-gradcache: all bench-models
 	$(BENCH_ENV) $(LUA) bench/gradcache.lua bench/models/b32 $(BENCH_ARGS)
+
+# 256 photo-like 640x480 JPEGs (every 8th portrait) in bench/out/jpegs, deterministic (bench/make_jpegs.c)
+BENCH_JPEGS ?= bench/out/jpegs
+bench-jpegs:
+	@mkdir -p $(BUILD)/bench $(BENCH_JPEGS)
+	$(CC) -O2 $(PKG_CFLAGS) bench/make_jpegs.c $(PKG_LIBS) -lm -o $(BUILD)/bench/make_jpegs
+	$(BUILD)/bench/make_jpegs $(BENCH_JPEGS) 256 640 480
+
+bench-embed: all bench-models bench-jpegs
+	$(BENCH_ENV) $(LUA) bench/embed_folder.lua bench/models/b32 $(BENCH_JPEGS) --rounds $(BENCH_ROUNDS) --batch 32 $(BENCH_ARGS)

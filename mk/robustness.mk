@@ -5,6 +5,8 @@
 #                         instrumented interpreter; any report fails the run
 #   make test-valgrind    the busted suite under valgrind memcheck (normal
 #                         build); fails on any error or a definite leak
+#   make test-tsan-decode the batch decoder's threads (csrc/core/image_batch.c)
+#                         under ThreadSanitizer, from a C driver without Lua
 #   make fuzz             every libFuzzer target for FUZZ_TIME seconds (60),
 #                         corpus kept in build/fuzz/corpus/<target>
 #   make fuzz-smoke       every target for FUZZ_SMOKE_RUNS executions from
@@ -20,7 +22,7 @@ RB_LUA_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"
 FUZZ_DEBS   := clang libclang-rt-14-dev
 VG_DEBS     := valgrind
 
-.PHONY: test-asan test-valgrind fuzz fuzz-smoke fuzz-build fuzz-seeds
+.PHONY: test-asan test-valgrind test-tsan-decode fuzz fuzz-smoke fuzz-build fuzz-seeds
 
 # ------------------------------------------------------------ ASan + UBSan
 # Debian's lua5.4 is not instrumented. busted runs in build/asan/lua, a
@@ -62,6 +64,23 @@ test-asan: deps
 	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(ASAN_BUILD)/?.so;;" CLIP_SANITIZER=asan $(ASAN_ENV) \
 	  PATH="$(CURDIR)/$(ASAN_BUILD)/bin:$$PATH" \
 	  $(BUSTED) --lua=$(CURDIR)/$(ASAN_BUILD)/lua --exclude-tags=slow,mpi spec
+
+# ------------------------------------------------- ThreadSanitizer: the batch decoder
+# spec/host/decode_threads.c over the image fixtures (every format, bad files), on 1 to 4
+# threads and through a background decoder (submit/wait, cancel and free in flight), against
+# the image sources built with -fsanitize=thread. The image libraries are Debian's, not
+# instrumented: TSan sees our accesses and the threads' synchronization, not their insides.
+TSAN_BUILD := build/tsan
+TSAN_SRCS  := spec/host/decode_threads.c csrc/core/image.c csrc/core/image_formats.c \
+              csrc/core/image_batch.c csrc/core/util.c
+
+$(TSAN_BUILD)/decode_threads: $(TSAN_SRCS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer -fsanitize=thread $(PKG_CFLAGS) \
+	  -Icsrc/core -Icsrc/kernels $(TSAN_SRCS) $(PKG_LIBS) -lm -lpthread -o $@
+
+test-tsan-decode: $(TSAN_BUILD)/decode_threads
+	TSAN_OPTIONS=halt_on_error=1:exitcode=66 $(TSAN_BUILD)/decode_threads spec/fixtures/images/ 5
 
 # ---------------------------------------------------------------- valgrind
 # OpenBLAS picks kernels by CPU; valgrind does not emulate AVX-512, so pin a

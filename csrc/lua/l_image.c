@@ -1,4 +1,4 @@
-/* l_image.c - Lua bindings of the image area: clip.Image, clip.Processor.
+/* l_image.c - Lua bindings of the image area: clip.Image, clip.Processor, clip.ImageLoader.
  *
  * An Image is a userdata { ct_image, closed } whose pixels live in a second,
  * plain userdata held as its user value 1, so Lua's GC counts the bytes.
@@ -13,7 +13,11 @@
  *   image_center_crop(img, w, h) -> Image  image_is(x) -> boolean
  *   image_resize_coeffs(in, out [, filter [, "f64"]]) -> bounds, coeffs (tests)
  *   processor_new([table]) / processor_parse(json [, name]) / processor_load(path)
+ *   image_loader(proc [, {threads, skip_errors, idle}]) -> ImageLoader
  *   image_max_pixels
+ * Processor methods: config, output_size, resize_crop, preprocess,
+ *   preprocess_batch(list [, {threads, skip_errors}]) (on threads: image_batch.h).
+ * ImageLoader methods: submit(paths), wait(), pending(), close(), is_closed().
  * Errors raise with the message of the core (path first).
  */
 #include <errno.h>
@@ -24,10 +28,12 @@
 #include <sys/stat.h>
 
 #include "image.h"
+#include "image_batch.h"
 #include "l_tensor.h"
 #include "lauxlib.h"
 #include "lclip.h"
 #include "lua.h"
+#include "pool.h"
 
 #define IMAGE_MT "clip.Image"
 #define PROC_MT "clip.Processor"
@@ -559,77 +565,380 @@ static int proc_preprocess(lua_State *L) {
   return 1;
 }
 
-/* Output size of the batch from its first element (its size matters only
- * without a center crop). */
-static void batch_size(lua_State *L, const ct_preproc *p, int list, int *ow, int *oh) {
-  ct_err e;
+/* ------------------------------------------------------------ batches */
+
+/* The per-item arrays of a batch (image_batch.h), in one userdata pushed on the stack so that
+ * an error cannot leak them: paths, images, errs, status, then strbytes bytes for copies of
+ * the paths (the loader's; a synchronous batch points into the Lua strings of its list). */
+typedef struct batch_mem {
+  const char **paths;
+  const ct_image **images;
+  ct_err *errs;
+  uint8_t *status;
+  char *strings;
+} batch_mem;
+
+static void batch_mem_push(lua_State *L, int n, size_t strbytes, batch_mem *m) {
+  size_t ptrs = sizeof(void *) * (size_t)n;
+  size_t bytes = 2 * ptrs + sizeof(ct_err) * (size_t)n + (size_t)n + strbytes;
+  char *blk = lua_newuserdatauv(L, bytes, 0);
+  memset(blk, 0, bytes - strbytes); /* status CT_ITEM_PENDING, no paths, no images */
+  m->paths = (const char **)blk;
+  m->images = (const ct_image **)(blk + ptrs);
+  m->errs = (ct_err *)(blk + 2 * ptrs);
+  m->status = (uint8_t *)(blk + 2 * ptrs + sizeof(ct_err) * (size_t)n);
+  m->strings = (char *)(m->status + n);
+}
+
+typedef struct batch_opts {
+  int threads; /* threads that decode (synchronous: the caller included) */
+  int skip;    /* skip_errors */
+  int idle;    /* the loader: SCHED_IDLE threads */
+} batch_opts;
+
+/* opts at idx (nil or a table): threads, skip_errors (and idle where allow_idle) */
+static void read_batch_opts(lua_State *L, int idx, const char *who, int allow_idle,
+                            batch_opts *o) {
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    if (k && strcmp(k, "threads") == 0) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 64)
+        raisef(L, "%s: option 'threads' must be an integer from 1 to 64", who);
+      o->threads = (int)lua_tointeger(L, -1);
+    } else if (k && strcmp(k, "skip_errors") == 0) {
+      if (!lua_isboolean(L, -1)) raisef(L, "%s: option 'skip_errors' must be a boolean", who);
+      o->skip = lua_toboolean(L, -1);
+    } else if (k && allow_idle && strcmp(k, "idle") == 0) {
+      if (!lua_isboolean(L, -1)) raisef(L, "%s: option 'idle' must be a boolean", who);
+      o->idle = lua_toboolean(L, -1);
+    } else {
+      raisef(L, "%s: unknown option '%s' (expected threads, skip_errors%s)", who,
+             k ? k : luaL_typename(L, -2), allow_idle ? ", idle" : "");
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Size of an item's output (no center crop: it depends on the image). 0, or -1 with e. */
+static int item_output_size(const ct_preproc *p, const char *path, const ct_image *img, int *ow,
+                            int *oh, ct_err *e) {
+  int w, h;
+  if (path) {
+    size_t n;
+    char *buf = ct_read_file(path, &n, CT_IMAGE_MAX_FILE, e);
+    if (!buf) return -1;
+    int r = ct_image_probe_mem((const uint8_t *)buf, n, path, &w, &h, e);
+    free(buf);
+    if (r) return -1;
+  } else {
+    w = img->w;
+    h = img->h;
+  }
+  return ct_preproc_output_size(p, w, h, ow, oh, e);
+}
+
+/* The batch's output size: the crop size, or without a center crop the size of the first item
+ * (strict) or of the first item that can be probed (skip: the items before it are marked
+ * failed; none: 0x0). */
+static void batch_output_size(lua_State *L, const ct_preproc *p, batch_mem *m, int n, int skip,
+                              const char *who, int *ow, int *oh) {
+  *ow = *oh = 0;
   if (p->do_center_crop) {
     *ow = p->crop_w;
     *oh = p->crop_h;
     return;
   }
-  int w, h;
-  lua_rawgeti(L, list, 1);
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    const char *path = lua_tostring(L, -1);
-    size_t n;
-    const uint8_t *buf = read_file_ud(L, path, &n);
-    if (ct_image_probe_mem(buf, n, path, &w, &h, &e))
-      raisef(L, "preprocess_batch: item 1: %s", e.msg);
-    lua_pop(L, 1);
-  } else {
-    l_image *im = test_image(L, -1);
-    if (!im) raisef(L, "preprocess_batch: item 1 is a %s (expected a path or a clip.Image)",
-                        luaL_typename(L, -1));
-    w = im->img.w;
-    h = im->img.h;
+  for (int i = 0; i < n; i++) {
+    if (item_output_size(p, m->paths[i], m->images[i], ow, oh, &m->errs[i]) == 0) return;
+    *ow = *oh = 0;
+    if (!skip) {
+      if (m->paths[i]) raisef(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
+      const ct_image *im = m->images[i];
+      raisef(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
+             m->errs[i].msg);
+    }
+    m->status[i] = CT_ITEM_FAILED;
   }
-  lua_pop(L, 1);
-  if (ct_preproc_output_size(p, w, h, ow, oh, &e))
-    raisef(L, "preprocess_batch: item 1: %s", e.msg);
 }
 
+/* The results of a finished batch whose n-row tensor is at t_idx (it stays on the stack).
+ * Strict: raise the lowest failure ("<who>: item i: <path>: <reason>"), else leave the tensor.
+ * Skip: move the good rows to the front in order and shrink the tensor to them, then push
+ * errors ({index, path, error} for each failed item) and kept (the items of the rows). */
+static int batch_results(lua_State *L, int t_idx, l_tensor *t, const ct_batch *b,
+                         const batch_mem *m, int skip, const char *who) {
+  if (!skip) {
+    for (int i = 0; i < b->n; i++) {
+      if (m->status[i] != CT_ITEM_FAILED) continue;
+      if (m->paths[i]) return raisef(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
+      const ct_image *im = m->images[i];
+      return raisef(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
+                    m->errs[i].msg);
+    }
+    lua_pushvalue(L, t_idx);
+    return 1;
+  }
+  size_t per = (size_t)3 * b->ow * b->oh;
+  int k = 0, nerr = 0;
+  lua_pushvalue(L, t_idx);
+  lua_newtable(L); /* errors */
+  lua_newtable(L); /* kept */
+  for (int i = 0; i < b->n; i++) {
+    if (m->status[i] == CT_ITEM_OK) {
+      if (k != i) memmove(t->data + (size_t)k * per, t->data + (size_t)i * per, per * sizeof(float));
+      k++;
+      lua_pushinteger(L, i + 1);
+      lua_rawseti(L, -2, k);
+      continue;
+    }
+    lua_createtable(L, 0, 3);
+    l_set_int(L, "index", i + 1);
+    if (m->paths[i]) {
+      l_set_str(L, "path", m->paths[i]);
+      l_set_str(L, "error", m->status[i] == CT_ITEM_FAILED ? m->errs[i].msg : "not decoded");
+    } else {
+      lua_pushfstring(L, "clip.Image %dx%d: %s", m->images[i]->w, m->images[i]->h,
+                      m->status[i] == CT_ITEM_FAILED ? m->errs[i].msg : "not decoded");
+      lua_setfield(L, -2, "error");
+    }
+    lua_rawseti(L, -3, ++nerr);
+  }
+  t->shape[0] = k;
+  t->numel = (int64_t)k * (int64_t)per;
+  return 3; /* the tensor, errors, kept */
+}
+
+/* Threads of the calling state's pool (the default of a synchronous batch). */
+static int pool_threads(lua_State *L) {
+  l_pool_enter(L);
+  return ct_pool_threads();
+}
+
+/* proc:preprocess_batch(list [, {threads = n, skip_errors = false}])
+ *   -> Tensor {n, 3, H, W}                  (strict: the first bad item raises)
+ *   -> Tensor {k, 3, H, W}, errors, kept    (skip_errors: the good rows, in order) */
 static int proc_preprocess_batch(lua_State *L) {
+  const char *who = "preprocess_batch";
   ct_preproc *p = check_proc(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
+  batch_opts o = {pool_threads(L), 0, 0};
+  read_batch_opts(L, 3, who, 0, &o);
+  lua_settop(L, 3);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-  if (n < 1) return raisef(L, "preprocess_batch: empty list");
-  int ow, oh;
-  batch_size(L, p, 2, &ow, &oh);
-  int64_t shape[4] = {n, 3, oh, ow};
-  l_tensor *t = l_tensor_new(L, 4, shape);
-  size_t per = (size_t)3 * ow * oh;
-  ct_err e;
-  for (lua_Integer i = 1; i <= n; i++) {
-    float *dst = t->data + (size_t)(i - 1) * per;
-    lua_rawgeti(L, 2, i);
+  if (n < 1) return raisef(L, "%s: empty list", who);
+  if (n > INT32_MAX / 2) return raisef(L, "%s: %lld items (too many)", who, (long long)n);
+  batch_mem m;
+  batch_mem_push(L, (int)n, 0, &m); /* 4 */
+  for (int i = 0; i < n; i++) {
+    /* the strings and Images stay referenced by the list, and no Lua code runs while the
+     * threads read them */
+    lua_rawgeti(L, 2, i + 1);
     if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *path = lua_tostring(L, -1);
-      if (ct_preprocess_file(path, p, ow, oh, dst, &e))
-        return raisef(L, "preprocess_batch: item %d: %s", (int)i, e.msg);
+      m.paths[i] = lua_tostring(L, -1);
     } else {
       l_image *im = luaL_testudata(L, -1, IMAGE_MT);
       if (!im)
-        return raisef(L, "preprocess_batch: item %d is a %s (expected a path or a "
-                             "clip.Image)", (int)i, luaL_typename(L, -1));
+        return raisef(L, "%s: item %d is a %s (expected a path or a clip.Image)", who, i + 1,
+                      luaL_typename(L, -1));
       if (im->closed || !im->img.rgb)
-        return raisef(L, "preprocess_batch: item %d: the image is closed", (int)i);
-      int w, h;
-      if (ct_preproc_output_size(p, im->img.w, im->img.h, &w, &h, &e))
-        return raisef(L, "preprocess_batch: item %d (clip.Image %dx%d): %s", (int)i,
-                          im->img.w, im->img.h, e.msg);
-      if (w != ow || h != oh)
-        return raisef(L, "preprocess_batch: item %d (clip.Image %dx%d): preprocessed size "
-                             "%dx%d differs from the batch's %dx%d", (int)i, im->img.w,
-                          im->img.h, w, h, ow, oh);
-      if (ct_preprocess(&im->img, p, dst, &e))
-        return raisef(L, "preprocess_batch: item %d (clip.Image %dx%d): %s", (int)i,
-                          im->img.w, im->img.h, e.msg);
+        return raisef(L, "%s: item %d: the image is closed", who, i + 1);
+      m.images[i] = &im->img;
     }
     lua_pop(L, 1);
   }
+  int ow, oh;
+  batch_output_size(L, p, &m, (int)n, o.skip, who, &ow, &oh);
+  int64_t shape[4] = {n, 3, oh, ow};
+  l_tensor *t = l_tensor_new(L, 4, shape); /* 5 */
+  ct_batch b = {p, (int)n, ow, oh, m.paths, m.images, t->data, m.status, m.errs, !o.skip};
+  if (ow > 0) ct_batch_run(&b, o.threads);
+  return batch_results(L, 5, t, &b, &m, o.skip, who);
+}
+
+/* ------------------------------------------------------------ loader */
+
+/* clip.ImageLoader: a background decoder (image_batch.h) and the batch in flight. User
+ * values: 1 the batch's tensor, 2 its batch_mem block (path copies included), both set before
+ * the batch starts and dropped when it ends, so the threads' memory outlives their work.
+ * __gc and __close share one idempotent close that cancels the batch, joins the threads and
+ * frees the decoder; the threads never touch the lua_State. */
+#define LOADER_MT "clip.ImageLoader"
+
+typedef struct l_loader {
+  ct_decoder *d; /* NULL once closed */
+  int closed;
+  int pending;   /* a batch was submitted and not yet waited for */
+  int skip;
+  int threads;
+  ct_preproc p;
+  ct_batch b;    /* the batch in flight; its pointers point into the user values */
+  batch_mem m;
+} l_loader;
+
+static l_loader *check_loader(lua_State *L, int idx, const char *what) {
+  l_loader *ld = luaL_checkudata(L, idx, LOADER_MT);
+  if (ld->closed || !ld->d) raisef(L, "image loader: %s: the loader is closed", what);
+  return ld;
+}
+
+static void loader_drop(lua_State *L, int idx) {
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, 2);
+}
+
+static int loader_close(lua_State *L) {
+  l_loader *ld = luaL_checkudata(L, 1, LOADER_MT);
+  if (ld->d) {
+    ct_decoder_free(ld->d); /* cancels the batch in flight and joins the threads */
+    ld->d = NULL;
+  }
+  ld->closed = 1;
+  ld->pending = 0;
+  loader_drop(L, 1);
+  return 0;
+}
+
+/* image_loader(proc [, {threads = 1, skip_errors = false, idle = false}]) -> clip.ImageLoader */
+static int l_image_loader(lua_State *L) {
+  const ct_preproc *p = check_proc(L, 1);
+  batch_opts o = {1, 0, 0};
+  read_batch_opts(L, 2, "image loader", 1, &o);
+  l_loader *ld = lua_newuserdatauv(L, sizeof *ld, 2); /* before the threads exist */
+  memset(ld, 0, sizeof *ld);
+  ld->closed = 1;
+  luaL_setmetatable(L, LOADER_MT);
+  ld->p = *p;
+  ld->skip = o.skip;
+  ct_err e;
+  ld->d = ct_decoder_new(o.threads, o.idle ? CT_DECODER_IDLE : 0, &e);
+  if (!ld->d) return raisef(L, "image loader: %s", e.msg);
+  ld->closed = 0;
+  ld->threads = ct_decoder_threads(ld->d);
   return 1;
 }
+
+/* ld:submit(paths): start decoding the list in the background; returns at once */
+static int loader_submit(lua_State *L) {
+  const char *who = "image loader: submit";
+  l_loader *ld = check_loader(L, 1, "submit");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (ld->pending)
+    return raisef(L, "%s: a batch is already pending (call wait() for it first)", who);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (n < 1) return raisef(L, "%s: empty list", who);
+  if (n > INT32_MAX / 2) return raisef(L, "%s: %lld items (too many)", who, (long long)n);
+  size_t strbytes = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
+      return raisef(L, "%s: item %d is a %s (expected a path; preprocess_batch takes Images)",
+                    who, (int)i,
+                    luaL_testudata(L, -1, IMAGE_MT) ? "clip.Image" : luaL_typename(L, -1));
+    size_t len;
+    lua_tolstring(L, -1, &len);
+    strbytes += len + 1;
+    lua_pop(L, 1);
+  }
+  batch_mem m;
+  batch_mem_push(L, (int)n, strbytes, &m); /* 3 */
+  char *s = m.strings;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, 2, i);
+    const char *src = lua_tolstring(L, -1, &len);
+    memcpy(s, src, len + 1);
+    m.paths[i - 1] = s;
+    s += len + 1;
+    lua_pop(L, 1);
+  }
+  int ow, oh;
+  batch_output_size(L, &ld->p, &m, (int)n, ld->skip, "image loader", &ow, &oh);
+  int64_t shape[4] = {n, 3, oh, ow};
+  l_tensor *t = l_tensor_new(L, 4, shape); /* 4 */
+  /* from here on nothing raises until the batch has started */
+  lua_pushvalue(L, 4);
+  lua_setiuservalue(L, 1, 1);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, 1, 2);
+  ld->m = m;
+  ct_batch b = {&ld->p, (int)n, ow, oh, ld->m.paths, ld->m.images, t->data, ld->m.status,
+                ld->m.errs, !ld->skip};
+  ld->b = b;
+  ld->pending = 1;
+  ct_err e;
+  if (ow > 0 && ct_decoder_submit(ld->d, &ld->b, &e)) { /* cannot happen: not pending */
+    ld->pending = 0;
+    loader_drop(L, 1);
+    return raisef(L, "%s: %s", who, e.msg);
+  }
+  return 0;
+}
+
+/* ld:wait() -> the submitted batch's results, as preprocess_batch gives them */
+static int loader_wait(lua_State *L) {
+  l_loader *ld = check_loader(L, 1, "wait");
+  lua_settop(L, 1);
+  if (!ld->pending) return raisef(L, "image loader: wait: nothing submitted");
+  if (ld->b.ow > 0) ct_decoder_wait(ld->d);
+  ld->pending = 0;
+  lua_getiuservalue(L, 1, 1); /* 2: the tensor */
+  lua_getiuservalue(L, 1, 2); /* 3: the item arrays */
+  loader_drop(L, 1);
+  batch_mem m = ld->m;
+  ct_batch b = ld->b;
+  memset(&ld->m, 0, sizeof ld->m);
+  memset(&ld->b, 0, sizeof ld->b);
+  return batch_results(L, 2, l_checktensor(L, 2), &b, &m, ld->skip, "image loader");
+}
+
+static int loader_pending(lua_State *L) {
+  l_loader *ld = luaL_checkudata(L, 1, LOADER_MT);
+  lua_pushboolean(L, ld->pending);
+  return 1;
+}
+
+static int loader_is_closed(lua_State *L) {
+  l_loader *ld = luaL_checkudata(L, 1, LOADER_MT);
+  lua_pushboolean(L, ld->closed);
+  return 1;
+}
+
+static int loader_tostring(lua_State *L) {
+  l_loader *ld = luaL_checkudata(L, 1, LOADER_MT);
+  if (ld->closed) lua_pushliteral(L, "clip.ImageLoader(closed)");
+  else
+    lua_pushfstring(L, "clip.ImageLoader(%d thread%s%s)", ld->threads, ld->threads == 1 ? "" : "s",
+                    ld->pending ? ", a batch pending" : "");
+  return 1;
+}
+
+static int loader_index(lua_State *L) {
+  l_loader *ld = luaL_checkudata(L, 1, LOADER_MT);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "threads") == 0) {
+    lua_pushinteger(L, ld->threads);
+    return 1;
+  }
+  if (k && strcmp(k, "skip_errors") == 0) {
+    lua_pushboolean(L, ld->skip);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static const luaL_Reg loader_methods[] = {{"submit", loader_submit},
+                                          {"wait", loader_wait},
+                                          {"pending", loader_pending},
+                                          {"close", loader_close},
+                                          {"is_closed", loader_is_closed},
+                                          {NULL, NULL}};
 
 static int proc_tostring(lua_State *L) {
   ct_preproc *p = check_proc(L, 1);
@@ -659,6 +968,7 @@ static const luaL_Reg module_funcs[] = {{"image_load", l_image_load},
                                         {"processor_new", l_processor_new},
                                         {"processor_parse", l_processor_parse},
                                         {"processor_load", l_processor_load},
+                                        {"image_loader", l_image_loader},
                                         {NULL, NULL}};
 
 void l_image_open(lua_State *L) {
@@ -680,6 +990,18 @@ void l_image_open(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, proc_tostring);
   lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  /* clip.ImageLoader */
+  luaL_newmetatable(L, LOADER_MT);
+  lua_pushcfunction(L, loader_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, loader_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, loader_tostring);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, loader_methods);
+  lua_pushcclosure(L, loader_index, 1);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   /* module functions */
   luaL_setfuncs(L, module_funcs, 0);

@@ -146,10 +146,16 @@ function Processor:preprocess(img_or_path)
   return self._p:preprocess(img_or_path)
 end
 
---- A batch of Images and/or paths: a clip.Tensor {n, 3, H, W}. A bad element raises an
---- error naming its index (1-based) and path.
-function Processor:preprocess_batch(list)
-  return self._p:preprocess_batch(list)
+--- A batch of Images and/or paths, decoded and preprocessed on threads (every row bit for bit
+--- the serial result).
+---   opts.threads: threads that decode, the caller included (default: clip.get_num_threads())
+---   opts.skip_errors: false (default): a bad element raises an error naming its index
+---     (1-based) and path -> Tensor {n, 3, H, W}.
+---     true: bad elements are left out -> Tensor {k, 3, H, W} of the good ones in order,
+---     errors ({index =, path =, error =} per bad element; error starts with the path),
+---     kept (the 1-based list index of each row).
+function Processor:preprocess_batch(list, opts)
+  return self._p:preprocess_batch(list, opts)
 end
 
 function Processor:__tostring()
@@ -157,5 +163,75 @@ function Processor:__tostring()
 end
 
 M.Processor = Processor
+
+-- ------------------------------------------------------------------ loader
+--- image.loader(proc [, opts]) -> clip.ImageLoader: decodes and preprocesses batches of paths
+--- on background threads while the caller does something else (encodes the previous batch).
+---   opts.threads: background threads (default 1; docs/performance.md says why)
+---   opts.skip_errors: as in preprocess_batch (default false)
+---   opts.idle: run the threads at SCHED_IDLE priority (default false): they take only CPU
+---     time nothing else wants; under outside load a starved thread delays wait()
+--- ld:submit(paths) starts a batch and returns at once (one batch pending at a time);
+--- ld:wait() finishes it (the calling thread helps) and returns what preprocess_batch returns;
+--- ld:pending(), ld:close() (also <close> and __gc: cancels a pending batch and joins the
+--- threads), ld:is_closed(), ld.threads, ld.skip_errors.
+function M.loader(proc, opts)
+  local p = type(proc) == "table" and proc._p or proc
+  return core.image_loader(p, opts)
+end
+
+--- for x, errors, kept in image.batches(proc, paths [, opts]) do ... end
+--- Preprocessed batches of a list of paths, each decoded in the background while the loop body
+--- runs on the one before (a one-batch prefetch). x: Tensor {k, 3, H, W}; kept: the index in
+--- paths of each row of x; errors: {index =, path =, error =} for each left-out path (only with
+--- skip_errors; indices into paths). Without skip_errors the first bad path raises, its index
+--- into paths named. Leaving the loop early (break, error) closes the loader.
+---   opts: batch_size (32), threads (1: background threads), skip_errors (false), idle (false)
+function M.batches(proc, paths, opts)
+  opts = opts or {}
+  if type(paths) ~= "table" then error("image.batches: expected a list of paths", 2) end
+  local bs = opts.batch_size or 32
+  if math.type(bs) ~= "integer" or bs < 1 then
+    error("image.batches: batch_size must be a positive integer", 2)
+  end
+  local n = #paths
+  local ld = M.loader(proc, { threads = opts.threads, skip_errors = opts.skip_errors, idle = opts.idle })
+  local next_a, cur = 1, nil
+  -- an error of the loader, with the item's index into paths, after closing it
+  local function fail(msg, a)
+    ld:close()
+    local i, rest = tostring(msg):match("image loader: item (%d+)(.*)$")
+    if i then msg = "image.batches: item " .. (tonumber(i) + a - 1) .. rest end
+    error(msg, 3)
+  end
+  local function submit()
+    if next_a > n then return nil end
+    local a, b = next_a, math.min(n, next_a + bs - 1)
+    local ok, msg = pcall(ld.submit, ld, table.move(paths, a, b, 1, {}))
+    if not ok then fail(msg, a) end
+    next_a = b + 1
+    return a
+  end
+  cur = submit()
+  local function step()
+    if not cur then
+      ld:close()
+      return nil
+    end
+    local a = cur
+    local ok, x, errs, kept = pcall(ld.wait, ld)
+    if not ok then fail(x, a) end
+    cur = submit() -- the next batch decodes while the caller works on this one
+    if not errs then
+      kept, errs = {}, {}
+      for i = 1, x:size(1) do kept[i] = a + i - 1 end
+    else
+      for i = 1, #kept do kept[i] = kept[i] + a - 1 end
+      for _, e in ipairs(errs) do e.index = e.index + a - 1 end
+    end
+    return x, errs, kept
+  end
+  return step, nil, nil, ld
+end
 
 return M

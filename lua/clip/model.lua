@@ -163,13 +163,26 @@ local function chunks(n, size)
   end
 end
 
+local image_cache
+local function image_mod()
+  image_cache = image_cache or require("clip.image")
+  return image_cache
+end
+
 local function finish(out, opts)
   if opts.normalize then return out:normalize() end
   return out
 end
 
 --- Embed images: a list of paths or clip.Image, or a preprocessed {n,3,N,N} Tensor.
--- opts: normalize (false), batch_size (32). Returns Tensor {n, projection_dim}.
+-- opts: normalize (false), batch_size (32), skip_errors (false), decode_threads.
+-- A list of paths is decoded one batch ahead on background threads (image.batches) while the
+-- encoder works on the batch before; results are the same bit for bit. decode_threads: those
+-- background threads (default 1); a list holding clip.Images is preprocessed batch by batch
+-- on decode_threads threads (default clip.get_num_threads()).
+-- Returns Tensor {n, projection_dim}; the first bad image raises "encode_images: item i: ...".
+-- skip_errors = true: bad images are left out and reported instead -> Tensor {k, D}, errors
+-- ({index =, path =, error =} per bad image), kept (the index in the list of each row).
 function Model:encode_images(images, opts)
   if self.core:is_closed() then error("encode_images: model is closed", 2) end
   opts = opts or {}
@@ -191,18 +204,60 @@ function Model:encode_images(images, opts)
     end
   end
   if #images == 0 then error("encode_images: empty batch", 2) end
-  local parts = {}
-  for a, b in chunks(#images, bs) do
-    local sub = table.move(images, a, b, 1, {})
-    local ok, px = pcall(self.processor.preprocess_batch, self.processor, sub)
-    if not ok then
-      -- name the index in the whole list, not in the chunk
-      local msg = tostring(px):gsub("item (%d+)", function(i) return "item " .. (tonumber(i) + a - 1) end)
-      error(msg, 2)
-    end
-    parts[#parts + 1] = (self.core:encode_pixels(px))
+  local skip = opts.skip_errors == true
+  local parts, errors, kept = {}, {}, {}
+  local function add(px, errs, k)
+    if px:size(1) > 0 then parts[#parts + 1] = (self.core:encode_pixels(px)) end
+    table.move(errs, 1, #errs, #errors + 1, errors)
+    table.move(k, 1, #k, #kept + 1, kept)
   end
-  return finish(#parts == 1 and parts[1] or core.cat(parts), opts)
+  local all_paths = true
+  for i = 1, #images do
+    if type(images[i]) ~= "string" then all_paths = false break end
+  end
+  local ok, msg
+  if all_paths then
+    ok, msg = pcall(function()
+      for px, errs, k in image_mod().batches(self.processor, images,
+        { batch_size = bs, threads = opts.decode_threads, skip_errors = skip }) do
+        add(px, errs, k)
+      end
+    end)
+  else
+    ok, msg = pcall(function()
+      for a, b in chunks(#images, bs) do
+        local sub = table.move(images, a, b, 1, {})
+        local ok1, px, errs, k = pcall(self.processor.preprocess_batch, self.processor, sub,
+          { threads = opts.decode_threads, skip_errors = skip })
+        if not ok1 then -- name the index in the whole list, not in the chunk
+          local i, rest = tostring(px):match("preprocess_batch: item (%d+)(.*)$")
+          if i then error("image.batches: item " .. (tonumber(i) + a - 1) .. rest, 0) end
+          error(px, 0)
+        end
+        if not skip then
+          errs, k = {}, {}
+          for i = a, b do k[#k + 1] = i end
+        else
+          for i = 1, #k do k[i] = k[i] + a - 1 end
+          for _, e in ipairs(errs) do e.index = e.index + a - 1 end
+        end
+        add(px, errs, k)
+      end
+    end)
+  end
+  if not ok then
+    local tail = type(msg) == "string" and msg:match("image%.batches: (item %d+.*)$")
+    if tail then error("encode_images: " .. tail, 2) end
+    error(msg, 0) -- the encoder's own errors, as they were
+  end
+  local out
+  if #parts == 0 then
+    out = core.zeros({ 0, self.config.projection_dim })
+  else
+    out = finish(#parts == 1 and parts[1] or core.cat(parts), opts)
+  end
+  if skip then return out, errors, kept end
+  return out
 end
 
 --- Embed texts: a list of strings or of token-id lists.
