@@ -51,31 +51,26 @@ local function clean(msg)
 end
 
 -- ------------------------------------------------------------------ decoding
---- decode_batch(model, paths) -> pixels, errors
+--- decode_batch(model, paths [, opts]) -> pixels, errors
 -- THE DECODE HOOK: every image run() embeds is decoded and preprocessed here
 -- (or by opts.decode, which has the same contract). pixels: a Tensor {k, 3, S,
 -- S} of the paths that decoded, in order (or nil when none did); errors: nil, or
 -- a table whose entry i is the message for path i if it did not decode (naming
 -- the file and the reason; nil or false for the others). A pixels tensor with
 -- one row per path (#paths rows, the failed ones holding anything) is accepted
--- too. A decoder that works on threads replaces the body of this function.
-function M.decode_batch(model, paths)
-  local proc = model.processor
-  local ok, px = pcall(proc.preprocess_batch, proc, paths)
-  if ok then return px, nil end
-  -- one at a time: keep the good ones, say what is wrong with the others
-  local good, errors = {}, {}
-  for i, p in ipairs(paths) do
-    local ok1, t = pcall(proc.preprocess, proc, p)
-    if ok1 then
-      local sh = t:shape()
-      good[#good + 1] = t:reshape({ 1, sh[1], sh[2], sh[3] })
-    else
-      errors[i] = clean(t)
-    end
-  end
-  if #good == 0 then return nil, errors end
-  return core.cat(good), errors
+-- too. opts is run()'s options (opts.decode_threads: the threads to decode on;
+-- default the module pool's size). This one decodes on threads
+-- (Processor:preprocess_batch with skip_errors).
+function M.decode_batch(model, paths, opts)
+  -- on the module's threads (preprocess_batch's default: the pool's size, which is idle
+  -- during the call); bad files left out of the pixels and reported by position
+  local threads = opts and opts.decode_threads
+  local px, errs = model.processor:preprocess_batch(paths, { skip_errors = true, threads = threads })
+  if #errs == 0 then return px, nil end
+  local errors = {}
+  for _, e in ipairs(errs) do errors[e.index] = e.error end
+  if px:size(1) == 0 then return nil, errors end
+  return px, errors
 end
 
 -- ------------------------------------------------------------------ JSON
@@ -273,7 +268,7 @@ local function embed_chunk(model, kind, rows, o)
     if #inputs > 0 then
       local emb, good
       if kind == "image" then
-        local px, errs = o.decode(model, inputs)
+        local px, errs = o.decode(model, inputs, o)
         good = {}
         local nerr = 0
         for i = 1, #inputs do
@@ -475,7 +470,7 @@ function M.run(model, source, out_dir, opts)
     log(("%s: %d shard(s) listed in the manifest are missing or changed; computing them again"):format(out_dir, dropped))
   end
   local o = { batch_size = bs, column = column, normalize = opts.normalize == true, file_format = fmt,
-    decode = opts.decode or M.decode_batch, model_dir = model.dir }
+    decode = opts.decode or M.decode_batch, decode_threads = opts.decode_threads, model_dir = model.dir }
   local nskipped = #man.skipped
   -- the bar moves after every batch, not only at the end of a shard
   local shown = done_rows
