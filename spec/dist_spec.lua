@@ -710,14 +710,57 @@ describe("sharded embedding under mpirun #mpi", function()
     end)
   end
 
+  it("`clip embed --distributed` under mpirun writes what `clip embed --out-dir` writes; rank 0 alone prints", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    reference()
+    local args = ("embed spec/fixtures/models/tiny %s -r --chunk-size 3 --batch-size 3 --threads 1"):format(q(photos))
+    -- stdout alone
+    local function run_out(cmd)
+      local p = io.popen(cmd .. " 2>/dev/null")
+      local text = p:read("a")
+      return p:close(), text
+    end
+    local ok, out = run_out(("cd %s && %s timeout 120 lua5.4 bin/clip %s --out-dir %s -q"):format(q(ROOT), ENV,
+      args, q(tmp .. "/cli1")))
+    assert(ok, out)
+    local dout
+    ok, dout = run_out(("cd %s && %s timeout 120 %s lua5.4 bin/clip %s --out-dir %s --distributed")
+      :format(q(ROOT), ENV, mpirun(2), args, q(tmp .. "/cli2")))
+    assert(ok, dout)
+    assert.equal(out:gsub("cli1", "cli2"), dout)
+    assert.matches("^wrote 18 image embeddings %(dim 24%) in 7 shards to .-cli2; skipped 1 unreadable input", dout)
+    assert_same_folder(tmp .. "/cli2", tmp .. "/cli1") -- (the worker's files name the model ./spec/...)
+    -- an input missing: rank 0 prints the error once, every rank exits 1
+    local bad
+    ok, bad = sh(("cd %s && %s timeout 120 %s lua5.4 bin/clip embed spec/fixtures/models/tiny %s/nowhere --out-dir %s "
+      .. "--distributed"):format(q(ROOT), ENV, mpirun(2), q(tmp), q(tmp .. "/cli3")))
+    assert.is_not_true(ok, bad)
+    local _, count = bad:gsub("clip: embed %-%-distributed: loading the model and the inputs failed on ranks 0, 1 of 2; "
+      .. "rank 0: [^\n]*/nowhere: No such file or directory", "")
+    assert.equal(1, count, bad)
+    assert.is_false(clip.core.is_dir(tmp .. "/cli3"))
+  end)
 end)
 
--- Sharded embedding, what every build shows: the build option named, and one process resuming a folder that a distributed run left (its
+-- Sharded embedding, what every build shows: the build option named, the CLI's
+-- usage, and one process resuming a folder that a distributed run left (its
 -- ranks' records, shards finished out of order)
 describe("sharded embedding in this build", function()
   local tmp
   before_each(function() tmp = H.tmpdir() end)
   after_each(function() H.rmtree(tmp) end)
+
+  local function cli(args)
+    local errf = os.tmpname()
+    local p = io.popen(("cd %s && LUA_PATH=\"$PWD/lua/?.lua;$PWD/lua/?/init.lua\" LUA_CPATH=\"$PWD/build/?.so\" "
+      .. "timeout 120 lua5.4 bin/clip %s 2>%s"):format(q(ROOT), args, q(errf)))
+    local out = p:read("a")
+    local _, _, code = p:close()
+    local err = H.read(errf)
+    os.remove(errf)
+    return code, out, err
+  end
 
   it("refuses embed.run{distributed = true} without MPI, naming the build option, and bad distributed options",
     function()
@@ -741,6 +784,29 @@ describe("sharded embedding in this build", function()
       m:close()
       assert.is_false(clip.core.is_dir(tmp .. "/out"))
     end)
+
+  it("`clip embed --distributed`: the build option named without MPI, and its usage rules", function()
+    local photos = make_photos(tmp .. "/photos")
+    if not clip.dist.available() then
+      local code, so, se = cli(("embed spec/fixtures/models/tiny %s --out-dir %s --distributed"):format(q(photos),
+        q(tmp .. "/out")))
+      assert.equal(1, code, se)
+      assert.equal("", so)
+      assert.equal("clip: embed --distributed: this build has no MPI (rebuild with `make MPI=1`; "
+        .. "docs/distributed.md)\n", se)
+      assert.is_false(clip.core.is_dir(tmp .. "/out"))
+    end
+    for _, c in ipairs({
+      { "--distributed", "--distributed goes with --out-dir DIR" },
+      { "--out-dir " .. q(tmp .. "/o") .. " --timeout 5", "--timeout goes with --distributed" },
+      { "--out-dir " .. q(tmp .. "/o") .. " --distributed --timeout soon", "--timeout expects seconds >= 0" },
+    }) do
+      local code, so, se = cli(("embed spec/fixtures/models/tiny %s %s"):format(q(photos), c[1]))
+      assert.equal(2, code, se)
+      assert.equal("", so)
+      assert.truthy(se:find(c[2], 1, true), se)
+    end
+  end)
 
   it("one process resumes a folder a distributed run left: the ranks' records merged, the shards in order kept", function()
     local photos = make_photos(tmp .. "/photos")
