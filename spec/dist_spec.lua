@@ -473,3 +473,384 @@ describe("clip.dist collectives under mpirun #mpi", function()
     assert.is_true(secs >= 2 and secs < 25, ("took %.1f s"):format(secs))
   end)
 end)
+
+-- Sharded embedding (clip.embed.run{distributed = true}, `clip embed --distributed`):
+-- spec/dist/embed.lua embeds a folder of 18 fixture images and a corrupt one (19
+-- rows, chunk_size 3: 7 shards) under mpirun; the folder must equal one process's,
+-- file for file and byte for byte (one thread per process everywhere: other thread
+-- counts change the last bits of the rows), the manifest apart from its
+-- `distributed` record.
+local GOOD_IMAGES = { "natural.jpg", "palette.png", "gray.png", "rgb.png", "rgba.png", "portrait.jpg", "odd.jpg",
+  "small_20x15.png", "tiny_3x5.png", "wide_300x7.png", "thin_7x300.png", "la.png", "cmyk.jpg", "exact32.png",
+  "bmp_24.bmp", "gif_small.gif", "webp_lossy.webp", "tiff_rgb.tif" }
+
+local function make_photos(root)
+  assert(os.execute(("mkdir -p %s %s"):format(q(root .. "/a"), q(root .. "/b"))))
+  for i, name in ipairs(GOOD_IMAGES) do
+    assert(os.execute(("cp %s %s"):format(q(H.fixtures .. "images/" .. name), q(root .. (i % 2 == 0 and "/a/" or "/b/")
+      .. name))))
+  end
+  assert(os.execute(("cp %s %s"):format(q(H.fixtures .. "images/truncated.png"), q(root .. "/a/broken.png"))))
+  return root
+end
+
+local function shard_files(dir)
+  local out = {}
+  for _, nm in ipairs(clip.core.listdir(dir) or {}) do
+    if nm:match("^shard%-") then out[#out + 1] = nm end
+  end
+  table.sort(out)
+  return out
+end
+
+-- dir holds what the single-process run wrote in ref: the same shard files, byte
+-- for byte, the same manifest but for `distributed`, no rank records left
+local function assert_same_folder(dir, ref, one_process)
+  local names = shard_files(ref)
+  assert.equal(7, #names)
+  assert.same(names, shard_files(dir))
+  for _, nm in ipairs(names) do
+    assert.is_true(H.read(ref .. "/" .. nm) == H.read(dir .. "/" .. nm), nm .. " differs from the single-process file")
+  end
+  local a = clip.json.decode(H.read(dir .. "/manifest.json"))
+  local b = clip.json.decode(H.read(ref .. "/manifest.json"))
+  if one_process then assert.is_nil(a.distributed) else assert.is_table(a.distributed) end
+  a.distributed = nil
+  assert.equal(clip.embed.canonical_json(b), clip.embed.canonical_json(a))
+  for _, nm in ipairs(clip.core.listdir(dir)) do assert.is_nil(nm:match("^manifest%.rank"), nm) end
+  local e = clip.embed.open(dir)
+  assert.is_true(e.complete)
+  assert.same({ 19, 18, 1 }, { e.rows, e.embedded, #e.skipped })
+  local t, inputs = e:load()
+  local rt, rinputs = clip.embed.open(ref):load()
+  assert.same(rinputs, inputs)
+  assert.equal(rt:bytes(), t:bytes())
+end
+
+local function inode(path)
+  local p = io.popen("stat -c %i " .. q(path))
+  local s = p:read("a")
+  p:close()
+  return s
+end
+
+-- the shards an interrupted run finished: manifest.json's and the ranks' records
+local function finished_shards(dir)
+  local rows, files = {}, {}
+  local lists = { clip.json.decode(H.read(dir .. "/manifest.json")).shards }
+  for _, nm in ipairs(clip.core.listdir(dir)) do
+    if nm:match("^manifest%.rank%-%d+%.json$") then lists[#lists + 1] = clip.json.decode(H.read(dir .. "/" .. nm)).shards end
+  end
+  for _, list in ipairs(lists) do
+    for _, e in ipairs(list) do
+      if not files[e.file] then
+        files[e.file] = inode(dir .. "/" .. e.file)
+        rows[#rows + 1] = e.rows
+      end
+    end
+  end
+  local n, total = 0, 0
+  for _, r in ipairs(rows) do n = n + 1; total = total + r end
+  return files, n, total
+end
+
+describe("sharded embedding under mpirun #mpi", function()
+  local tmp, photos, ref
+  setup(function() tmp = H.tmpdir() end)
+  teardown(function() if tmp then os.execute("rm -rf " .. q(tmp)) end end)
+
+  local function worker(n, out, fault, chunk)
+    local cmd
+    if n then
+      cmd = ("cd %s && %s CLIP_DIST_TIMEOUT=20 CLIP_EMBED_FAULT=%s CLIP_EMBED_CHUNK=%d timeout 120 %s lua5.4 "
+        .. "spec/dist/embed.lua %s %s distributed"):format(q(ROOT), ENV, q(fault or ""), chunk or 3, mpirun(n),
+        q(photos), q(out))
+    else
+      cmd = ("cd %s && %s timeout 120 lua5.4 spec/dist/embed.lua %s %s"):format(q(ROOT), ENV, q(photos), q(out))
+    end
+    return sh(cmd)
+  end
+  local function results(out, n)
+    local list = {}
+    for r = 0, n - 1 do
+      local path = ("%s.rank%d.json"):format(out, r)
+      assert.is_true(clip.core.is_file(path), "rank " .. r .. " wrote no result")
+      list[r + 1] = clip.json.decode(H.read(path))
+    end
+    return list
+  end
+  -- the single-process reference, once
+  local function reference()
+    if not ref then
+      photos = make_photos(tmp .. "/photos")
+      local ok, out = worker(nil, tmp .. "/single")
+      assert(ok, out)
+      ref = tmp .. "/single"
+    end
+    return ref
+  end
+
+  for _, n in ipairs(RANKS) do
+    it(("%d ranks write the shard files and manifest of one process, byte for byte (a corrupt file skipped)"):format(n),
+      function()
+        local reason = skip_reason()
+        if reason then pending(reason) end
+        reference()
+        local out = ("%s/n%d"):format(tmp, n)
+        local ok, text = worker(n, out)
+        assert(ok, text)
+        assert_same_folder(out, ref)
+        local here, decoded = 0, 0
+        for r, res in ipairs(results(out, n)) do
+          assert.is_true(res.ok, res.error)
+          assert.same({ 19, 18, 1, 7, 0, 7, n }, { res.rows, res.embedded, res.skipped, res.shards,
+            res.resumed_shards, res.computed_shards, res.world }, "rank " .. (r - 1))
+          here, decoded = here + res.computed_here, decoded + res.decoded
+        end
+        assert.same({ 7, 19 }, { here, decoded }) -- every chunk once, every row decoded once
+      end)
+  end
+
+  it("a rank killed after its first shard ends the job; rerun with 3 ranks (and in one process) it completes "
+    .. "without recomputing the finished shards", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    reference()
+    local out = tmp .. "/kill"
+    local ok, text = worker(2, out, "kill:1")
+    assert.is_not_true(ok, text)
+    assert.matches("exited on signal 9", text, 1, true)
+    local m = clip.json.decode(H.read(out .. "/manifest.json"))
+    assert.is_false(m.complete)
+    local files, nfin, rows_fin = finished_shards(out)
+    assert.is_true(nfin >= 1 and nfin < 7, "finished " .. nfin)
+    assert.is_true(clip.core.is_file(out .. "/manifest.rank-1.json"))
+    -- a copy resumed by one process: the contiguous finished shards kept, the rest computed
+    assert(os.execute(("cp -a %s %s"):format(q(out), q(tmp .. "/kill-single"))))
+    local oks, texts = sh(("cd %s && %s timeout 120 lua5.4 spec/dist/embed.lua %s %s"):format(q(ROOT), ENV, q(photos),
+      q(tmp .. "/kill-single")))
+    assert(oks, texts)
+    assert_same_folder(tmp .. "/kill-single", ref, true)
+    -- rerun with 3 ranks
+    ok, text = worker(3, out)
+    assert(ok, text)
+    assert_same_folder(out, ref)
+    local decoded = 0
+    for _, res in ipairs(results(out, 3)) do
+      assert.is_true(res.ok, res.error)
+      assert.same({ nfin, 7 - nfin }, { res.resumed_shards, res.computed_shards })
+      decoded = decoded + res.decoded
+    end
+    assert.equal(19 - rows_fin, decoded) -- only the rows of the missing shards
+    for f, ino in pairs(files) do assert.equal(ino, inode(out .. "/" .. f), f .. " was written again") end
+    print(("\n  kill: %d of 7 shards finished before the kill, %d rows decoded on resume"):format(nfin, decoded))
+  end)
+
+  it("a rank that raises: the same error on every rank after the others finish; rerun with 2 ranks completes", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    reference()
+    local out = tmp .. "/raise"
+    local ok, text = worker(3, out, "raise:1")
+    assert.is_not_true(ok, text)
+    local errs = {}
+    for r, res in ipairs(results(out, 3)) do
+      assert.is_false(res.ok)
+      errs[r] = res.error
+    end
+    assert.equal("embed.run: distributed: embedding failed on rank 1 of 3: injected fault on rank 1 after "
+      .. "shard-00001.safetensors", errs[1])
+    assert.same({ errs[1], errs[1] }, { errs[2], errs[3] })
+    local _, nfin, rows_fin = finished_shards(out)
+    assert.equal(6, nfin) -- rank 1's second chunk (shard-00004) is missing
+    ok, text = worker(2, out)
+    assert(ok, text)
+    assert_same_folder(out, ref)
+    local decoded = 0
+    for _, res in ipairs(results(out, 2)) do decoded = decoded + res.decoded end
+    assert.equal(19 - rows_fin, decoded)
+    -- the finished folder run again with another chunk_size (on every rank): refused on
+    -- every rank, the folder untouched
+    local before = H.read(out .. "/manifest.json")
+    ok, text = worker(2, out, nil, 4)
+    assert.is_not_true(ok, text)
+    local res = results(out, 2)
+    assert.equal(res[1].error, res[2].error)
+    assert.equal(("embed.run: distributed: preparing the run failed on rank 0 of 2: %s: this folder was written "
+      .. "with another chunk_size: 3; this run has 4. Rerun with overwrite = true (clip embed --overwrite) to start "
+      .. "over, or write to another folder"):format(out), res[1].error)
+    assert.equal(before, H.read(out .. "/manifest.json"))
+    assert_same_folder(out, ref)
+  end)
+
+  for _, case in ipairs({
+    { "options", "the ranks disagree on the options: chunk_size is 3 on rank 0, 4 on rank 1", "another chunk_size" },
+    { "model", "the ranks disagree on the model: rank 0 has fingerprint %x+ %(.-tiny%), rank 1 has %x+ "
+      .. "%(.-tiny%-gelu%-fp16%)", "another model" },
+    { "nodata", "preparing the run failed on rank 1 of 2: .-photos%-missing%-on%-this%-rank: no such file or directory",
+      "a folder missing" },
+    { "source", "the ranks disagree on the source: rank 0 has {.-\"type\":\"folder\".-}, rank 1 has {.-"
+      .. "\"op\":\"take\".-}", "the source read through another stream operation" },
+    { "rows", "the ranks disagree on the source's size: rank 0 has 19 rows, rank 1 has 18 rows", "a row fewer" },
+    { "inputs", "the ranks disagree on the source's rows: rank 0 has checksum %x+, rank 1 has %x+",
+      "another path in the first row" },
+  }) do
+    it(("a rank with %s: the same error on every rank, nothing written"):format(case[3]), function()
+      local reason = skip_reason()
+      if reason then pending(reason) end
+      reference()
+      local out = tmp .. "/bad-" .. case[1]
+      local ok, text = worker(2, out, case[1] .. ":1")
+      assert.is_not_true(ok, text)
+      local res = results(out, 2)
+      assert.equal(res[1].error, res[2].error)
+      assert.matches("^embed%.run: distributed: " .. case[2], res[1].error)
+      assert.is_false(clip.core.is_dir(out), "the output folder was created")
+      print(("\n  %-8s %s"):format(case[1], res[1].error))
+    end)
+  end
+
+  it("`clip embed --distributed` under mpirun writes what `clip embed --out-dir` writes; rank 0 alone prints", function()
+    local reason = skip_reason()
+    if reason then pending(reason) end
+    reference()
+    local args = ("embed spec/fixtures/models/tiny %s -r --chunk-size 3 --batch-size 3 --threads 1"):format(q(photos))
+    -- stdout alone
+    local function run_out(cmd)
+      local p = io.popen(cmd .. " 2>/dev/null")
+      local text = p:read("a")
+      return p:close(), text
+    end
+    local ok, out = run_out(("cd %s && %s timeout 120 lua5.4 bin/clip %s --out-dir %s -q"):format(q(ROOT), ENV,
+      args, q(tmp .. "/cli1")))
+    assert(ok, out)
+    local dout
+    ok, dout = run_out(("cd %s && %s timeout 120 %s lua5.4 bin/clip %s --out-dir %s --distributed")
+      :format(q(ROOT), ENV, mpirun(2), args, q(tmp .. "/cli2")))
+    assert(ok, dout)
+    assert.equal(out:gsub("cli1", "cli2"), dout)
+    assert.matches("^wrote 18 image embeddings %(dim 24%) in 7 shards to .-cli2; skipped 1 unreadable input", dout)
+    assert_same_folder(tmp .. "/cli2", tmp .. "/cli1") -- (the worker's files name the model ./spec/...)
+    -- an input missing: rank 0 prints the error once, every rank exits 1
+    local bad
+    ok, bad = sh(("cd %s && %s timeout 120 %s lua5.4 bin/clip embed spec/fixtures/models/tiny %s/nowhere --out-dir %s "
+      .. "--distributed"):format(q(ROOT), ENV, mpirun(2), q(tmp), q(tmp .. "/cli3")))
+    assert.is_not_true(ok, bad)
+    local _, count = bad:gsub("clip: embed %-%-distributed: loading the model and the inputs failed on ranks 0, 1 of 2; "
+      .. "rank 0: [^\n]*/nowhere: No such file or directory", "")
+    assert.equal(1, count, bad)
+    assert.is_false(clip.core.is_dir(tmp .. "/cli3"))
+  end)
+end)
+
+-- Sharded embedding, what every build shows: the build option named, the CLI's
+-- usage, and one process resuming a folder that a distributed run left (its
+-- ranks' records, shards finished out of order)
+describe("sharded embedding in this build", function()
+  local tmp
+  before_each(function() tmp = H.tmpdir() end)
+  after_each(function() H.rmtree(tmp) end)
+
+  local function cli(args)
+    local errf = os.tmpname()
+    local p = io.popen(("cd %s && LUA_PATH=\"$PWD/lua/?.lua;$PWD/lua/?/init.lua\" LUA_CPATH=\"$PWD/build/?.so\" "
+      .. "timeout 120 lua5.4 bin/clip %s 2>%s"):format(q(ROOT), args, q(errf)))
+    local out = p:read("a")
+    local _, _, code = p:close()
+    local err = H.read(errf)
+    os.remove(errf)
+    return code, out, err
+  end
+
+  it("refuses embed.run{distributed = true} without MPI, naming the build option, and bad distributed options",
+    function()
+      local photos = make_photos(tmp .. "/photos")
+      local m = clip.load(H.fixtures .. "models/tiny", { tokenizer = false })
+      if not clip.dist.available() then
+        local ok, err = pcall(clip.embed.run, m, photos, tmp .. "/out", { distributed = true })
+        assert.is_false(ok)
+        assert.matches("embed.run: distributed = true: this build has no MPI (rebuild with `make MPI=1`", err, 1, true)
+        assert.is_false(clip.core.is_dir(tmp .. "/out"))
+      end
+      for _, c in ipairs({
+        { "yes", "distributed must be true or a table {timeout = s, wait_timeout = s}" },
+        { { timeot = 5 }, "distributed: unknown option 'timeot' (timeout, wait_timeout)" },
+        { { wait_timeout = -1 }, "distributed.wait_timeout must be seconds >= 0" },
+      }) do
+        local ok, err = pcall(clip.embed.run, m, photos, tmp .. "/out", { distributed = c[1] })
+        assert.is_false(ok)
+        assert.matches(c[2], err, 1, true)
+      end
+      m:close()
+      assert.is_false(clip.core.is_dir(tmp .. "/out"))
+    end)
+
+  it("`clip embed --distributed`: the build option named without MPI, and its usage rules", function()
+    local photos = make_photos(tmp .. "/photos")
+    if not clip.dist.available() then
+      local code, so, se = cli(("embed spec/fixtures/models/tiny %s --out-dir %s --distributed"):format(q(photos),
+        q(tmp .. "/out")))
+      assert.equal(1, code, se)
+      assert.equal("", so)
+      assert.equal("clip: embed --distributed: this build has no MPI (rebuild with `make MPI=1`; "
+        .. "docs/distributed.md)\n", se)
+      assert.is_false(clip.core.is_dir(tmp .. "/out"))
+    end
+    for _, c in ipairs({
+      { "--distributed", "--distributed goes with --out-dir DIR" },
+      { "--out-dir " .. q(tmp .. "/o") .. " --timeout 5", "--timeout goes with --distributed" },
+      { "--out-dir " .. q(tmp .. "/o") .. " --distributed --timeout soon", "--timeout expects seconds >= 0" },
+    }) do
+      local code, so, se = cli(("embed spec/fixtures/models/tiny %s %s"):format(q(photos), c[1]))
+      assert.equal(2, code, se)
+      assert.equal("", so)
+      assert.truthy(se:find(c[2], 1, true), se)
+    end
+  end)
+
+  it("one process resumes a folder a distributed run left: the ranks' records merged, the shards in order kept", function()
+    local photos = make_photos(tmp .. "/photos")
+    local m = clip.load(H.fixtures .. "models/tiny", { tokenizer = false })
+    local ref = tmp .. "/ref"
+    clip.embed.run(m, photos, ref, { chunk_size = 3, batch_size = 3 })
+    -- what two ranks killed mid-run leave: manifest.json with shards 0 and 2, rank 1's
+    -- record with shards 1 and 4 (and the skipped row of shard 0 in rank 0's), shard 3 missing
+    local out = tmp .. "/out"
+    assert(os.execute(("cp -a %s %s"):format(q(ref), q(out))))
+    local man = clip.json.decode(H.read(ref .. "/manifest.json"))
+    local sh_ = man.shards
+    os.remove(out .. "/shard-00003.safetensors")
+    os.remove(out .. "/shard-00005.safetensors")
+    os.remove(out .. "/shard-00006.safetensors")
+    local settings = { kind = man.kind, column = man.column, chunk_size = man.chunk_size, normalize = man.normalize,
+      file_format = man.file_format, model = man.model, source = man.source }
+    local skipped = man.skipped
+    man.shards, man.skipped, man.complete = { sh_[1], sh_[3] }, {}, false
+    man.rows, man.embedded, man.dim = nil, nil, nil
+    man.distributed = { ranks = 2, run = "x" }
+    assert(clip.core.write_file(out .. "/manifest.json", clip.json.encode(man)))
+    assert(clip.core.write_file(out .. "/manifest.rank-1.json", clip.json.encode({ format = "clip.embed.rank",
+      version = 1, rank = 1, world = 2, run = "x", settings = settings, shards = { sh_[2], sh_[5] }, skipped = {} })))
+    assert(clip.core.write_file(out .. "/manifest.rank-0.json", clip.json.encode({ format = "clip.embed.rank",
+      version = 1, rank = 0, world = 2, run = "x", settings = settings, shards = { sh_[1] }, skipped = skipped })))
+    local decoded, lines = 0, {}
+    local r = clip.embed.run(m, photos, out, { chunk_size = 3, batch_size = 3, log = function(l) lines[#lines + 1] = l end,
+      decode = function(mm, list)
+        decoded = decoded + #list
+        return clip.embed.decode_batch(mm, list)
+      end })
+    m:close()
+    -- shards 0, 1, 2 follow each other: kept; 4 comes after the missing 3: computed again with it
+    assert.same({ 3, 4, 10 }, { r.resumed_shards, r.computed_shards, decoded })
+    assert.truthy(lines[1]:find("1 shard(s) of a distributed run come after a missing one", 1, true), lines[1])
+    assert.is_false(clip.core.is_file(out .. "/manifest.rank-1.json"))
+    assert.is_false(clip.core.is_file(out .. "/manifest.rank-0.json"))
+    local a = clip.json.decode(H.read(out .. "/manifest.json"))
+    local b = clip.json.decode(H.read(ref .. "/manifest.json"))
+    assert.is_nil(a.distributed)
+    assert.equal(clip.embed.canonical_json(b), clip.embed.canonical_json(a))
+    for _, nm in ipairs(shard_files(ref)) do
+      assert.is_true(H.read(ref .. "/" .. nm) == H.read(out .. "/" .. nm), nm)
+    end
+  end)
+end)

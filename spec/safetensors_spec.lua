@@ -53,6 +53,30 @@ describe("safetensors", function()
     assert.equal(8 + n + 12, #s)
   end)
 
+  it("writes the metadata keys sorted: the same call gives the same bytes in every process", function()
+    local meta = {}
+    for i = 1, 40 do meta[("k%02d"):format(41 - i)] = tostring(i) end
+    meta.format, meta.indices = "pt", "[1,2]"
+    local p = dir .. "/m.safetensors"
+    clip.save_safetensors(p, { t = clip.ones({ 2 }) }, { metadata = meta })
+    local s = H.read(p)
+    local hdr = s:sub(9, 8 + string.unpack("<I8", s))
+    local keys = {}
+    for k in hdr:match('"__metadata__":(%b{})'):gmatch('"([^"]+)":"') do keys[#keys + 1] = k end
+    assert.equal(42, #keys)
+    for i = 2, #keys do assert.is_true(keys[i - 1] < keys[i], keys[i - 1] .. " before " .. keys[i]) end
+    -- another process, whose tables have another hash seed: the same bytes
+    local p2 = dir .. "/m2.safetensors"
+    local code = ([[local clip = require "clip"; local meta = {}
+      for i = 1, 40 do meta[("k%%02d"):format(41 - i)] = tostring(i) end
+      meta.format, meta.indices = "pt", "[1,2]"
+      clip.save_safetensors(%q, { t = clip.ones({ 2 }) }, { metadata = meta })]]):format(p2)
+    write(dir .. "/m2.lua", code)
+    assert(os.execute(("cd '%s..' && LUA_PATH='lua/?.lua;lua/?/init.lua' LUA_CPATH='build/?.so' lua5.4 '%s/m2.lua'")
+      :format(H.spec_dir, dir)))
+    assert.equal(s, H.read(p2))
+  end)
+
   local bad = {
     { "missing file", nil, "No such file" },
     { "empty file", "", "shorter than the 8%-byte header" },

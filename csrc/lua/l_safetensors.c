@@ -4,6 +4,7 @@
  * mapping is private, so writing to a view never touches the file); other
  * dtypes are converted to float32 copies. The mapping lives in a
  * "clip.SafetensorsFile" userdata that the views keep alive. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
@@ -82,6 +83,10 @@ static int parse_dtype_opt(lua_State *L, const char *s) {
   return luaL_error(L, "save_safetensors: unknown dtype '%s' (F32, F16 or BF16)", s);
 }
 
+static int cmp_key(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* clip.save_safetensors(path, {name = Tensor}, {metadata = {k = "v"}, dtype = "F32"}) */
 static int l_save(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -122,15 +127,32 @@ static int l_save(lua_State *L) {
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "metadata");
     if (lua_istable(L, -1)) {
-      cJSON *m = cJSON_CreateObject();
+      /* keys sorted, so the same call writes the same bytes in every process
+       * (Lua's table order depends on a per-process hash seed) */
+      int mt = lua_gettop(L), nk = 0;
       lua_pushnil(L);
-      while (lua_next(L, -2)) {
-        if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1))
-          cJSON_AddStringToObject(m, lua_tostring(L, -2), lua_tostring(L, -1));
+      while (lua_next(L, mt)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) nk++;
+        lua_pop(L, 1);
+      }
+      const char **keys = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nk ? nk : 1), 0);
+      int i = 0;
+      lua_pushnil(L);
+      while (lua_next(L, mt)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1) && i < nk)
+          keys[i++] = lua_tostring(L, -2); /* key stays referenced by the table */
+        lua_pop(L, 1);
+      }
+      qsort(keys, (size_t)i, sizeof(*keys), cmp_key);
+      cJSON *m = cJSON_CreateObject();
+      for (int j = 0; j < i; j++) {
+        lua_getfield(L, mt, keys[j]);
+        cJSON_AddStringToObject(m, keys[j], lua_tostring(L, -1));
         lua_pop(L, 1);
       }
       meta = cJSON_PrintUnformatted(m);
       cJSON_Delete(m);
+      lua_pop(L, 1); /* keys */
     }
     lua_pop(L, 1);
   }

@@ -213,10 +213,15 @@ end
 
 local function shard_name(k) return ("shard-%05d"):format(k - 1) end
 
+-- manifest.rank-R.json: a distributed run's per-rank record of its finished
+-- shards (clip.embed_dist), merged into the manifest by rank 0
+local function rank_file(name) return name:match("^manifest%.rank%-%d+%.json$") ~= nil end
+
 local function our_file(name)
   return name == MANIFEST or name:match("^manifest%.json%.tmp%d+$")
     or name:match("^shard%-%d+%.safetensors$") or name:match("^shard%-%d+%.npy$")
     or name:match("^shard%-%d+%.json$") or name:match("^shard%-%d+%.[%a]+%.tmp%d+$")
+    or rank_file(name) or name:match("^manifest%.rank%-%d+%.json%.tmp%d+$")
 end
 
 -- remove the files this module writes (and their temporaries) from dir;
@@ -245,6 +250,25 @@ local function shard_ok(dir, e)
   if not e.file or file_size(join(dir, e.file)) ~= e.bytes then return false end
   if e.sidecar and not core.is_file(join(dir, e.sidecar)) then return false end
   return true
+end
+
+-- the shards and skipped rows recorded in dir's manifest.rank-R.json files by a
+-- distributed run with these settings (files of other settings are ignored)
+local function rank_records(dir, settings)
+  local shards, skipped, files = {}, {}, {}
+  for _, nm in ipairs(core.listdir(dir) or {}) do
+    if rank_file(nm) then
+      files[#files + 1] = join(dir, nm)
+      local text = read_file(join(dir, nm))
+      local ok, r = pcall(core.json_decode, text or "", nm)
+      if ok and type(r) == "table" and r.format == M.FORMAT .. ".rank" and type(r.settings) == "table"
+        and not differences(r.settings, settings) then
+        for _, e in ipairs(r.shards or {}) do shards[#shards + 1] = e end
+        for _, x in ipairs(r.skipped or {}) do skipped[#skipped + 1] = x end
+      end
+    end
+  end
+  return shards, skipped, files
 end
 
 -- the embeddings of one chunk: rows is a list of {pos, input, line}
@@ -365,14 +389,22 @@ end
 --   log         function(line) for the skipped rows (default: the bar's log)
 --   on_chunk    function(info) after each shard and its manifest are written:
 --               {shard, file, rows, embedded, first, last, skipped}
+--   distributed true or {timeout = s, wait_timeout = s}: every MPI rank runs
+--               the same call and embeds its share of the chunks into the one
+--               out_dir (clip.embed_dist; docs/distributed.md, "Sharded
+--               embedding"); the result equals a single-process run's
 -- summary: {out_dir, manifest, kind, dim, rows, embedded, skipped (count),
 -- skipped_list, shards, resumed_shards, computed_shards}.
-function M.run(model, source, out_dir, opts)
-  opts = opts or {}
-  if type(model) ~= "table" or not model.core then error("embed.run: expected a clip model", 2) end
-  if type(out_dir) ~= "string" or out_dir == "" then error("embed.run: expected an output directory", 2) end
+-- the checked options, the stream and the settings a manifest records (the
+-- part of run() shared with the distributed run); errors at level lvl
+local function setup(model, source, out_dir, opts, lvl)
+  if type(model) ~= "table" or not model.core then error("embed.run: expected a clip model", lvl) end
+  if type(out_dir) ~= "string" or out_dir == "" then error("embed.run: expected an output directory", lvl) end
   if type(source) == "string" and core.is_file(source) and require("clip.image").has_image_extension(source) then
     source = { source } -- one image
+  end
+  if type(source) == "string" and source ~= "-" and not core.is_file(source) and not core.is_dir(source) then
+    error(source .. ": no such file or directory", lvl)
   end
   local kind = opts.kind
   if kind == nil then
@@ -380,21 +412,21 @@ function M.run(model, source, out_dir, opts)
     kind = lines and "text" or "image"
   end
   if kind ~= "image" and kind ~= "text" then
-    error(("embed.run: kind must be \"image\" or \"text\", got %s"):format(tostring(kind)), 2)
+    error(("embed.run: kind must be \"image\" or \"text\", got %s"):format(tostring(kind)), lvl)
   end
-  if kind == "text" and not model.tokenizer then error("embed.run: the model was loaded without a tokenizer", 2) end
+  if kind == "text" and not model.tokenizer then error("embed.run: the model was loaded without a tokenizer", lvl) end
   local column = opts.column or kind
   local chunk = math.tointeger(opts.chunk_size or M.CHUNK_SIZE)
-  if not chunk or chunk < 1 then error("embed.run: chunk_size must be a positive integer", 2) end
+  if not chunk or chunk < 1 then error("embed.run: chunk_size must be a positive integer", lvl) end
   local bs = math.tointeger(opts.batch_size or 32)
-  if not bs or bs < 1 then error("embed.run: batch_size must be a positive integer", 2) end
+  if not bs or bs < 1 then error("embed.run: batch_size must be a positive integer", lvl) end
   local fmt = opts.format or "safetensors"
   if fmt ~= "safetensors" and fmt ~= "npy" then
-    error(("embed.run: format must be \"safetensors\" or \"npy\", got %s"):format(tostring(fmt)), 2)
+    error(("embed.run: format must be \"safetensors\" or \"npy\", got %s"):format(tostring(fmt)), lvl)
   end
   local on_error = opts.on_error or "skip"
   if on_error ~= "skip" and on_error ~= "raise" then
-    error(("embed.run: on_error must be \"skip\" or \"raise\", got %s"):format(tostring(on_error)), 2)
+    error(("embed.run: on_error must be \"skip\" or \"raise\", got %s"):format(tostring(on_error)), lvl)
   end
   local s = stream.open(source, { column = column, images = kind == "image" and { column } or nil,
     format = (kind == "text" and type(source) == "string" and source == "-") and "lines" or nil })
@@ -404,37 +436,53 @@ function M.run(model, source, out_dir, opts)
     model = { fingerprint = M.fingerprint(model), projection_dim = D },
     source = s:describe(),
   }
-  local ok, err = core.mkdir_p(out_dir)
-  if not ok then error(err, 2) end
-  local mpath = join(out_dir, MANIFEST)
+  return { kind = kind, column = column, chunk = chunk, bs = bs, fmt = fmt, on_error = on_error, s = s, D = D,
+    settings = settings }
+end
 
-  -- the manifest: a new one, or the earlier run's to resume
-  local man
+-- the earlier run's manifest in out_dir to resume, or nil to start afresh
+-- (after clear(out_dir, false)); refuses a manifest of other settings, and
+-- shard files without a manifest, unless overwrite. Reads only.
+local function existing_manifest(out_dir, settings, overwrite, lvl)
+  local mpath = join(out_dir, MANIFEST)
   local text = read_file(mpath)
-  if text and not opts.overwrite then
+  if text and not overwrite then
     local okj, m = pcall(core.json_decode, text, mpath)
-    if not okj then error(clean(m) .. " (rerun with overwrite = true to start over)", 2) end
+    if not okj then error(clean(m) .. " (rerun with overwrite = true to start over)", lvl) end
     if type(m) ~= "table" or m.format ~= M.FORMAT then
-      error(mpath .. ": not a clip.embed manifest (rerun with overwrite = true to replace it)", 2)
+      error(mpath .. ": not a clip.embed manifest (rerun with overwrite = true to replace it)", lvl)
     end
     local k, a, b = differences(m, settings)
     if k then
       error(("%s: this folder was written with another %s: %s; this run has %s. Rerun with overwrite = true "
         .. "(clip embed --overwrite) to start over, or write to another folder"):format(out_dir,
-          k == "file_format" and "format" or k, short(a), short(b)), 2)
+          k == "file_format" and "format" or k, short(a), short(b)), lvl)
     end
-    man = m
-  else
-    if not text and not opts.overwrite then
-      for _, nm in ipairs(core.listdir(out_dir) or {}) do
-        if our_file(nm) and not nm:match("%.tmp%d+$") then
-          error(("%s: holds %s but no %s; rerun with overwrite = true to replace it"):format(out_dir, nm, MANIFEST), 2)
-        end
+    return m
+  end
+  if not text and not overwrite then
+    for _, nm in ipairs(core.listdir(out_dir) or {}) do
+      if our_file(nm) and not nm:match("%.tmp%d+$") then
+        error(("%s: holds %s but no %s; rerun with overwrite = true to replace it"):format(out_dir, nm, MANIFEST), lvl)
       end
     end
-    clear(out_dir, false)
-    man = nil
   end
+  return nil
+end
+
+function M.run(model, source, out_dir, opts)
+  opts = opts or {}
+  if opts.distributed then return require("clip.embed_dist").run(model, source, out_dir, opts) end
+  local c = setup(model, source, out_dir, opts, 3)
+  local kind, column, chunk, bs, fmt, on_error, s, D, settings = c.kind, c.column, c.chunk, c.bs, c.fmt,
+    c.on_error, c.s, c.D, c.settings
+  local ok, err = core.mkdir_p(out_dir)
+  if not ok then error(err, 2) end
+  local mpath = join(out_dir, MANIFEST)
+
+  -- the manifest: a new one, or the earlier run's to resume
+  local man = existing_manifest(out_dir, settings, opts.overwrite, 3)
+  if not man then clear(out_dir, false) end
   clear(out_dir, true)
   if not man then
     man = { format = M.FORMAT, version = M.VERSION, shards = {}, skipped = {} }
@@ -445,12 +493,37 @@ function M.run(model, source, out_dir, opts)
   man.shards = man.shards or {}
   man.skipped = man.skipped or {}
   man.complete = false
+  man.distributed = nil
+  -- a distributed run killed before rank 0 merged its ranks' records: take them
+  local rshards, rskipped, rfiles = rank_records(out_dir, settings)
+  if #rfiles > 0 then
+    local seen = {}
+    for _, e in ipairs(man.shards) do seen[e.file or ""] = true end
+    for _, e in ipairs(rshards) do
+      if not seen[e.file or ""] then
+        seen[e.file or ""] = true
+        man.shards[#man.shards + 1] = e
+      end
+    end
+    table.sort(man.shards, function(x, y) return (x.first or 0) < (y.first or 0) end)
+    local pos = {}
+    for _, x in ipairs(man.skipped) do pos[x.position] = true end
+    for _, x in ipairs(rskipped) do
+      if not pos[x.position] then
+        pos[x.position] = true
+        man.skipped[#man.skipped + 1] = x
+      end
+    end
+    table.sort(man.skipped, function(x, y) return x.position < y.position end)
+  end
 
-  -- keep the longest prefix of finished shards that are still as written
-  local keep = 0
+  -- keep the longest prefix of finished shards that are still as written and
+  -- follow each other (a distributed run finishes shards out of order)
+  local keep, next_row, gap = 0, 1, false
   for i, e in ipairs(man.shards) do
     if not shard_ok(out_dir, e) then break end
-    keep = i
+    if e.first ~= next_row then gap = true break end
+    keep, next_row = i, e.last + 1
   end
   local dropped = #man.shards - keep
   for i = #man.shards, keep + 1, -1 do man.shards[i] = nil end
@@ -460,13 +533,17 @@ function M.run(model, source, out_dir, opts)
   for _, x in ipairs(man.skipped) do if x.position <= done_rows then sk[#sk + 1] = x end end
   man.skipped = sk
   write_json(mpath, man)
+  for _, f in ipairs(rfiles) do os.remove(f) end
 
   local total = opts.total
   if total == nil and opts.progress and not s.once then total = s:count() end
   if total == false then total = nil end
   local bar = progress.wrap(opts.progress, total, "embed", kind == "image" and "img" or "text", done_rows)
   local log = opts.log or function(line) bar:log(line) end
-  if dropped > 0 then
+  if dropped > 0 and gap then
+    log(("%s: %d shard(s) of a distributed run come after a missing one; computing them again in order"):format(
+      out_dir, dropped))
+  elseif dropped > 0 then
     log(("%s: %d shard(s) listed in the manifest are missing or changed; computing them again"):format(out_dir, dropped))
   end
   local o = { batch_size = bs, column = column, normalize = opts.normalize == true, file_format = fmt,
@@ -698,5 +775,12 @@ function Reader:index()
   return require("clip.search").from_embeddings(t, paths,
     { model = self.manifest.model_dir, skipped = self.skipped })
 end
+
+-- the pieces run() is made of, for the distributed run (clip.embed_dist)
+M._impl = { MANIFEST = MANIFEST, join = join, clean = clean, canon = canon, read_file = read_file,
+  file_size = file_size, write_json = write_json, fnv = fnv, input_key = input_key, shard_name = shard_name,
+  our_file = our_file, rank_file = rank_file, clear = clear, short = short, shard_ok = shard_ok,
+  rank_records = rank_records, embed_chunk = embed_chunk, write_shard = write_shard, setup = setup,
+  existing_manifest = existing_manifest }
 
 return M
