@@ -64,6 +64,50 @@ describe("gemm", function()
     clip.set_num_threads(before)
   end)
 
+  -- The larger GEMMs (>= 4e6 flops) go to the packed AVX-512 micro-kernel where OpenBLAS runs
+  -- no AVX-512 kernel (blas.c's general_packed): B packed per call, A transposed for ta,
+  -- rows in chunks of CLIP_PACKED_MAX_M. Checked in child processes with CLIP_GEMM=packed
+  -- (the route is decided once per process) and a 150-row chunk, so chunk edges are crossed,
+  -- against the naive twin with alpha and beta; and CLIP_GEMM=openblas turns it off.
+  it("runs the larger GEMMs on the packed kernel for every transpose, alpha and beta", function()
+    local sh = require "spec.support.shell"
+    local probe = [[lua5.4 -e '
+      local c = require("clip"); local H = require("spec.helpers"); local K = c.core.kernels
+      if not K.gemm_general_packed() then print("route off"); return end
+      local n = 0
+      for _, nt in ipairs({ 1, 2, 3 }) do
+        c.set_num_threads(nt)
+        for _, s in ipairs({ { 410, 97, 130 }, { 33, 300, 257 }, { 160, 64, 200 } }) do
+          local M, N, Kd = s[1], s[2], s[3]
+          for _, ta in ipairs({ false, true }) do
+            for _, tb in ipairs({ false, true }) do
+              local a = ta and c.randn({ Kd, M }, M + N) or c.randn({ M, Kd }, M + N)
+              local b = tb and c.randn({ N, Kd }, Kd) or c.randn({ Kd, N }, Kd)
+              local c0 = c.randn({ M, N }, 5)
+              local got = K.sgemm(a, b, ta, tb, false, c0:clone(), 0.5, -1.5)
+              local want = K.sgemm(a, b, ta, tb, true, c0:clone(), 0.5, -1.5)
+              H.assert_close(got, want, { atol = 1e-4, rtol = 1e-5,
+                label = ("packed route %d threads M=%d N=%d K=%d ta=%s tb=%s"):format(nt, M, N, Kd, ta, tb) })
+              local z = K.sgemm(a, b, ta, tb, false, c.full({ M, N }, 0 / 0), 1, 0)
+              H.assert_close(z, K.sgemm(a, b, ta, tb, true), { atol = 1e-4, rtol = 1e-5,
+                label = "beta 0 over NaN" })
+              n = n + 1
+            end
+          end
+        end
+      end
+      print("checked " .. n)']]
+    local out = sh.must("CLIP_GEMM=packed CLIP_PACKED_MAX_M=150 " .. probe)
+    if out:find("route off", 1, true) then
+      assert.is_false(clip.core.kernels.gemm_packed_kernels()[1] == "avx512",
+        "the AVX-512 kernel runs here, so CLIP_GEMM=packed must turn the route on")
+      pending("no AVX-512 packed kernel on this CPU: the route is off (CLIP_GEMM=packed)")
+      return
+    end
+    assert.truthy(out:find("checked 36", 1, true), out)
+    assert.truthy(sh.must([[CLIP_GEMM=openblas lua5.4 -e 'print(require("clip").core.kernels.gemm_general_packed())']]):find("false", 1, true))
+  end)
+
   it("set_num_threads rejects nonsense", function()
     assert.has_error(function() clip.set_num_threads(0) end)
     assert.has_error(function() clip.set_num_threads(100000) end)

@@ -3,7 +3,13 @@
  *
  * Dispatch (docs/performance.md has the measurements behind it):
  * - C = A B^T with M <= GEMM_OWN_MAX_M rows on an AVX2/FMA CPU: gemm.c's kernel, which reads
- *   each weight once and packs nothing; OpenBLAS everywhere else ("stays where it wins").
+ *   each weight once and packs nothing; OpenBLAS everywhere else ("stays where it wins"),
+ * - except where OpenBLAS runs no AVX-512 kernel on a CPU that has AVX-512 (its DYNAMIC_ARCH
+ *   falls back to the SSE3 "Prescott" kernels on CPUs it does not know, e.g. a Xeon of
+ *   family 6 model 207 with OpenBLAS 0.3.21): there every GEMM of at least
+ *   GENERAL_MIN_FLOPS (the training backward's) runs on the packed AVX-512 micro-kernel,
+ *   B packed and A transposed per call (general_packed). CLIP_GEMM=packed forces that route
+ *   wherever the AVX-512 kernel runs, CLIP_GEMM=openblas turns it off.
  * - With a pool of n > 1 threads current, the GEMM is cut into n slices of C's columns (or of
  *   its rows, when N is small and M is not), each slice run by one pool thread; OpenBLAS is
  *   then set to one thread so that the pool is the only set of working threads.
@@ -89,6 +95,9 @@ static int own_allowed(void) {
   return v;
 }
 
+static int general_packed(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                          int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
 void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
   if (M <= 0 || N <= 0) return;
@@ -102,6 +111,7 @@ void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
   }
   gemm_job g = {ta, tb, M, N, K, lda, ldb, ldc, 0, 0, alpha, beta, A, B, C};
   g.own = !ta && tb && M <= GEMM_OWN_MAX_M && own_allowed();
+  if (!g.own && general_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0) return;
   ct_pool *p = ct_pool_current();
   int nt = ct_pool_size(p);
   double flops = 2.0 * M * N * K;
@@ -141,7 +151,7 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 
 typedef struct {
   int M, N, K, lda, ldc, nout, npan, kind, isa;
-  float beta;
+  float alpha, beta;
   const float *A;
   const void *const *P;
   float *const *C;
@@ -165,7 +175,7 @@ static void packed_part(void *ctx, int tid, int nt) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
     if (hi > lo)
-      ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, 1.0f, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
+      ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
                         g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
                         hi - r * g->npan);
   }
@@ -177,11 +187,21 @@ void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
   ct_sgemm_packed_isa(ct_gemm_packed_kernel(), M, N, K, A, lda, nout, P, kind, bias, C, ldc, beta);
 }
 
+static void packed_run(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                       int nout, const void *const *P, int kind, const float *const *bias,
+                       float *const *C, int ldc, float beta);
+
 void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
                          const void *const *P, int kind, const float *const *bias,
                          float *const *C, int ldc, float beta) {
+  packed_run(isa, M, N, K, 1.0f, A, lda, nout, P, kind, bias, C, ldc, beta);
+}
+
+static void packed_run(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                       int nout, const void *const *P, int kind, const float *const *bias,
+                       float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, beta, A, P, C,
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, alpha, beta, A, P, C,
                   bias, NULL, 0};
   atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
@@ -242,4 +262,97 @@ void ct_blas_single_thread(void) {
     openblas_set_num_threads(1);
     blas_single = 1;
   }
+}
+
+/* ---------------------------------------------------------------- any GEMM on the packed kernel */
+
+char *openblas_get_corename(void);
+
+enum { GENERAL_MIN_FLOPS = 4000000 };
+
+/* 1: general_packed takes the GEMMs it is given (decided once: CLIP_GEMM, the packed kernel,
+ * the core OpenBLAS picked) */
+int ct_gemm_general_packed(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("CLIP_GEMM");
+    int on;
+    if (ct_gemm_packed_kernel() != PK_AVX512 || (e && !strcmp(e, "openblas"))) {
+      on = 0;
+    } else if (e && !strcmp(e, "packed")) {
+      on = 1;
+    } else { /* OpenBLAS's AVX-512 cores keep the GEMMs they win */
+      const char *c = openblas_get_corename();
+      on = !(c && (strstr(c, "kylakex") || strstr(c, "ooperlake") || strstr(c, "apphire") ||
+                   strstr(c, "KYLAKEX") || strstr(c, "OOPERLAKE") || strstr(c, "APPHIRE")));
+    }
+    v = on;
+  }
+  return v;
+}
+
+/* op(B) {K, N} into the panels of ct_pack_nt: panel p holds columns p*PK_NR.., k-major */
+static void pack_kn(int N, int K, const float *B, int ldb, float *P) {
+  for (int p = 0, np = (N + PK_NR - 1) / PK_NR; p < np; p++) {
+    float *dst = P + (size_t)p * PK_NR * K;
+    int n0 = p * PK_NR, nc = N - n0 < PK_NR ? N - n0 : PK_NR;
+    for (int k = 0; k < K; k++) {
+      const float *src = B + (size_t)k * ldb + n0;
+      float *d = dst + (size_t)k * PK_NR;
+      int j = 0;
+      for (; j < nc; j++) d[j] = src[j];
+      for (; j < PK_NR; j++) d[j] = 0.0f;
+    }
+  }
+}
+
+/* At {M, K} = A^T for A stored {K, M} (lda), in 32 x 32 tiles */
+static void transpose(int M, int K, const float *A, int lda, float *At) {
+  enum { T = 32 };
+  for (int k0 = 0; k0 < K; k0 += T)
+    for (int m0 = 0; m0 < M; m0 += T) {
+      int k1 = k0 + T < K ? k0 + T : K, m1 = m0 + T < M ? m0 + T : M;
+      for (int k = k0; k < k1; k++)
+        for (int m = m0; m < m1; m++) At[(size_t)m * K + k] = A[(size_t)k * lda + m];
+    }
+}
+
+static void *alloc64(size_t floats) {
+  return aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+}
+
+/* C = alpha op(A) op(B) + beta C on the packed micro-kernel, split over the pool as the
+ * packed weights are (packed_run), in chunks of ct_packed_max_m() rows. 0: done; -1: not
+ * taken (route off, too small, out of memory): the caller runs it as before. */
+static int general_packed(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+  if (2.0 * M * N * K < GENERAL_MIN_FLOPS || !ct_gemm_general_packed()) return -1;
+  float *P = alloc64(ct_pack_nt_floats(N, K)), *At = NULL;
+  if (!P) return -1;
+  if (ta && !(At = alloc64((size_t)M * K))) {
+    free(P);
+    return -1;
+  }
+  if (tb) { /* B stored {N, K}: the layout of the packed weights */
+    pack_job j = {N, K, ldb, 0, B, P};
+    ct_pool_run(ct_pool_current(), pack_part, &j);
+  } else {
+    pack_kn(N, K, B, ldb, P);
+  }
+  if (ta) {
+    transpose(M, K, A, lda, At);
+    A = At;
+    lda = K;
+  }
+  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
+  const void *pp = P;
+  for (int i0 = 0; i0 < M; i0 += chunk) {
+    int m = M - i0 < chunk ? M - i0 : chunk;
+    float *c = C + (size_t)i0 * ldc;
+    packed_run(PK_AVX512, m, N, K, alpha, A + (size_t)i0 * lda, lda, 1, &pp, PK_F32, NULL, &c,
+               ldc, beta);
+  }
+  free(At);
+  free(P);
+  return 0;
 }

@@ -31,6 +31,9 @@ int ct_packed_max_m(void);
 /* Pack B[N,K] (row stride ldb; float, or 16-bit elements for PK_F16 / PK_BF16) into P
  * (ct_pack_nt_floats(N, K) elements, 64-byte aligned), split over the current pool. */
 void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind);
+/* 1 when ct_sgemm runs its larger GEMMs on the packed AVX-512 micro-kernel rather than
+ * OpenBLAS (OpenBLAS without an AVX-512 kernel on an AVX-512 CPU, or CLIP_GEMM=packed) */
+int ct_gemm_general_packed(void);
 
 /* OpenBLAS's own thread count (for a C host without a pool; see pool.h). */
 void ct_set_num_threads(int n);

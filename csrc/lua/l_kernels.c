@@ -602,7 +602,15 @@ static int k_eval_double(lua_State *L) {
   return 1;
 }
 
-/* kernels.sgemm(a, b, ta, tb, ref) -> op(a) op(b) */
+/* kernels.gemm_general_packed() -> true when the GEMM door runs its larger GEMMs on the
+ * packed micro-kernel (blas.c) */
+static int k_gemm_general_packed(lua_State *L) {
+  lua_pushboolean(L, ct_gemm_general_packed());
+  return 1;
+}
+
+/* kernels.sgemm(a, b, ta, tb [, ref [, c, alpha, beta]]) -> alpha op(a) op(b) + beta c through
+ * the GEMM door (ref: its naive twin); c {M,N} is updated in place (a new tensor when nil) */
 static int k_sgemm(lua_State *L) {
   l_tensor *a = l_checktensor(L, 1), *b = l_checktensor(L, 2);
   int ta = lua_toboolean(L, 3), tb = lua_toboolean(L, 4);
@@ -612,10 +620,19 @@ static int k_sgemm(lua_State *L) {
   int M = (int)(ta ? a->shape[1] : a->shape[0]), K = (int)(ta ? a->shape[0] : a->shape[1]);
   int K2 = (int)(tb ? b->shape[1] : b->shape[0]), N = (int)(tb ? b->shape[0] : b->shape[1]);
   if (K != K2) return luaL_error(L, "sgemm: inner dims differ");
-  int64_t s[2] = {M, N};
-  l_tensor *o = l_tensor_new(L, 2, s);
-  (ref ? ct_sgemm_ref : ct_sgemm)(ta, tb, M, N, K, 1.0f, a->data, (int)a->shape[1], b->data,
-                                  (int)b->shape[1], 0.0f, o->data, N);
+  float alpha = (float)luaL_optnumber(L, 7, 1.0), beta = (float)luaL_optnumber(L, 8, 0.0);
+  l_tensor *o;
+  if (lua_isnoneornil(L, 6)) {
+    int64_t s[2] = {M, N};
+    o = l_tensor_new(L, 2, s);
+  } else {
+    o = l_checktensor(L, 6);
+    if (o->ndim != 2 || o->shape[0] != M || o->shape[1] != N)
+      return luaL_error(L, "sgemm: c must be {%d, %d}", M, N);
+    lua_pushvalue(L, 6);
+  }
+  (ref ? ct_sgemm_ref : ct_sgemm)(ta, tb, M, N, K, alpha, a->data, (int)a->shape[1], b->data,
+                                  (int)b->shape[1], beta, o->data, N);
   return 1;
 }
 
@@ -766,6 +783,7 @@ void l_kernels_open(lua_State *L) {
                                 {"act", k_act},
                                 {"attention", k_attention},
                                 {"sgemm", k_sgemm},
+                                {"gemm_general_packed", k_gemm_general_packed},
                                 {"gemm_nt", k_gemm_nt},
                                 {"gemm_available", k_gemm_available},
                                 {"gemm_packed", k_gemm_packed},
