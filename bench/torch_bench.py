@@ -2,7 +2,8 @@
 """bench/torch_bench.py - the same work as bench/ours.lua, in PyTorch (Debian's python3-torch).
 
 usage: /usr/bin/python3 bench/torch_bench.py <task> <model dir> [args]; prints one line of JSON.
-  image B [reps] | text B T [reps] | load | rss | train reencode|cache | export
+  image B [reps] | text B T [reps] | load | rss | train reencode|cache | step full|last2 [reps]
+  | export
 The model is spec/fixtures/make_models.py's CLIPModel (a faithful re-implementation of
 transformers' modeling_clip.py) in float32, with the checkpoint's safetensors weights.
 `export` writes <dir>/vision.onnx and <dir>/text.onnx (torch.onnx, opset 14, dynamic batch and
@@ -151,6 +152,41 @@ def train(d, mode):
     return last, val
 
 
+def step(d, mode, reps):
+    """bench/train_step.lua's step: 16 PNG images (bench/make_data.lua, decoded + preprocessed
+    every step), 16 positive and 16 negative 15-token captions (bench/captions.lua's ids),
+    MultipleNegativesRankingLoss (cosine similarities x 20, cross-entropy over the positives
+    and negatives), backward, clip_grad_norm_(1.0), AdamW(lr 1e-5, weight_decay 0), zero_grad.
+    mode 'full': every parameter trainable; 'last2': the last 2 blocks of both towers + final
+    norms + projections."""
+    import re
+    data = os.path.join(HERE, "out", "data")
+    imgs = [os.path.join(data, "img%02d.png" % i) for i in range(1, 17)]
+
+    def caps(B, seed):
+        return torch.tensor([[49406] + [(b * 7919 + t * 104729 + seed) % 49000 + 1 for t in range(2, 15)]
+                             + [49407] for b in range(1, B + 1)])
+    pos, neg = caps(16, 1), caps(16, 2)
+    m = load(d)
+    m.train()
+    last2 = re.compile(r"encoder\.layers\.1[01]\.|projection|post_layernorm|final_layer_norm")
+    for n, p in m.named_parameters():
+        p.requires_grad_(mode == "full" or bool(last2.search(n)))
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0)
+
+    def one():
+        px = torch.stack([preprocess(p) for p in imgs])
+        a = F.normalize(mm.vision_forward(m, px)["embeds"], dim=-1)
+        t = F.normalize(mm.text_forward(m, torch.cat([pos, neg]))["embeds"], dim=-1)
+        loss = F.cross_entropy(a @ t.T * 20.0, torch.arange(16))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    return timeit(one, reps), sum(p.numel() for p in params)
+
+
 def main():
     task, d = sys.argv[1], sys.argv[2]
     a = sys.argv[3:]
@@ -195,6 +231,11 @@ def main():
         t0 = time.perf_counter()
         last, val = train(d, mode)
         out(task="train", mode=mode, seconds=time.perf_counter() - t0, final_loss=last, val_loss=val)
+    elif task == "step":
+        mode = a[0] if a else "full"
+        reps = int(a[1]) if len(a) > 1 else 3
+        t, n = step(d, mode, reps)
+        out(task="step", mode=mode, seconds=t, trainable=n, threads=torch.get_num_threads())
     elif task == "export":
         m = load(d)
         with torch.no_grad():

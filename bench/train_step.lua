@@ -8,13 +8,17 @@
 --   full         every parameter
 -- forward + backward + clip_grad_norm + AdamW step + zero_grad, wall time,
 -- median of --rounds (default 3) after one warm-up step.
---   lua5.4 bench/train_step.lua [bench/models/b32] [--rounds N]
+-- --torch: also the same last2 and full steps in PyTorch (bench/torch_bench.py step, Debian's
+-- python3-torch, torch.set_num_threads = our threads), in the same run, and the ratios.
+--   lua5.4 bench/train_step.lua [bench/models/b32] [--rounds N] [--torch]
 local clip = require "clip"
 
-local dir, rounds = "bench/models/b32", 3
+local dir, rounds, torch = "bench/models/b32", 3, false
 local i = 1
 while i <= #arg do
-  if arg[i] == "--rounds" then rounds = tonumber(arg[i + 1]); i = i + 1 else dir = arg[i] end
+  if arg[i] == "--rounds" then rounds = tonumber(arg[i + 1]); i = i + 1
+  elseif arg[i] == "--torch" then torch = true
+  else dir = arg[i] end
   i = i + 1
 end
 
@@ -63,4 +67,25 @@ for _, c in ipairs(cases) do
   local _, trainable = model:count_parameters()
   io.write(("%-12s %8.3f s   (%d trainable parameters)\n"):format(c[1], ts[(#ts + 1) // 2], trainable))
   io.flush()
+  c.ours = ts[(#ts + 1) // 2]
+end
+
+if torch then
+  local by = {}
+  for _, c in ipairs(cases) do by[c[1]] = c.ours end
+  local here_dir = here:gsub("/$", "")
+  for _, mode in ipairs({ "last2", "full" }) do
+    local cmd = ("CLIP_THREADS=%d /usr/bin/python3 %s/torch_bench.py step %s %s %d 2>&1")
+      :format(clip.get_num_threads(), here_dir, dir, mode, rounds)
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    p:close()
+    local secs = tonumber(out:match('"seconds": ([%d.e+-]+)'))
+    if not secs then
+      io.write(("torch %-6s failed: %s\n"):format(mode, out:sub(-300)))
+    else
+      io.write(("torch %-6s %8.3f s   ours %.3f s: %.2fx PyTorch\n"):format(mode, secs, by[mode], secs / by[mode]))
+    end
+    io.flush()
+  end
 end

@@ -7,10 +7,19 @@
 #   make bench-gradcache   peak RSS of one MNRL step at batch 256, plain vs GradCache (bench/gradcache.lua)
 #   make bench-embed       a folder of 256 JPEGs embedded end to end (serial, parallel, pipelined decoding)
 #                          against the B/32 image tower alone, batch 32 (bench/embed_folder.lua)
+#   make bench-train-step  one training step at B/32 shapes for each freezing choice, and the last2 / full
+#                          steps in PyTorch (python3-torch, installed when missing) with the ratios
+#                          (bench/train_step.lua --torch)
 #   BENCH_ROUNDS=N, BENCH_ARGS="--only ours,ort image" to narrow a run.
 BENCH_ROUNDS ?= 3
 BENCH_ARGS   ?=
 BENCH_ENV    := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+
+.PHONY: bench-train-step
+bench-train-step: all bench-models
+	$(MAKE) deps EXTRA_DEBS="python3-torch python3-pil python3-numpy"
+	@[ -f bench/out/data/img16.png ] || $(BENCH_ENV) $(LUA) bench/make_data.lua
+	$(BENCH_ENV) $(LUA) bench/train_step.lua bench/models/b32 --rounds $(BENCH_ROUNDS) --torch
 
 .PHONY: bench bench-all bench-models bench-models-l14 bench-ort bench-peak bench-gemm bench-gradcache bench-embed bench-jpegs
 
