@@ -45,26 +45,10 @@ typedef struct l_image {
 
 /* ------------------------------------------------------------ helpers */
 
-/* luaL_error with C printf formats (lua_pushfstring lacks %lld, %zu, ...) */
-static int raisef(lua_State *L, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-static int raisef(lua_State *L, const char *fmt, ...) {
-  ct_err e;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(e.msg, sizeof e.msg, fmt, ap);
-  va_end(ap);
-  return luaL_error(L, "%s", e.msg);
-}
-
-
 /* Push a new Image of w x h with a zeroed pixel block. */
 static l_image *image_push(lua_State *L, int w, int h) {
   if (w < 1 || h < 1 || (int64_t)w * h > CT_IMAGE_MAX_PIXELS)
-    raisef(L, "image: invalid size %dx%d (1x1 up to %lld pixels)", w, h,
+    l_errorf(L, "image: invalid size %dx%d (1x1 up to %lld pixels)", w, h,
                (long long)CT_IMAGE_MAX_PIXELS);
   l_image *im = lua_newuserdatauv(L, sizeof *im, 1);
   im->img.w = im->img.h = 0;
@@ -83,13 +67,13 @@ static l_image *image_push(lua_State *L, int w, int h) {
 
 static l_image *check_image(lua_State *L, int idx) {
   l_image *im = luaL_checkudata(L, idx, IMAGE_MT);
-  if (im->closed || !im->img.rgb) raisef(L, "clip.Image: the image is closed");
+  if (im->closed || !im->img.rgb) l_errorf(L, "clip.Image: the image is closed");
   return im;
 }
 
 static l_image *test_image(lua_State *L, int idx) {
   l_image *im = luaL_testudata(L, idx, IMAGE_MT);
-  if (im && (im->closed || !im->img.rgb)) raisef(L, "clip.Image: the image is closed");
+  if (im && (im->closed || !im->img.rgb)) l_errorf(L, "clip.Image: the image is closed");
   return im;
 }
 
@@ -100,19 +84,19 @@ static void raise_err(lua_State *L, const ct_err *e) { luaL_error(L, "%s", e->ms
  * created before the file is opened, and nothing calls Lua while it is open. */
 static const uint8_t *read_file_ud(lua_State *L, const char *path, size_t *len) {
   struct stat st;
-  if (stat(path, &st) != 0) raisef(L, "%s: %s", path, strerror(errno));
-  if (S_ISDIR(st.st_mode)) raisef(L, "%s: is a directory, expected an image file", path);
+  if (stat(path, &st) != 0) l_errorf(L, "%s: %s", path, strerror(errno));
+  if (S_ISDIR(st.st_mode)) l_errorf(L, "%s: is a directory, expected an image file", path);
   if ((uint64_t)st.st_size > (uint64_t)CT_IMAGE_MAX_FILE)
-    raisef(L, "%s: file too large (%lld bytes, limit %zu)", path, (long long)st.st_size,
+    l_errorf(L, "%s: file too large (%lld bytes, limit %zu)", path, (long long)st.st_size,
                CT_IMAGE_MAX_FILE);
   size_t n = (size_t)st.st_size;
   uint8_t *buf = lua_newuserdatauv(L, n ? n : 1, 0);
   FILE *f = fopen(path, "rb");
-  if (!f) raisef(L, "%s: %s", path, strerror(errno));
+  if (!f) l_errorf(L, "%s: %s", path, strerror(errno));
   size_t got = n ? fread(buf, 1, n, f) : 0;
   int err = ferror(f);
   fclose(f);
-  if (err) raisef(L, "%s: read error", path);
+  if (err) l_errorf(L, "%s: read error", path);
   *len = got;
   return buf;
 }
@@ -151,7 +135,7 @@ static int check_filter(lua_State *L, int idx) {
 static int check_side(lua_State *L, int idx, const char *what) {
   lua_Integer v = luaL_checkinteger(L, idx);
   if (v < 1 || v > (1 << 28))
-    raisef(L, "%s: invalid size %lld (must be at least 1)", what, (long long)v);
+    l_errorf(L, "%s: invalid size %lld (must be at least 1)", what, (long long)v);
   return (int)v;
 }
 
@@ -178,10 +162,10 @@ static int l_image_from_bytes(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 3, &n);
   if (w < 1 || h < 1 || w * h > CT_IMAGE_MAX_PIXELS)
-    return raisef(L, "image.from_bytes: invalid size %lldx%lld", (long long)w,
+    return l_errorf(L, "image.from_bytes: invalid size %lldx%lld", (long long)w,
                       (long long)h);
   if ((lua_Integer)n != w * h * 3)
-    return raisef(L, "image.from_bytes: %zu bytes given, a %lldx%lld RGB image needs %lld",
+    return l_errorf(L, "image.from_bytes: %zu bytes given, a %lldx%lld RGB image needs %lld",
                       n, (long long)w, (long long)h, (long long)(w * h * 3));
   l_image *im = image_push(L, (int)w, (int)h);
   memcpy(im->img.rgb, s, n);
@@ -199,7 +183,7 @@ static int l_image_resize(lua_State *L) {
   int f = check_filter(L, 4);
   ct_err e;
   if ((int64_t)w * h > CT_IMAGE_MAX_PIXELS)
-    return raisef(L, "image.resize: %dx%d is over the limit of %lld pixels", w, h,
+    return l_errorf(L, "image.resize: %dx%d is over the limit of %lld pixels", w, h,
                       (long long)CT_IMAGE_MAX_PIXELS);
   l_image *out = image_push(L, w, h);
   if (ct_image_resize_into(in, w, h, f, out->img.rgb, &e)) raise_err(L, &e);
@@ -211,7 +195,7 @@ static int l_image_center_crop(lua_State *L) {
   int w = check_side(L, 2, "image.center_crop"), h = check_side(L, 3, "image.center_crop");
   ct_err e;
   if ((int64_t)w * h > CT_IMAGE_MAX_PIXELS)
-    return raisef(L, "image.center_crop: %dx%d is over the limit of %lld pixels", w, h,
+    return l_errorf(L, "image.center_crop: %dx%d is over the limit of %lld pixels", w, h,
                       (long long)CT_IMAGE_MAX_PIXELS);
   l_image *out = image_push(L, w, h);
   if (ct_image_center_crop_into(in, w, h, out->img.rgb, &e)) raise_err(L, &e);
@@ -226,8 +210,8 @@ static int l_image_resize_coeffs(lua_State *L) {
   int f = check_filter(L, 3);
   int f64 = lua_isstring(L, 4) && strcmp(lua_tostring(L, 4), "f64") == 0;
   int ksize = ct_resample_ksize(in, out, f);
-  if (ksize < 0) return raisef(L, "resize_coeffs: unsupported filter %d", f);
-  if ((int64_t)ksize * out > (1 << 24)) return raisef(L, "resize_coeffs: too many");
+  if (ksize < 0) return l_errorf(L, "resize_coeffs: unsupported filter %d", f);
+  if ((int64_t)ksize * out > (1 << 24)) return l_errorf(L, "resize_coeffs: too many");
   int *bounds = lua_newuserdatauv(L, sizeof(int) * 2 * (size_t)out, 0);
   void *k = lua_newuserdatauv(L, (f64 ? sizeof(double) : sizeof(int32_t)) * (size_t)ksize * out, 0);
   if (f64) ct_resample_coeffs_f64(in, out, f, 0, out, bounds, k);
@@ -283,7 +267,7 @@ static int image_pixel(lua_State *L) {
   l_image *im = check_image(L, 1);
   lua_Integer x = luaL_checkinteger(L, 2), y = luaL_checkinteger(L, 3);
   if (x < 1 || y < 1 || x > im->img.w || y > im->img.h)
-    return raisef(L, "clip.Image:pixel: (%lld, %lld) is outside the %dx%d image",
+    return l_errorf(L, "clip.Image:pixel: (%lld, %lld) is outside the %dx%d image",
                       (long long)x, (long long)y, im->img.w, im->img.h);
   const uint8_t *p = im->img.rgb + ((size_t)(y - 1) * im->img.w + (size_t)(x - 1)) * 3;
   for (int c = 0; c < 3; c++) lua_pushinteger(L, p[c]);
@@ -307,7 +291,7 @@ static int image_index(lua_State *L) {
   l_image *im = luaL_checkudata(L, 1, IMAGE_MT);
   const char *k = lua_tostring(L, 2);
   if (k && (strcmp(k, "width") == 0 || strcmp(k, "height") == 0)) {
-    if (im->closed) return raisef(L, "clip.Image: the image is closed");
+    if (im->closed) return l_errorf(L, "clip.Image: the image is closed");
     lua_pushinteger(L, k[0] == 'w' ? im->img.w : im->img.h);
     return 1;
   }
@@ -382,7 +366,7 @@ static void tbl_size(lua_State *L, const char *key, int square, int *shortest, i
       lua_pop(L, 2);
     }
   }
-  raisef(L, "processor: option '%s' must be an integer, {height, width}%s or "
+  l_errorf(L, "processor: option '%s' must be an integer, {height, width}%s or "
                 "{height = h, width = w}", key, square ? "" : ", {shortest_edge = n}");
 }
 
@@ -401,7 +385,7 @@ static void tbl_triple(lua_State *L, const char *key, double out[3]) {
       if (i == 2) return;
     }
   }
-  raisef(L, "processor: option '%s' must be a number or a list of 3 numbers", key);
+  l_errorf(L, "processor: option '%s' must be a number or a list of 3 numbers", key);
 }
 
 static int known_ignored(const char *k) {
@@ -425,12 +409,12 @@ static int l_processor_new(lua_State *L) {
                &p->do_normalize};
   lua_pushnil(L);
   while (lua_next(L, 1)) {
-    if (lua_type(L, -2) != LUA_TSTRING) raisef(L, "processor: option keys must be strings");
+    if (lua_type(L, -2) != LUA_TSTRING) l_errorf(L, "processor: option keys must be strings");
     const char *k = lua_tostring(L, -2);
     int done = 0;
     for (int i = 0; flags[i]; i++)
       if (strcmp(k, flags[i]) == 0) {
-        if (!lua_isboolean(L, -1)) raisef(L, "processor: option '%s' must be a boolean", k);
+        if (!lua_isboolean(L, -1)) l_errorf(L, "processor: option '%s' must be a boolean", k);
         *fp[i] = lua_toboolean(L, -1);
         done = 1;
       }
@@ -441,18 +425,18 @@ static int l_processor_new(lua_State *L) {
       int se;
       tbl_size(L, k, 1, &se, &p->crop_w, &p->crop_h);
     } else if (strcmp(k, "resample") == 0) {
-      if (!lua_isinteger(L, -1)) raisef(L, "processor: option 'resample' must be an integer");
+      if (!lua_isinteger(L, -1)) l_errorf(L, "processor: option 'resample' must be an integer");
       p->resample = (int)lua_tointeger(L, -1);
     } else if (strcmp(k, "rescale_factor") == 0) {
       if (lua_type(L, -1) != LUA_TNUMBER)
-        raisef(L, "processor: option 'rescale_factor' must be a number");
+        l_errorf(L, "processor: option 'rescale_factor' must be a number");
       p->rescale_factor = lua_tonumber(L, -1);
     } else if (strcmp(k, "image_mean") == 0) {
       tbl_triple(L, k, p->mean);
     } else if (strcmp(k, "image_std") == 0) {
       tbl_triple(L, k, p->std);
     } else if (!known_ignored(k)) {
-      raisef(L, "processor: unknown option '%s' (expected the keys of "
+      l_errorf(L, "processor: unknown option '%s' (expected the keys of "
                     "preprocessor_config.json)", k);
     }
     lua_pop(L, 1);
@@ -606,16 +590,16 @@ static void read_batch_opts(lua_State *L, int idx, const char *who, int allow_id
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
     if (k && strcmp(k, "threads") == 0) {
       if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 64)
-        raisef(L, "%s: option 'threads' must be an integer from 1 to 64", who);
+        l_errorf(L, "%s: option 'threads' must be an integer from 1 to 64", who);
       o->threads = (int)lua_tointeger(L, -1);
     } else if (k && strcmp(k, "skip_errors") == 0) {
-      if (!lua_isboolean(L, -1)) raisef(L, "%s: option 'skip_errors' must be a boolean", who);
+      if (!lua_isboolean(L, -1)) l_errorf(L, "%s: option 'skip_errors' must be a boolean", who);
       o->skip = lua_toboolean(L, -1);
     } else if (k && allow_idle && strcmp(k, "idle") == 0) {
-      if (!lua_isboolean(L, -1)) raisef(L, "%s: option 'idle' must be a boolean", who);
+      if (!lua_isboolean(L, -1)) l_errorf(L, "%s: option 'idle' must be a boolean", who);
       o->idle = lua_toboolean(L, -1);
     } else {
-      raisef(L, "%s: unknown option '%s' (expected threads, skip_errors%s)", who,
+      l_errorf(L, "%s: unknown option '%s' (expected threads, skip_errors%s)", who,
              k ? k : luaL_typename(L, -2), allow_idle ? ", idle" : "");
     }
     lua_pop(L, 1);
@@ -655,9 +639,9 @@ static void batch_output_size(lua_State *L, const ct_preproc *p, batch_mem *m, i
     if (item_output_size(p, m->paths[i], m->images[i], ow, oh, &m->errs[i]) == 0) return;
     *ow = *oh = 0;
     if (!skip) {
-      if (m->paths[i]) raisef(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
+      if (m->paths[i]) l_errorf(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
       const ct_image *im = m->images[i];
-      raisef(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
+      l_errorf(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
              m->errs[i].msg);
     }
     m->status[i] = CT_ITEM_FAILED;
@@ -673,9 +657,9 @@ static int batch_results(lua_State *L, int t_idx, l_tensor *t, const ct_batch *b
   if (!skip) {
     for (int i = 0; i < b->n; i++) {
       if (m->status[i] != CT_ITEM_FAILED) continue;
-      if (m->paths[i]) return raisef(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
+      if (m->paths[i]) return l_errorf(L, "%s: item %d: %s", who, i + 1, m->errs[i].msg);
       const ct_image *im = m->images[i];
-      return raisef(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
+      return l_errorf(L, "%s: item %d (clip.Image %dx%d): %s", who, i + 1, im->w, im->h,
                     m->errs[i].msg);
     }
     lua_pushvalue(L, t_idx);
@@ -728,8 +712,8 @@ static int proc_preprocess_batch(lua_State *L) {
   read_batch_opts(L, 3, who, 0, &o);
   lua_settop(L, 3);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-  if (n < 1) return raisef(L, "%s: empty list", who);
-  if (n > INT32_MAX / 2) return raisef(L, "%s: %lld items (too many)", who, (long long)n);
+  if (n < 1) return l_errorf(L, "%s: empty list", who);
+  if (n > INT32_MAX / 2) return l_errorf(L, "%s: %lld items (too many)", who, (long long)n);
   batch_mem m;
   batch_mem_push(L, (int)n, 0, &m); /* 4 */
   for (int i = 0; i < n; i++) {
@@ -741,10 +725,10 @@ static int proc_preprocess_batch(lua_State *L) {
     } else {
       l_image *im = luaL_testudata(L, -1, IMAGE_MT);
       if (!im)
-        return raisef(L, "%s: item %d is a %s (expected a path or a clip.Image)", who, i + 1,
+        return l_errorf(L, "%s: item %d is a %s (expected a path or a clip.Image)", who, i + 1,
                       luaL_typename(L, -1));
       if (im->closed || !im->img.rgb)
-        return raisef(L, "%s: item %d: the image is closed", who, i + 1);
+        return l_errorf(L, "%s: item %d: the image is closed", who, i + 1);
       m.images[i] = &im->img;
     }
     lua_pop(L, 1);
@@ -780,7 +764,7 @@ typedef struct l_loader {
 
 static l_loader *check_loader(lua_State *L, int idx, const char *what) {
   l_loader *ld = luaL_checkudata(L, idx, LOADER_MT);
-  if (ld->closed || !ld->d) raisef(L, "image loader: %s: the loader is closed", what);
+  if (ld->closed || !ld->d) l_errorf(L, "image loader: %s: the loader is closed", what);
   return ld;
 }
 
@@ -816,7 +800,7 @@ static int l_image_loader(lua_State *L) {
   ld->skip = o.skip;
   ct_err e;
   ld->d = ct_decoder_new(o.threads, o.idle ? CT_DECODER_IDLE : 0, &e);
-  if (!ld->d) return raisef(L, "image loader: %s", e.msg);
+  if (!ld->d) return l_errorf(L, "image loader: %s", e.msg);
   ld->closed = 0;
   ld->threads = ct_decoder_threads(ld->d);
   return 1;
@@ -829,14 +813,14 @@ static int loader_submit(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   if (ld->pending)
-    return raisef(L, "%s: a batch is already pending (call wait() for it first)", who);
+    return l_errorf(L, "%s: a batch is already pending (call wait() for it first)", who);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-  if (n < 1) return raisef(L, "%s: empty list", who);
-  if (n > INT32_MAX / 2) return raisef(L, "%s: %lld items (too many)", who, (long long)n);
+  if (n < 1) return l_errorf(L, "%s: empty list", who);
+  if (n > INT32_MAX / 2) return l_errorf(L, "%s: %lld items (too many)", who, (long long)n);
   size_t strbytes = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
-      return raisef(L, "%s: item %d is a %s (expected a path; preprocess_batch takes Images)",
+      return l_errorf(L, "%s: item %d is a %s (expected a path; preprocess_batch takes Images)",
                     who, (int)i,
                     luaL_testudata(L, -1, IMAGE_MT) ? "clip.Image" : luaL_typename(L, -1));
     size_t len;
@@ -874,7 +858,7 @@ static int loader_submit(lua_State *L) {
   if (ow > 0 && ct_decoder_submit(ld->d, &ld->b, &e)) { /* cannot happen: not pending */
     ld->pending = 0;
     loader_drop(L, 1);
-    return raisef(L, "%s: %s", who, e.msg);
+    return l_errorf(L, "%s: %s", who, e.msg);
   }
   return 0;
 }
@@ -883,7 +867,7 @@ static int loader_submit(lua_State *L) {
 static int loader_wait(lua_State *L) {
   l_loader *ld = check_loader(L, 1, "wait");
   lua_settop(L, 1);
-  if (!ld->pending) return raisef(L, "image loader: wait: nothing submitted");
+  if (!ld->pending) return l_errorf(L, "image loader: wait: nothing submitted");
   if (ld->b.ow > 0) ct_decoder_wait(ld->d);
   ld->pending = 0;
   lua_getiuservalue(L, 1, 1); /* 2: the tensor */
