@@ -4,7 +4,6 @@ local clip = require "clip"
 local npy = require "clip.npy"
 local H = require "spec.helpers"
 
-local root = H.spec_dir .. "../"
 local MODEL = H.fixtures .. "models/tiny"
 local IMG = H.fixtures .. "images/"
 local A, B, C = IMG .. "natural.jpg", IMG .. "palette.png", IMG .. "gray.png"
@@ -12,17 +11,7 @@ local A, B, C = IMG .. "natural.jpg", IMG .. "palette.png", IMG .. "gray.png"
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 -- run bin/clip; returns exit code, stdout, stderr (124 if it hung for 2 minutes)
-local function cli(args)
-  local errf = os.tmpname()
-  local cmd = ("cd %s && LUA_PATH=\"$PWD/lua/?.lua;$PWD/lua/?/init.lua\" LUA_CPATH=\"$PWD/build/?.so\" " ..
-    "timeout 120 lua5.4 bin/clip %s 2>%s"):format(q(root), args, q(errf))
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  local _, _, code = p:close()
-  local err = H.read(errf)
-  os.remove(errf)
-  return code, out, err
-end
+local cli = require("spec.support.shell").clip
 
 local function ok_json(args)
   local code, out, err = cli(args .. " --json")

@@ -751,16 +751,7 @@ describe("sharded embedding in this build", function()
   before_each(function() tmp = H.tmpdir() end)
   after_each(function() H.rmtree(tmp) end)
 
-  local function cli(args)
-    local errf = os.tmpname()
-    local p = io.popen(("cd %s && LUA_PATH=\"$PWD/lua/?.lua;$PWD/lua/?/init.lua\" LUA_CPATH=\"$PWD/build/?.so\" "
-      .. "timeout 120 lua5.4 bin/clip %s 2>%s"):format(q(ROOT), args, q(errf)))
-    local out = p:read("a")
-    local _, _, code = p:close()
-    local err = H.read(errf)
-    os.remove(errf)
-    return code, out, err
-  end
+  local cli = require("spec.support.shell").clip
 
   it("refuses embed.run{distributed = true} without MPI, naming the build option, and bad distributed options",
     function()

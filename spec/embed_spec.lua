@@ -287,17 +287,7 @@ describe("clip.embed", function()
   end)
 
   describe("bin/clip embed --out-dir", function()
-    local root = H.spec_dir .. "../"
-    local function cli(args)
-      local errf = os.tmpname()
-      local p = io.popen(("cd %s && LUA_PATH=\"$PWD/lua/?.lua;$PWD/lua/?/init.lua\" LUA_CPATH=\"$PWD/build/?.so\" "
-        .. "timeout 120 lua5.4 bin/clip %s 2>%s"):format(q(root), args, q(errf)))
-      local out = p:read("a")
-      local _, _, code = p:close()
-      local err = H.read(errf)
-      os.remove(errf)
-      return code, out, err
-    end
+    local cli = require("spec.support.shell").clip
 
     it("streams a folder into shards with a progress line on stderr, resumes, and is an index", function()
       sh(("cp %s %s"):format(q(IMG .. "truncated.png"), q(dir .. "/a/broken.png")))

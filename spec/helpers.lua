@@ -60,6 +60,22 @@ function M.assert_close(actual, expected, opts)
 end
 
 -- read a whole file
+-- the message of the error f(...) raises (it must raise)
+function M.err_of(f, ...)
+  local ok, msg = pcall(f, ...)
+  assert(not ok, "expected an error")
+  return tostring(msg)
+end
+
+-- msg contains every string of parts (plain find); the failure names the missing one
+function M.assert_msg(msg, parts)
+  for _, p in ipairs(parts) do
+    if not msg:find(p, 1, true) then
+      error(("error message %q does not contain %q"):format(msg, p), 2)
+    end
+  end
+end
+
 function M.read(path)
   local f = assert(io.open(path, "rb"))
   local s = f:read("a")

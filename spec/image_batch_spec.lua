@@ -28,19 +28,7 @@ local procs = {
   tiny = image.processor(DIR .. "config_tiny.json"),
 }
 
-local function err_of(f, ...)
-  local ok, msg = pcall(f, ...)
-  assert(not ok, "expected an error")
-  return tostring(msg)
-end
-
-local function assert_msg(msg, parts)
-  for _, p in ipairs(parts) do
-    if not msg:find(p, 1, true) then
-      error(("error message %q does not contain %q"):format(msg, p), 2)
-    end
-  end
-end
+local err_of, assert_msg = H.err_of, H.assert_msg
 
 -- the serial result of each item, as float32 bytes
 local single_cache = setmetatable({}, { __mode = "k" })

@@ -70,19 +70,7 @@ end
 local procs = {}
 for k, f in pairs(M.configs) do procs[k] = image.processor(DIR .. f) end
 
-local function err_of(f, ...)
-  local ok, msg = pcall(f, ...)
-  assert(not ok, "expected an error")
-  return tostring(msg)
-end
-
-local function assert_msg(msg, parts)
-  for _, p in ipairs(parts) do
-    if not msg:find(p, 1, true) then
-      error(("error message %q does not contain %q"):format(msg, p), 2)
-    end
-  end
-end
+local err_of, assert_msg = H.err_of, H.assert_msg
 
 -- ============================================================ decoding
 describe("image decoding matches Pillow's convert('RGB')", function()

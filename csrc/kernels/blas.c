@@ -283,8 +283,8 @@ int ct_gemm_general_packed(void) {
       on = 1;
     } else { /* OpenBLAS's AVX-512 cores keep the GEMMs they win */
       const char *c = openblas_get_corename();
-      on = !(c && (strstr(c, "kylakex") || strstr(c, "ooperlake") || strstr(c, "apphire") ||
-                   strstr(c, "KYLAKEX") || strstr(c, "OOPERLAKE") || strstr(c, "APPHIRE")));
+      on = !(c && (strcasestr(c, "skylakex") || strcasestr(c, "cooperlake") ||
+                   strcasestr(c, "sapphire")));
     }
     v = on;
   }

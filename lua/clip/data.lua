@@ -279,6 +279,16 @@ function Dataset:split_by(column)
   return out
 end
 
+--- batch_meta(image_columns, cols) -> the metatable of a typed batch: each output
+-- column's modality ("image" when its source column is one of image_columns, else
+-- "text"), read by the losses (getmetatable(batch).modalities).
+function M.batch_meta(image_columns, cols)
+  local img, mods = {}, {}
+  for _, c in ipairs(image_columns) do img[c] = true end
+  for out, c in pairs(cols) do mods[out] = img[c] and "image" or "text" end
+  return { __name = "clip.data.Batch", modalities = mods }
+end
+
 --- batches(size [, opts]) -> iterator of (batch, index).
 -- opts: shuffle (false), seed (0), drop_last (false),
 --       columns: {out_name = column} (default: every column, same names).
@@ -305,13 +315,7 @@ function Dataset:batches(size, opts)
   local b = 0
   -- a typed dataset (image_columns known) tells the losses each column's
   -- modality through the batch's metatable (no extra key in the batch)
-  local mt
-  if self.image_columns then
-    local img, mods = {}, {}
-    for _, c in ipairs(self.image_columns) do img[c] = true end
-    for out, c in pairs(cols) do mods[out] = img[c] and "image" or "text" end
-    mt = { __name = "clip.data.Batch", modalities = mods }
-  end
+  local mt = self.image_columns and M.batch_meta(self.image_columns, cols) or nil
   return function()
     b = b + 1
     if b > nb then return nil end

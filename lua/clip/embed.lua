@@ -114,13 +114,7 @@ local function read_file(path)
   return s
 end
 
-local function file_size(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local n = f:seek("end")
-  f:close()
-  return n
-end
+local file_size = stream.file_size
 
 -- JSON with sorted keys, two-space indents, lists of scalars on one line: a
 -- manifest that reads well and diffs well

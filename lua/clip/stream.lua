@@ -280,6 +280,7 @@ end
 -- extension (as open reads it).
 M.format_of = format_of
 
+--- file_size(path) -> bytes, or nil when it cannot be opened.
 local function file_size(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -287,6 +288,7 @@ local function file_size(path)
   f:close()
   return n
 end
+M.file_size = file_size
 
 -- count the non-blank lines of a file (as lines_of + find("%S") see them),
 -- CHUNK bytes at a time
@@ -734,13 +736,7 @@ function Stream:batches(size, opts)
   if opts.shuffle then
     src = self:shuffle({ buffer = opts.buffer or self.shuffle_buffer or 1000, seed = opts.seed or 0 })
   end
-  local mt
-  if self.image_columns and #self.image_columns > 0 then
-    local img, mods = {}, {}
-    for _, c in ipairs(self.image_columns) do img[c] = true end
-    for out, c in pairs(cols) do mods[out] = img[c] and "image" or "text" end
-    mt = { __name = "clip.data.Batch", modalities = mods }
-  end
+  local mt = self.image_columns and #self.image_columns > 0 and data.batch_meta(self.image_columns, cols) or nil
   local it = src:rows()
   local b, done = 0, false
   return function()

@@ -1010,6 +1010,11 @@ function Trainer:evaluate(opts)
     fail(("distributed: the evaluation failed on rank 0: %s"):format((got.err:gsub("^clip%.Trainer: ", ""))))
   end
   local m, rec = got.m, got.rec
+  return self:_eval_logged(opts, m, rec)
+end
+
+-- an evaluation's record logged and on_eval fired (unless opts.log is false)
+function Trainer:_eval_logged(opts, m, rec)
   if opts.log ~= false then
     self:log(rec)
     self:_fire("on_eval", m, rec)
@@ -1034,11 +1039,7 @@ function Trainer:_evaluate_here(opts)
   local rec = { type = "eval", step = s.step, epoch = s.step == 0 and 0 or (self.train and self:_epoch_float() or 0) }
   for k, v in pairs(opts.record or {}) do rec[k] = v end
   for k, v in pairs(m) do rec[k] = v end
-  if opts.log ~= false then
-    self:log(rec)
-    self:_fire("on_eval", m, rec)
-  end
-  return m, rec
+  return self:_eval_logged(opts, m, rec)
 end
 
 -- best/ : the model of the best evaluation, replaced atomically
