@@ -379,3 +379,81 @@ describe("clip.checkpoint with parameter groups", function()
     os.execute("rm -rf '" .. tmp .. "'")
   end)
 end)
+
+-- The update kernels (csrc/core/optim.c) against twins written here: AdamW runs vectorized
+-- (AVX-512, AVX or NEON, whichever this run has) and over the pool for tensors of 32768
+-- elements or more; the twin does torch's float32 operations one rounding at a time (f32
+-- below: a double result rounded to float is the float result, for +, -, *, / and sqrt), so
+-- every element must match to the bit, with 1 and 2 threads, tail elements included.
+-- sumsq adds in double in fixed chunks: within 1e-12 of the plain double sum, and the same
+-- bits for any thread count.
+describe("optimizer kernels vs twins", function()
+  local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+  local N = 40003 -- above the threading cut, and not a multiple of 64 or 16
+
+  local function adamw_twin(p, m, v, g, lr, b1, b2, eps, wd, t)
+    local decay, w1, fb2, w2, fe = f32(1 - lr * wd), f32(1 - b1), f32(b2), f32(1 - b2), f32(eps)
+    local step, bc2s = f32(lr / (1 - b1 ^ t)), f32(math.sqrt(1 - b2 ^ t))
+    for i = 1, #p do
+      local gi = g[i]
+      local mi = f32(m[i] + f32(w1 * f32(gi - m[i])))
+      local vi = f32(f32(fb2 * v[i]) + f32(f32(w2 * gi) * gi))
+      m[i], v[i] = mi, vi
+      local denom = f32(f32(f32(math.sqrt(vi)) / bc2s) + fe)
+      p[i] = f32(f32(p[i] * decay) - f32(f32(step * mi) / denom))
+    end
+  end
+
+  local function values(t)
+    local out = {}
+    for i = 1, t:numel() do out[i] = t:get(i) end
+    return out
+  end
+
+  for _, nt in ipairs({ 1, 2 }) do
+    it(("AdamW, %d thread(s): three steps equal the float32 twin bit for bit"):format(nt), function()
+      local before = clip.get_num_threads()
+      clip.set_num_threads(nt)
+      local p, m, v = clip.randn({ N }, 11), clip.core.zeros({ N }), clip.core.zeros({ N })
+      local tp, tm, tv = values(p), values(m), values(v)
+      for t = 1, 3 do
+        local g = clip.randn({ N }, 20 + t)
+        local lr, wd = 1e-3 * t, 0.01
+        clip.core.optim_adamw(p, m, v, g, lr, 0.9, 0.999, 1e-8, wd, t)
+        adamw_twin(tp, tm, tv, values(g), lr, 0.9, 0.999, 1e-8, wd, t)
+      end
+      clip.set_num_threads(before)
+      for i = 1, N do
+        if p:get(i) ~= tp[i] or m:get(i) ~= tm[i] or v:get(i) ~= tv[i] then
+          error(("element %d: p %.9g vs %.9g, m %.9g vs %.9g, v %.9g vs %.9g"):format(
+            i, p:get(i), tp[i], m:get(i), tm[i], v:get(i), tv[i]))
+        end
+      end
+    end)
+  end
+
+  it("AdamW on a small tensor (the caller's thread, vector body and tail) equals the twin", function()
+    local p, m, v = clip.randn({ 37 }, 3), clip.core.zeros({ 37 }), clip.core.zeros({ 37 })
+    local g = clip.randn({ 37 }, 4)
+    local tp, tm, tv = values(p), values(m), values(v)
+    clip.core.optim_adamw(p, m, v, g, 0.5, 0.8, 0.99, 1e-6, 0.1, 1)
+    adamw_twin(tp, tm, tv, values(g), 0.5, 0.8, 0.99, 1e-6, 0.1, 1)
+    for i = 1, 37 do assert.equal(tp[i], p:get(i)) end
+  end)
+
+  it("sumsq: within 1e-12 of the plain double sum, the same for 1 and 2 threads", function()
+    local before = clip.get_num_threads()
+    for _, n in ipairs({ 1, 15, 16385, 100003 }) do
+      local x = clip.randn({ n }, n)
+      local s = 0
+      for i = 1, n do s = s + x:get(i) * x:get(i) end
+      clip.set_num_threads(1)
+      local a = clip.core.sumsq(x)
+      clip.set_num_threads(2)
+      local b = clip.core.sumsq(x)
+      assert.equal(a, b)
+      assert.is_true(math.abs(a - s) <= 1e-12 * s, ("n %d: %.17g vs %.17g"):format(n, a, s))
+    end
+    clip.set_num_threads(before)
+  end)
+end)
