@@ -358,10 +358,17 @@ describe("clip.stream", function()
       local c = losses(st, { shuffle = true, seed = 3 })
       assert.same(c, losses(st, { shuffle = true, seed = 3 }))
       assert.are_not.same(b, c)
-      -- without the frozen-feature cache: the same numbers
+      -- without the frozen-feature cache: the same numbers up to float noise (the frozen
+      -- features are encoded in other batches, and 4 training steps carry the difference on).
+      -- Largest relative difference seen: 2.4e-7 (AVX-512), 1.1e-6 with CLIP_NO_AVX512=1
+      -- CLIP_PACKED_AVX2=1 on a Zen 5 where OpenBLAS runs its Haswell kernels (under 1e-6 on
+      -- the Xeon before it); bound 5e-6
       local d, loss2 = losses(st, { loss_opts = { modalities = MOD.modalities, cache = false } })
       assert.is_nil(next(loss2.cache.image), "cache = false keeps nothing")
-      for i = 1, #b do assert.truthy(math.abs(b[i] - d[i]) <= 1e-6 * math.abs(b[i]), i) end
+      for i = 1, #b do
+        assert.truthy(math.abs(b[i] - d[i]) <= 5e-6 * math.abs(b[i]),
+          ("step %d: %.10g vs %.10g"):format(i, b[i], d[i]))
+      end
     end)
   end)
 end)
