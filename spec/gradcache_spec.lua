@@ -108,8 +108,8 @@ describe("GradCache: mini-batches give the full-batch loss and gradients", funct
           assert.is_not_nil(gc, name .. " has no cached gradient")
           if name:find("self_attn.k_proj.bias", 1, true) then
             -- zero in exact arithmetic: both runs hold only float noise, up to about one
-            -- float32 ulp of the largest gradient (1.04e-7 of it with CLIP_NO_AVX512=1
-            -- CLIP_PACKED_AVX2=1: libm's exp with the AVX2 packed kernel; up to 6e-8 in the
+            -- float32 ulp of the largest gradient (1.04e-7 of it with CLIP_NO_AVX512=1,
+            -- libm's exp with the AVX2 packed kernel; up to 6e-8 in the
             -- other runs, aarch64 included), so the bound is 1e-6 (8 ulps), not 1e-7
             assert.is_true(maxabs(gp) <= 1e-6 * global and maxabs(gc) <= 1e-6 * global,
               ("%s: %.3g / %.3g is not noise (largest gradient %.3g)"):format(name, maxabs(gp), maxabs(gc), global))

@@ -32,7 +32,7 @@ end
 
 describe("packed gemm kernels", function()
   if not has then
-    pending("no packed kernel selected here (x86-64 without AVX-512F and without CLIP_PACKED_AVX2=1, or CLIP_NO_AVX512): nothing is packed")
+    pending("no packed kernel selected here (x86-64 without AVX-512F and AVX2+FMA, or CLIP_PACKED_AVX2=0 without AVX-512F, or CLIP_NO_AVX512 on aarch64): nothing is packed")
     return
   end
 
@@ -153,7 +153,7 @@ describe("packed gemm kernels", function()
     end)
   end
 
-  it("are chosen at run time: AVX-512, else AVX2 when CLIP_PACKED_AVX2=1 (opt-in), NEON on aarch64, else nothing packed", function()
+  it("are chosen at run time: AVX-512, else AVX2 unless CLIP_PACKED_AVX2=0, NEON on aarch64, else nothing packed", function()
     local probe = [[lua5.4 -e 'local c = require("clip"); local K = c.core.kernels;
       local m = c.load("spec/fixtures/models/tiny", {tokenizer = false});
       m:encode_images(c.core.randn({1, 3, 32, 32}, 1));
@@ -163,7 +163,11 @@ describe("packed gemm kernels", function()
     for _, k in ipairs(kernels) do cpu_avx2 = cpu_avx2 or k == "avx2" end
     local n = run("CLIP_NO_AVX512=0 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1"):match("%d+$")
     assert.is_true(tonumber(n) > 0, "packed blocks")
-    if cpu_avx2 then assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1")) end
+    if cpu_avx2 then
+      assert.equal("avx2 " .. n, run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=1"))
+      -- the default: unset (or anything but 0) selects it
+      assert.equal("avx2 " .. n, run("env -u CLIP_PACKED_AVX2 CLIP_NO_AVX512=1 CLIP_NO_AVX2=0"))
+    end
     if ARM then assert.equal("neon " .. n, run("CLIP_NO_AVX512=0 CLIP_PACKED_AVX2=0")) end
     assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=0 CLIP_PACKED_AVX2=0"))
     assert.equal("none 0", run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1 CLIP_PACKED_AVX2=1"))

@@ -27,7 +27,7 @@ void ct_gemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const
  * on x86-64, NEON (2 x 32) on aarch64.
  * ct_gemm_packed_kernel(): the one this CPU runs, chosen once at run time. x86-64: PK_AVX512
  * when the CPU has AVX-512F and CLIP_NO_AVX512 is not set, else PK_AVX2 when it has AVX2, FMA
- * and F16C, CLIP_NO_AVX2 is not set and CLIP_PACKED_AVX2=1 (opt-in), else 0 (nothing is
+ * and F16C, CLIP_NO_AVX2 is not set and CLIP_PACKED_AVX2 is not 0, else 0 (nothing is
  * packed; OpenBLAS). aarch64: PK_NEON unless CLIP_NO_AVX512 is set, else 0.
  * ct_gemm_packed_available(): ct_gemm_packed_kernel() != 0. */
 enum { PK_NR = 32 };

@@ -103,12 +103,16 @@ int ct_gemm_packed_runs(int isa) {
                           : 0;
 }
 
-/* x86-64: AVX-512 where the CPU has it; else the AVX2 kernel, opt-in (CLIP_PACKED_AVX2=1) until
- * it is measured faster than OpenBLAS on a quiet machine: under load it tied at batch 1 and
- * lost at batch 8 (docs/performance.md); else nothing packed. aarch64: the NEON kernel. */
+/* x86-64: AVX-512 where the CPU has it; else the AVX2 kernel (CLIP_PACKED_AVX2=0 turns it off:
+ * OpenBLAS then runs the towers' GEMMs, as before it was measured: on the Zen 5, with
+ * CLIP_NO_AVX512=1, batch 1 ran 1.1-1.25x faster packed and batch 32 tied; docs/performance.md);
+ * else nothing packed. aarch64: the NEON kernel. */
 int ct_gemm_packed_kernel(void) {
   static int avx2_on = -1;
-  if (avx2_on < 0) avx2_on = env_off("CLIP_PACKED_AVX2");
+  if (avx2_on < 0) {
+    const char *v = getenv("CLIP_PACKED_AVX2");
+    avx2_on = !(v && !strcmp(v, "0"));
+  }
   if (ct_have_neon()) return PK_NEON;
   return ct_have_avx512() ? PK_AVX512 : have_avx2() && avx2_on ? PK_AVX2 : 0;
 }

@@ -694,8 +694,8 @@ static int k_gemm_packed(lua_State *L) {
           : !strcmp(ks, "neon") ? PK_NEON : !strcmp(ks, "auto") ? ct_gemm_packed_kernel() : -1;
   if (isa < 0) return luaL_error(L, "gemm_packed: kernel '%s'?", ks);
   if (isa == 0)
-    return luaL_error(L, "gemm_packed: no packed kernel selected here (AVX-512, or AVX2 with "
-                         "CLIP_PACKED_AVX2=1, on x86-64; NEON on aarch64; CLIP_NO_AVX512 turns "
+    return luaL_error(L, "gemm_packed: no packed kernel selected here (AVX-512, or AVX2 unless "
+                         "CLIP_PACKED_AVX2=0, on x86-64; NEON on aarch64; CLIP_NO_AVX512 turns "
                          "them off)");
   if (!ct_gemm_packed_runs(isa))
     return luaL_error(L, "gemm_packed: this CPU runs no packed kernel '%s'", ks);
