@@ -184,6 +184,25 @@ describe("packed weights in the encoders", function()
     return m:encode_images(ref.pixel_values), m:encode_texts(js.input_ids)
   end
 
+  -- at 400 rows and more the GEMMs run in 400-row chunks (AVX-512, NEON) or on OpenBLAS (the
+  -- AVX2 kernel's default, k_linear.c avx2_to_openblas): each row as when encoded alone
+  it("a batch of over 400 token rows gives each row's result encoded alone", function()
+    local m = clip.load(TINY, { tokenizer = false })
+    local ids = js.input_ids[1]
+    local n = 400 // #ids + 2
+    local batch = {}
+    for i = 1, n do batch[i] = ids end
+    local one, all = m:encode_texts({ ids }), m:encode_texts(batch)
+    assert.is_true(#ids * n >= 400)
+    local D = one:shape()[2]
+    for i = 1, n do
+      local d = 0
+      for j = 1, D do d = math.max(d, math.abs(all:get(i, j) - one:get(1, j))) end
+      assert.is_true(d <= 1e-5, ("row %d differs by %g"):format(i, d))
+    end
+    m:close()
+  end)
+
   it("give the unpacked results, and are built at the first encode", function()
     local m = clip.load(TINY, { tokenizer = false })
     local u = clip.load(TINY, { tokenizer = false, pack = false })
