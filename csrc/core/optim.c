@@ -7,16 +7,9 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "gemm.h" /* ct_gemm_available(): the CPU runs AVX2 + FMA (the 8-lane paths below) */
 #include "pool.h"
 #include "simd.h"
-
-#if defined(CT_SIMD_X86)
-static int have_avx(void) {
-  static int v = -1;
-  if (v < 0) v = __builtin_cpu_supports("avx");
-  return v;
-}
-#endif
 
 /* AdamW over [i0, i1): float32 arithmetic in torch's order (_single_tensor_adamw):
  * p.mul_(1 - lr wd); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, 1 - b2);
@@ -44,7 +37,7 @@ static void adamw_scalar(const adamw_job *a, int64_t i, int64_t i1) {
   }
 }
 
-/* one vector body for AVX-512 (16), AVX2 (8) and NEON (4) lanes */
+/* one vector body for AVX-512 (16), AVX (8; run where AVX2 + FMA is) and NEON (4) lanes */
 #define ADAMW_VEC(NAME, TGT, W, VT, LD, ST, SET, ADD, SUB, MUL, DIV, SQRT)             \
   TGT static int64_t NAME(const adamw_job *a, int64_t i, int64_t i1) {                 \
     const VT w1 = SET(a->w1), b2 = SET(a->b2), w2 = SET(a->w2), eps = SET(a->eps),       \
@@ -76,7 +69,7 @@ ADAMW_VEC(adamw4, , 4, float32x4_t, vld1q_f32, vst1q_f32, vdupq_n_f32, vaddq_f32
 static void adamw_range(const adamw_job *a, int64_t i, int64_t i1) {
 #if defined(CT_SIMD_X86)
   if (ct_have_avx512()) i = adamw16(a, i, i1);
-  else if (have_avx()) i = adamw8(a, i, i1);
+  else if (ct_gemm_available()) i = adamw8(a, i, i1);
 #elif defined(CT_SIMD_NEON)
   if (ct_have_neon()) i = adamw4(a, i, i1);
 #endif
@@ -128,7 +121,7 @@ void ct_sgd_step(float *p, float *buf, const float *g, int64_t n, double lr, dou
 
 /* Sum of squares in double, in fixed chunks of SUMSQ_CHUNK elements whose partial sums are
  * added in order: the result does not depend on the number of threads (it may differ in the
- * last bits between the AVX-512, AVX and scalar paths, which add within a chunk in different
+ * last bits between the AVX-512, AVX2 and scalar paths, which add within a chunk in different
  * orders). Each product of two floats is exact in double. */
 enum { SUMSQ_CHUNK = 1 << 14 };
 
@@ -165,42 +158,42 @@ __attribute__((target("avx"))) static double sumsq8(const float *x, int64_t n) {
 }
 #endif
 
-static double sumsq_chunk(const float *x, int64_t n) {
+static double sumsq_span(const float *x, int64_t n) {
 #if defined(CT_SIMD_X86)
   if (ct_have_avx512()) return sumsq16(x, n);
-  if (have_avx()) return sumsq8(x, n);
+  if (ct_gemm_available()) return sumsq8(x, n);
 #endif
   return sumsq_scalar(x, 0, n);
 }
 
+/* chunk c of x[0..n) */
+static double sumsq_chunk(const float *x, int64_t n, int64_t c) {
+  int64_t i0 = c * SUMSQ_CHUNK;
+  return sumsq_span(x + i0, n - i0 < SUMSQ_CHUNK ? n - i0 : SUMSQ_CHUNK);
+}
+
 typedef struct {
   const float *x;
-  int64_t n;
+  int64_t n, chunks;
   double *part; /* one per chunk */
 } sumsq_job;
 
 static void sumsq_part(void *ctx, int tid, int nt) {
   const sumsq_job *j = ctx;
-  int64_t chunks = (j->n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
-  for (int64_t c = chunks * tid / nt, c1 = chunks * (tid + 1) / nt; c < c1; c++) {
-    int64_t i0 = c * SUMSQ_CHUNK, len = j->n - i0 < SUMSQ_CHUNK ? j->n - i0 : SUMSQ_CHUNK;
-    j->part[c] = sumsq_chunk(j->x + i0, len);
-  }
+  for (int64_t c = j->chunks * tid / nt, c1 = j->chunks * (tid + 1) / nt; c < c1; c++)
+    j->part[c] = sumsq_chunk(j->x, j->n, c);
 }
 
 double ct_sumsq(const float *x, int64_t n) {
   if (n <= 0) return 0;
   int64_t chunks = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
   double local[64], *part = chunks <= 64 ? local : malloc((size_t)chunks * sizeof(double));
-  sumsq_job j = {x, n, part ? part : local};
   if (!part) { /* out of memory: the same chunks, one at a time */
     double s = 0;
-    for (int64_t c = 0; c < chunks; c++) {
-      int64_t i0 = c * SUMSQ_CHUNK;
-      s += sumsq_chunk(x + i0, n - i0 < SUMSQ_CHUNK ? n - i0 : SUMSQ_CHUNK);
-    }
+    for (int64_t c = 0; c < chunks; c++) s += sumsq_chunk(x, n, c);
     return s;
   }
+  sumsq_job j = {x, n, chunks, part};
   if (n >= PAR_MIN) ct_pool_run(ct_pool_current(), sumsq_part, &j);
   else sumsq_part(&j, 0, 1);
   double s = 0;

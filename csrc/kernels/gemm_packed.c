@@ -104,9 +104,8 @@ int ct_gemm_packed_runs(int isa) {
 }
 
 /* x86-64: AVX-512 where the CPU has it; else the AVX2 kernel (CLIP_PACKED_AVX2=0 turns it off:
- * OpenBLAS then runs the towers' GEMMs, as before it was measured: on the Zen 5, with
- * CLIP_NO_AVX512=1, batch 1 ran 1.1-1.25x faster packed and batch 32 tied; docs/performance.md);
- * else nothing packed. aarch64: the NEON kernel. */
+ * OpenBLAS then runs every GEMM of the towers; by default it runs those of 400 rows and more,
+ * k_linear.c avx2_to_openblas); else nothing packed. aarch64: the NEON kernel. */
 int ct_gemm_packed_kernel(void) {
   static int avx2_on = -1;
   if (avx2_on < 0) {

@@ -20,28 +20,28 @@ void linear_forward(float *out, const float *inp, const float *weight,
   ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
 }
 
-/* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
- * on chunks of ct_packed_max_m() rows; linear_forward without packs. nout layers of the same shape
- * share inp (q, k and v: one pool dispatch); pk[r] and w[r] describe layer r. beta: out =
- * inp W^T + bias + beta out (1: a residual added in the same pass). */
-/* 1: the AVX2 kernel would run N >= one chunk of rows where float weights are at hand; OpenBLAS
- * takes those (Zen 5, CLIP_NO_AVX512=1, B/32 image tower: packed 1.07x OpenBLAS at batch 1, a
- * tie at batch 8 (400 rows), 0.92x at batch 32; docs/performance.md) */
-static int avx2_to_openblas(int nout, const float *const *w, int N) {
-  if (ct_gemm_packed_kernel() != PK_AVX2 || !w) return 0;
-  if (N < (ct_packed_max_m() > 0 ? ct_packed_max_m() : 400)) return 0;
+/* 1: the AVX2 kernel would run N >= chunk rows where float weights are at hand; OpenBLAS takes
+ * those (Zen 5, CLIP_NO_AVX512=1, B/32 image tower: packed 1.07x OpenBLAS at batch 1, a tie at
+ * batch 8 (400 rows), 0.92x at batch 32; docs/performance.md) */
+static int avx2_to_openblas(int nout, const float *const *w, int N, int chunk) {
+  if (N < chunk || !w || ct_gemm_packed_kernel() != PK_AVX2) return 0;
   for (int r = 0; r < nout; r++)
     if (!w[r]) return 0;
   return 1;
 }
 
+/* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
+ * on chunks of ct_packed_max_m() rows (the AVX2 kernel only below one chunk, see above);
+ * linear_forward without packs. nout layers of the same shape share inp (q, k and v: one pool
+ * dispatch); pk[r] and w[r] describe layer r. beta: out = inp W^T + bias + beta out (1: a
+ * residual added in the same pass). */
 void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
                            const void *const *pk, int kind, const float *const *bias, int N,
                            int IC, int OC, float beta) {
-  if (pk && ct_gemm_packed_available() && !avx2_to_openblas(nout, w, N)) {
+  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
+  if (pk && ct_gemm_packed_available() && !avx2_to_openblas(nout, w, N, chunk)) {
     /* rows in chunks: the packed kernel keeps its small-M speed at any batch size; the bias
      * is added as the kernel stores its first K block (no pass over out beforehand) */
-    int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
     for (int i0 = 0; i0 < N; i0 += chunk) {
       int n = N - i0 < chunk ? N - i0 : chunk;
       float *o[3];
