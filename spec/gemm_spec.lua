@@ -65,7 +65,8 @@ describe("gemm", function()
   end)
 
   -- The larger GEMMs (>= 4e6 flops) go to the packed AVX-512 micro-kernel where OpenBLAS runs
-  -- no AVX-512 kernel (blas.c's general_packed): B packed per call, A transposed for ta,
+  -- no AVX-512 kernel (blas.c's general_packed): B and A packed per call (A from its
+  -- transposed layout for ta) into the pool's kept scratch,
   -- rows in chunks of CLIP_PACKED_MAX_M. Checked in child processes with CLIP_GEMM=packed
   -- (the route is decided once per process) and a 150-row chunk, so chunk edges are crossed,
   -- against the naive twin with alpha and beta; and CLIP_GEMM=openblas turns it off.

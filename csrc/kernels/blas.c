@@ -8,8 +8,9 @@
  *   falls back to the SSE3 "Prescott" kernels on CPUs it does not know, e.g. a Xeon of
  *   family 6 model 207 with OpenBLAS 0.3.21): there every GEMM of at least
  *   GENERAL_MIN_FLOPS (the training backward's) runs on the packed AVX-512 micro-kernel,
- *   B packed and A transposed per call (general_packed). CLIP_GEMM=packed forces that route
- *   wherever the AVX-512 kernel runs, CLIP_GEMM=openblas turns it off.
+ *   B and A packed per call, each straight from its layout, into the pool's kept scratch
+ *   (general_packed). CLIP_GEMM=packed forces that route wherever the AVX-512 kernel runs,
+ *   CLIP_GEMM=openblas turns it off.
  * - With a pool of n > 1 threads current, the GEMM is cut into n slices of C's columns (or of
  *   its rows, when N is small and M is not), each slice run by one pool thread; OpenBLAS is
  *   then set to one thread so that the pool is the only set of working threads.
@@ -150,7 +151,7 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 /* ---------------------------------------------------------------- packed weights */
 
 typedef struct {
-  int M, N, K, lda, ldc, nout, npan, kind, isa;
+  int M, N, K, lda, ldc, nout, npan, kind, isa, ta;
   float alpha, beta;
   const float *A;
   const void *const *P;
@@ -164,7 +165,7 @@ static void packed_part(void *ctx, int tid, int nt) {
   packed_job *g = ctx;
   if (g->apa) { /* pack a share of A's row blocks, then wait for the others' */
     int nb = ct_pack_a_blocks(g->M);
-    ct_pack_a(g->M, g->K, g->A, g->lda, g->apa, (int)((long)nb * tid / nt),
+    ct_pack_a(g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
     atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
     while (atomic_load_explicit(&g->arrived, memory_order_acquire) < nt) ct_cpu_relax();
@@ -188,27 +189,29 @@ void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
 }
 
 static void packed_run(int isa, int M, int N, int K, float alpha, const float *A, int lda,
-                       int nout, const void *const *P, int kind, const float *const *bias,
-                       float *const *C, int ldc, float beta);
+                       int ta, float *apa, int nout, const void *const *P, int kind,
+                       const float *const *bias, float *const *C, int ldc, float beta);
 
 void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
                          const void *const *P, int kind, const float *const *bias,
                          float *const *C, int ldc, float beta) {
-  packed_run(isa, M, N, K, 1.0f, A, lda, nout, P, kind, bias, C, ldc, beta);
+  packed_run(isa, M, N, K, 1.0f, A, lda, 0, NULL, nout, P, kind, bias, C, ldc, beta);
 }
 
+/* apa: room for A packed (ct_pack_a_floats(M, K)), required when ta (A given transposed);
+ * NULL: the pool's scratch when the pool runs it, else each block packed as it goes */
 static void packed_run(int isa, int M, int N, int K, float alpha, const float *A, int lda,
-                       int nout, const void *const *P, int kind, const float *const *bias,
-                       float *const *C, int ldc, float beta) {
+                       int ta, float *apa, int nout, const void *const *P, int kind,
+                       const float *const *bias, float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, alpha, beta, A, P, C,
-                  bias, NULL, 0};
+  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, ta, alpha, beta, A,
+                  P, C, bias, apa, 0};
   atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
   if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) {
     /* every thread needs all of A packed: pack it once, split over the threads, into the
      * pool's scratch (without scratch, each thread packs its own copy as it goes) */
-    g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
+    if (!g.apa) g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
     ct_pool_run(p, packed_part, &g);
   } else {
     packed_part(&g, 0, 1);
@@ -229,21 +232,24 @@ int ct_packed_max_m(void) {
 }
 
 typedef struct {
-  int N, K, ldb, half;
+  int N, K, ldb, half, kn; /* kn: B given {K, N} (pack_kn), else {N, K} */
   const void *B;
   void *P;
 } pack_job;
+
+static void pack_kn(int N, int K, const float *B, int ldb, float *P, int p0, int p1);
 
 static void pack_part(void *ctx, int tid, int nt) {
   const pack_job *j = ctx;
   int np = (j->N + PK_NR - 1) / PK_NR;
   int p0 = (int)((long)np * tid / nt), p1 = (int)((long)np * (tid + 1) / nt);
-  if (j->half) ct_pack_nt_h(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
+  if (j->kn) pack_kn(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
+  else if (j->half) ct_pack_nt_h(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
   else ct_pack_nt(j->N, j->K, j->B, j->ldb, j->P, p0, p1);
 }
 
 void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind) {
-  pack_job j = {N, K, ldb, kind != PK_F32, B, P};
+  pack_job j = {N, K, ldb, kind != PK_F32, 0, B, P};
   ct_pool_run(ct_pool_current(), pack_part, &j);
 }
 
@@ -291,9 +297,10 @@ int ct_gemm_general_packed(void) {
   return v;
 }
 
-/* op(B) {K, N} into the panels of ct_pack_nt: panel p holds columns p*PK_NR.., k-major */
-static void pack_kn(int N, int K, const float *B, int ldb, float *P) {
-  for (int p = 0, np = (N + PK_NR - 1) / PK_NR; p < np; p++) {
+/* op(B) {K, N} into the panels of ct_pack_nt: panel p holds columns p*PK_NR.., k-major;
+ * panels p0 .. p1-1 */
+static void pack_kn(int N, int K, const float *B, int ldb, float *P, int p0, int p1) {
+  for (int p = p0; p < p1; p++) {
     float *dst = P + (size_t)p * PK_NR * K;
     int n0 = p * PK_NR, nc = N - n0 < PK_NR ? N - n0 : PK_NR;
     for (int k = 0; k < K; k++) {
@@ -306,19 +313,18 @@ static void pack_kn(int N, int K, const float *B, int ldb, float *P) {
   }
 }
 
-/* At {M, K} = A^T for A stored {K, M} (lda), in 32 x 32 tiles */
-static void transpose(int M, int K, const float *A, int lda, float *At) {
-  enum { T = 32 };
-  for (int k0 = 0; k0 < K; k0 += T)
-    for (int m0 = 0; m0 < M; m0 += T) {
-      int k1 = k0 + T < K ? k0 + T : K, m1 = m0 + T < M ? m0 + T : M;
-      for (int k = k0; k < k1; k++)
-        for (int m = m0; m < m1; m++) At[(size_t)m * K + k] = A[(size_t)k * lda + m];
-    }
-}
-
 static void *alloc64(size_t floats) {
   return aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+}
+
+/* Buffers of general_packed: the pool's scratch slot (kept between calls, so that a training
+ * step's GEMMs fault in no fresh pages), or, above SCRATCH_KEEP bytes, without a pool or in a
+ * nested call, an allocation of this call (*own set: free it) */
+enum { SCRATCH_KEEP = 64 << 20 };
+static float *buffer(ct_pool *p, int slot, size_t floats, float **own) {
+  float *b = floats * sizeof(float) <= SCRATCH_KEEP ? ct_pool_scratch_slot(p, slot, floats * sizeof(float)) : NULL;
+  if (!b) b = *own = alloc64(floats);
+  return b;
 }
 
 /* C = alpha op(A) op(B) + beta C on the packed micro-kernel, split over the pool as the
@@ -327,32 +333,27 @@ static void *alloc64(size_t floats) {
 static int general_packed(int ta, int tb, int M, int N, int K, float alpha, const float *A,
                           int lda, const float *B, int ldb, float beta, float *C, int ldc) {
   if (2.0 * M * N * K < GENERAL_MIN_FLOPS || !ct_gemm_general_packed()) return -1;
-  float *P = alloc64(ct_pack_nt_floats(N, K)), *At = NULL;
-  if (!P) return -1;
-  if (ta && !(At = alloc64((size_t)M * K))) {
-    free(P);
+  ct_pool *pool = ct_pool_current();
+  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
+  float *ownP = NULL, *ownA = NULL;
+  float *P = buffer(pool, 1, ct_pack_nt_floats(N, K), &ownP);
+  /* A given transposed is packed straight from its {K, M} layout (ct_pack_a's ta) */
+  float *apa = ta && P ? buffer(pool, 2, ct_pack_a_floats(M < chunk ? M : chunk, K), &ownA) : NULL;
+  if (!P || (ta && !apa)) {
+    free(ownP);
+    free(ownA);
     return -1;
   }
-  if (tb) { /* B stored {N, K}: the layout of the packed weights */
-    pack_job j = {N, K, ldb, 0, B, P};
-    ct_pool_run(ct_pool_current(), pack_part, &j);
-  } else {
-    pack_kn(N, K, B, ldb, P);
-  }
-  if (ta) {
-    transpose(M, K, A, lda, At);
-    A = At;
-    lda = K;
-  }
-  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
+  pack_job j = {N, K, ldb, 0, !tb, B, P}; /* tb: B stored {N, K}, the packed weights' layout */
+  ct_pool_run(pool, pack_part, &j);
   const void *pp = P;
   for (int i0 = 0; i0 < M; i0 += chunk) {
     int m = M - i0 < chunk ? M - i0 : chunk;
     float *c = C + (size_t)i0 * ldc;
-    packed_run(PK_AVX512, m, N, K, alpha, A + (size_t)i0 * lda, lda, 1, &pp, PK_F32, NULL, &c,
-               ldc, beta);
+    packed_run(PK_AVX512, m, N, K, alpha, ta ? A + i0 : A + (size_t)i0 * lda, lda, ta, apa, 1,
+               &pp, PK_F32, NULL, &c, ldc, beta);
   }
-  free(At);
-  free(P);
+  free(ownA);
+  free(ownP);
   return 0;
 }

@@ -447,6 +447,19 @@ static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc
   }
 }
 
+/* The same for A given transposed (stored {K, M}, lda): row r, column k of A is
+ * A[k * lda + r], so each k step of a row block is one contiguous read */
+static void pack_a_block_t(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
+  int nb = (mc + MRMAX - 1) / MRMAX;
+  for (int b = 0; b < nb; b++) {
+    int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
+    float *d = dst + (size_t)r0 * kc;
+    const float *src = A + (size_t)k0 * lda + m0 + r0;
+    for (int k = 0; k < kc; k++)
+      for (int r = 0; r < mr; r++) d[k * mr + r] = src[(size_t)k * lda + r];
+  }
+}
+
 size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 
 /* Row blocks of at most MC rows, of near-equal size (257 rows: 86 + 86 + 85, not
@@ -454,12 +467,13 @@ size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 static int mblocks(int M) { return (M + MC - 1) / MC; }
 static int mstart(int M, int b) { return (int)((long)M * b / mblocks(M)); }
 
-void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {
+void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1) {
   for (int k0 = 0; k0 < K; k0 += KC) {
     int kc = K - k0 < KC ? K - k0 : KC;
     for (int b = b0; b < b1; b++) {
       int m0 = mstart(M, b), mc = mstart(M, b + 1) - m0;
-      if (mc > 0) pack_a_block(A, lda, m0, mc, k0, kc, apa + (size_t)k0 * M + (size_t)m0 * kc);
+      float *d = apa + (size_t)k0 * M + (size_t)m0 * kc;
+      if (mc > 0) (ta ? pack_a_block_t : pack_a_block)(A, lda, m0, mc, k0, kc, d);
     }
   }
 }
@@ -558,8 +572,8 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
   (void)kind; (void)beta; (void)bias; (void)C; (void)ldc; (void)p0; (void)p1;
 }
 size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
-void ct_pack_a(int M, int K, const float *A, int lda, float *apa, int b0, int b1) {
-  (void)M; (void)K; (void)A; (void)lda; (void)apa; (void)b0; (void)b1;
+void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1) {
+  (void)M; (void)K; (void)A; (void)lda; (void)ta; (void)apa; (void)b0; (void)b1;
 }
 int ct_pack_a_blocks(int M) { return M > 0; }
 #endif

@@ -25,8 +25,8 @@ struct ct_pool {
   atomic_int pending;   /* workers still running the current job */
   atomic_int running;   /* a job is in progress (nested calls run serially) */
   int stop;
-  void *scratch;        /* ct_pool_scratch */
-  size_t scratch_n;
+  void *scratch[CT_POOL_SCRATCH_SLOTS]; /* ct_pool_scratch_slot */
+  size_t scratch_n[CT_POOL_SCRATCH_SLOTS];
 };
 
 static _Thread_local ct_pool *current;
@@ -111,22 +111,24 @@ void ct_pool_free(ct_pool *p) {
   pthread_cond_destroy(&p->done);
   free(p->th);
   free(p->args);
-  free(p->scratch);
+  for (int i = 0; i < CT_POOL_SCRATCH_SLOTS; i++) free(p->scratch[i]);
   free(p);
 }
 
-void *ct_pool_scratch(ct_pool *p, size_t bytes) {
+void *ct_pool_scratch_slot(ct_pool *p, int slot, size_t bytes) {
   /* inside a run (a nested call) the buffer may be in use by the outer job: none */
-  if (!p || atomic_load(&p->running)) return NULL;
-  if (bytes > p->scratch_n) {
+  if (!p || slot < 0 || slot >= CT_POOL_SCRATCH_SLOTS || atomic_load(&p->running)) return NULL;
+  if (bytes > p->scratch_n[slot]) {
     void *n = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!n) return NULL;
-    free(p->scratch);
-    p->scratch = n;
-    p->scratch_n = bytes;
+    free(p->scratch[slot]);
+    p->scratch[slot] = n;
+    p->scratch_n[slot] = bytes;
   }
-  return p->scratch;
+  return p->scratch[slot];
 }
+
+void *ct_pool_scratch(ct_pool *p, size_t bytes) { return ct_pool_scratch_slot(p, 0, bytes); }
 
 void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx) {
   int expect = 0;

@@ -36,6 +36,11 @@ void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx);
  * Call it from the thread that runs jobs on p. */
 #include <stddef.h>
 void *ct_pool_scratch(ct_pool *p, size_t bytes);
+/* The same for buffer slot (0 .. CT_POOL_SCRATCH_SLOTS-1; ct_pool_scratch is slot 0), for a
+ * caller that needs several at once (blas.c: A packed, B packed, per GEMM). NULL also for a
+ * slot out of range. */
+enum { CT_POOL_SCRATCH_SLOTS = 3 };
+void *ct_pool_scratch_slot(ct_pool *p, int slot, size_t bytes);
 
 /* The calling OS thread's current pool (NULL: none). */
 ct_pool *ct_pool_current(void);
