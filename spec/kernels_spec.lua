@@ -190,6 +190,40 @@ describe("backward kernels vs naive twins", function()
       { dout, x, w, mean, rstd }, { atol = 2e-5, rtol = 1e-5 })
   end)
 
+  -- Above a size threshold the three run over the pool (act_backward and linear_backward's
+  -- dbias by element or column block, layernorm_backward by rows for dinp and by 16-column
+  -- units for dweight, dbias): every thread count gives the same bits, and the twins agree.
+  it("pooled backward kernels: the same values at 1, 2 and 3 threads", function()
+    local before = clip.get_num_threads()
+    local N, IC, OC, C = 301, 41, 130, 203 -- N*OC, N*C above 32768; C not a multiple of 16
+    local x, w, dout = clip.randn({ N, IC }, 50), clip.randn({ OC, IC }, 51), clip.randn({ N, OC }, 52)
+    local lx = clip.randn({ N, C }, 53) * 2 + 0.5
+    local lw, lb, ld = clip.randn({ C }, 54), clip.randn({ C }, 55), clip.randn({ N, C }, 56)
+    local _, mean, rstd = K.layernorm_stats(lx, lw, lb, 1e-5)
+    local ax, ad = clip.randn({ 9, 2003 }, 57) * 3, clip.randn({ 9, 2003 }, 58) -- 18027 > 16384
+    local function run(ref)
+      local r = { select(3, K.linear_backward(dout, x, w, { dbias = true }, ref)) } -- the GEMMs: gemm_spec
+      for _, t in ipairs({ K.layernorm_backward(ld, lx, lw, mean, rstd, nil, ref) }) do r[#r + 1] = t end
+      for _, a in ipairs({ "quick_gelu", "gelu", "relu" }) do r[#r + 1] = K.act_backward(ad, ax, a, nil, ref) end
+      return r
+    end
+    local names = { "linear dbias", "layernorm dinp",
+      "layernorm dweight", "layernorm dbias", "quick_gelu", "gelu", "relu" }
+    clip.set_num_threads(1)
+    local one, ref = run(false), run(true)
+    for _, nt in ipairs({ 2, 3 }) do
+      clip.set_num_threads(nt)
+      local got = run(false)
+      for i, name in ipairs(names) do
+        same_values(got[i], one[i], ("%s: %d threads vs 1"):format(name, nt))
+      end
+    end
+    clip.set_num_threads(before)
+    for i, name in ipairs(names) do
+      H.assert_close(one[i], ref[i], { atol = 1e-4, rtol = 1e-5, label = name .. " vs twin" })
+    end
+  end)
+
   it("act_backward for every activation", function()
     local x = clip.randn({ 7, 143 }, 40) * 4
     x:set(1, 1, 0) -- relu'(0) = 0, as torch

@@ -201,3 +201,20 @@ double ct_sumsq(const float *x, int64_t n) {
   if (part != local) free(part);
   return s;
 }
+
+typedef struct {
+  float *x;
+  int64_t n;
+  float s;
+} scale_job;
+
+static void scale_part(void *ctx, int tid, int nt) {
+  const scale_job *j = ctx;
+  for (int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt; i < i1; i++) j->x[i] *= j->s;
+}
+
+void ct_scale(float *x, int64_t n, float s) {
+  scale_job j = {x, n, s};
+  if (n >= PAR_MIN) ct_pool_run(ct_pool_current(), scale_part, &j);
+  else scale_part(&j, 0, 1);
+}

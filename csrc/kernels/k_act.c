@@ -132,9 +132,9 @@ void act_forward_f64(double *out, const double *inp, int64_t n, int act) {
   for (int64_t i = 0; i < n; i++) out[i] = act_naive(inp[i], act);
 }
 
-/* dinp may be NULL: not needed -> skipped (no work). ACCUMULATES (+=). */
-void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
-  if (!dinp) return;
+/* the backward over n elements (see act_backward) */
+static void act_backward_range(float *dinp, const float *dout, const float *inp, int64_t n,
+                               int act) {
   switch (act) {
   case CT_ACT_QUICK_GELU:
     for (int64_t i = 0; i < n; i++) {
@@ -163,6 +163,30 @@ void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, i
     for (int64_t i = 0; i < n; i++)
       if (inp[i] > 0) dinp[i] += dout[i];
   }
+}
+
+typedef struct {
+  float *dinp;
+  const float *dout, *inp;
+  int64_t n;
+  int act;
+} act_bjob;
+
+static void act_bpart(void *ctx, int tid, int nt) {
+  const act_bjob *j = ctx;
+  int64_t a = j->n * tid / nt, b = j->n * (tid + 1) / nt;
+  act_backward_range(j->dinp + a, j->dout + a, j->inp + a, b - a, j->act);
+}
+
+/* dinp may be NULL: not needed -> skipped (no work). ACCUMULATES (+=). With a pool,
+ * contiguous chunks, one per thread (element-wise: the same values for any split). */
+void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
+  if (!dinp) return;
+  act_bjob j = {dinp, dout, inp, n, act};
+  if (ct_pool_threads() > 1 && n >= 16384)
+    ct_pool_run(ct_pool_current(), act_bpart, &j);
+  else
+    act_backward_range(dinp, dout, inp, n, act);
 }
 
 /* Naive twin: the derivatives evaluated in double. */

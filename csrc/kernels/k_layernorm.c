@@ -227,30 +227,60 @@ void layernorm_forward_f64(double *out, const double *inp, const double *w,
   layernorm_naive(out, inp, w, b, N, C, eps, 1);
 }
 
-/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+typedef struct {
+  float *dinp, *dweight, *dbias;
+  const float *dout, *inp, *weight, *mean, *rstd;
+  int64_t N;
+  int C;
+} lnb_job;
+
+/* Thread tid of nt: dweight and dbias for its share of the columns (each summed over every
+ * row in row order, as one thread would), dinp for its share of the rows. */
+static void lnb_part(void *ctx, int tid, int nt) {
+  const lnb_job *q = ctx;
+  int64_t N = q->N;
+  int C = q->C;
+  /* columns in units of 16 (a cache line of dweight, dbias per thread) */
+  int units = (C + 15) / 16;
+  int c0 = 16 * (int)((int64_t)units * tid / nt), c1 = 16 * (int)((int64_t)units * (tid + 1) / nt);
+  if (c1 > C) c1 = C;
+  if (q->dweight || q->dbias)
+    for (int64_t i = 0; i < N; i++) {
+      const float *x = q->inp + i * C, *g = q->dout + i * C;
+      float m = q->mean[i], r = q->rstd[i];
+      if (q->dbias)
+        for (int j = c0; j < c1; j++) q->dbias[j] += g[j];
+      if (q->dweight)
+        for (int j = c0; j < c1; j++) q->dweight[j] += (x[j] - m) * r * g[j];
+    }
+  if (!q->dinp) return;
+  const float *weight = q->weight;
+  for (int64_t i = N * tid / nt, i1 = N * (tid + 1) / nt; i < i1; i++) {
+    const float *x = q->inp + i * C, *g = q->dout + i * C;
+    float m = q->mean[i], r = q->rstd[i];
+    double s1 = 0, s2 = 0;
+    for (int j = 0; j < C; j++) {
+      float dn = weight[j] * g[j];
+      s1 += dn;
+      s2 += (double)dn * ((x[j] - m) * r);
+    }
+    float a = (float)(s1 / C), c = (float)(s2 / C);
+    float *d = q->dinp + i * C;
+    for (int j = 0; j < C; j++) d[j] += r * (weight[j] * g[j] - a - (x[j] - m) * r * c);
+  }
+}
+
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE
+ * (+=). With a pool, split over its threads (lnb_part): the same values for any split. */
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                         const float *inp, const float *weight, const float *mean,
                         const float *rstd, int64_t N, int C) {
   if (!dinp && !dweight && !dbias) return;
-  for (int64_t i = 0; i < N; i++) {
-    const float *x = inp + i * C, *g = dout + i * C;
-    float m = mean[i], r = rstd[i];
-    if (dbias)
-      for (int j = 0; j < C; j++) dbias[j] += g[j];
-    if (dweight)
-      for (int j = 0; j < C; j++) dweight[j] += (x[j] - m) * r * g[j];
-    if (dinp) {
-      double s1 = 0, s2 = 0;
-      for (int j = 0; j < C; j++) {
-        float dn = weight[j] * g[j];
-        s1 += dn;
-        s2 += (double)dn * ((x[j] - m) * r);
-      }
-      float a = (float)(s1 / C), c = (float)(s2 / C);
-      float *d = dinp + i * C;
-      for (int j = 0; j < C; j++) d[j] += r * (weight[j] * g[j] - a - (x[j] - m) * r * c);
-    }
-  }
+  lnb_job q = {dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C};
+  if (ct_pool_threads() > 1 && N * C >= 32768)
+    ct_pool_run(ct_pool_current(), lnb_part, &q);
+  else
+    lnb_part(&q, 0, 1);
 }
 
 /* Naive twin: plain loops, every sum in double; uses the saved mean/rstd. */

@@ -11,6 +11,7 @@
 #include "blas.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "pool.h"
 
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC) {
@@ -87,23 +88,40 @@ void linear_forward_f64(double *out, const double *inp, const double *weight,
   linear_naive(out, inp, weight, bias, N, IC, OC, 1);
 }
 
+/* dbias += column sums of dout, in blocks of BLK columns, each summed in double over the rows;
+ * thread tid of nt takes its share of the blocks (the same values for any split) */
+enum { BLK = 64 };
+typedef struct {
+  float *dbias;
+  const float *dout;
+  int N, OC;
+} dbias_job;
+
+static void dbias_part(void *ctx, int tid, int nt) {
+  const dbias_job *j = ctx;
+  int nblk = (j->OC + BLK - 1) / BLK;
+  for (int b = nblk * tid / nt, b1 = nblk * (tid + 1) / nt; b < b1; b++) {
+    int o0 = b * BLK, nb = j->OC - o0 < BLK ? j->OC - o0 : BLK;
+    double acc[BLK] = {0};
+    for (int i = 0; i < j->N; i++) {
+      const float *g = j->dout + (size_t)i * j->OC + o0;
+      for (int o = 0; o < nb; o++) acc[o] += g[o];
+    }
+    for (int o = 0; o < nb; o++) j->dbias[o0 + o] = (float)(j->dbias[o0 + o] + acc[o]);
+  }
+}
+
 /* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int IC, int OC) {
   if (dinp) ct_sgemm(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
   if (dweight) ct_sgemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
   if (dbias) {
-    /* column sums in blocks of 64 columns, each summed in double over the rows */
-    enum { BLK = 64 };
-    for (int o0 = 0; o0 < OC; o0 += BLK) {
-      int nb = OC - o0 < BLK ? OC - o0 : BLK;
-      double acc[BLK] = {0};
-      for (int i = 0; i < N; i++) {
-        const float *g = dout + (size_t)i * OC + o0;
-        for (int o = 0; o < nb; o++) acc[o] += g[o];
-      }
-      for (int o = 0; o < nb; o++) dbias[o0 + o] = (float)(dbias[o0 + o] + acc[o]);
-    }
+    dbias_job j = {dbias, dout, N, OC};
+    if (ct_pool_threads() > 1 && (int64_t)N * OC >= 32768)
+      ct_pool_run(ct_pool_current(), dbias_part, &j);
+    else
+      dbias_part(&j, 0, 1);
   }
 }
 

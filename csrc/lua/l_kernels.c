@@ -221,6 +221,7 @@ static int k_layernorm_backward(lua_State *L) {
   float *db = grad_arg(L, 6, "dbias", 1, &C, fn, &g[2]);
   l_tensor *in[] = {dout, x, w, mean, rstd};
   check_disjoint(L, fn, g, 3, in, 5);
+  l_pool_enter(L);
   (ref ? layernorm_backward_ref : layernorm_backward)(dinp, dw, db, dout->data, x->data, w->data,
                                                      mean->data, rstd->data, N, (int)C);
   return push_grads(L, g, 3);
@@ -252,6 +253,7 @@ static int k_linear_backward(lua_State *L) {
   float *db = grad_arg(L, 4, "dbias", 1, &OC, fn, &g[2]);
   l_tensor *in[] = {dout, x, w};
   check_disjoint(L, fn, g, 3, in, 3);
+  l_pool_enter(L);
   (ref ? linear_backward_ref : linear_backward)(dinp, dw, db, dout->data, x->data, w->data,
                                                (int)N, (int)IC, (int)OC);
   return push_grads(L, g, 3);
@@ -269,6 +271,7 @@ static int k_act_backward(lua_State *L) {
   float *dinp = grad_arg(L, 4, "dinp", x->ndim, x->shape, fn, &g[0]);
   l_tensor *in[] = {dout, x};
   check_disjoint(L, fn, g, 1, in, 2);
+  l_pool_enter(L);
   (ref ? act_backward_ref : act_backward)(dinp, dout->data, x->data, x->numel, a);
   return push_grads(L, g, 1);
 }

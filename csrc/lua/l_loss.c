@@ -162,6 +162,7 @@ static int l_sgd(lua_State *L) {
 /* core.sumsq(t) -> sum of squares (double) */
 static int l_sumsq(lua_State *L) {
   l_tensor *t = l_checktensor(L, 1);
+  l_pool_enter(L);
   lua_pushnumber(L, ct_sumsq(t->data, t->numel));
   return 1;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "optim.h"
 #include "tensor.h"
 #include "lclip.h"
 
@@ -497,7 +498,8 @@ static int m_scale_(lua_State *L) {
   l_tensor *t = l_checktensor(L, 1);
   float s = (float)luaL_checknumber(L, 2);
   check_writable(L, t);
-  for (int64_t i = 0; i < t->numel; i++) t->data[i] *= s;
+  l_pool_enter(L);
+  ct_scale(t->data, t->numel, s);
   lua_settop(L, 1);
   return 1;
 }
