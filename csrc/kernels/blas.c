@@ -304,11 +304,9 @@ static void pack_kn(int N, int K, const float *B, int ldb, float *P, int p0, int
     float *dst = P + (size_t)p * PK_NR * K;
     int n0 = p * PK_NR, nc = N - n0 < PK_NR ? N - n0 : PK_NR;
     for (int k = 0; k < K; k++) {
-      const float *src = B + (size_t)k * ldb + n0;
       float *d = dst + (size_t)k * PK_NR;
-      int j = 0;
-      for (; j < nc; j++) d[j] = src[j];
-      for (; j < PK_NR; j++) d[j] = 0.0f;
+      memcpy(d, B + (size_t)k * ldb + n0, sizeof(float) * nc);
+      if (nc < PK_NR) memset(d + nc, 0, sizeof(float) * (PK_NR - nc));
     }
   }
 }

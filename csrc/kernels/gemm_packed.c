@@ -11,8 +11,9 @@
  * broadcasts are sequential). Rows are cut into blocks of at most MC = 120 of equal size,
  * each into ceil(rows/12) micro-blocks of equal size (50 rows -> five of 10), so that no
  * block is mostly padding. Loops: column blocks of NC = 512 (the panels' chunk stays in L2)
- * -> K blocks of KC = 192 (a panel's block, 24 KB, stays in L1) -> row blocks (A packed,
- * once per call by blas.c or here per block) -> panels -> micro-blocks. Threads split the
+ * -> K blocks of at most KC = 192, of near-equal size (a panel's block, 24 KB, stays in L1)
+ * -> row blocks (A packed, once per call by blas.c or here per block) -> panels ->
+ * micro-blocks. Threads split the
  * panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
@@ -466,10 +467,14 @@ size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
  * 120 + 120 + 17, whose last block would run on small micro-kernels). */
 static int mblocks(int M) { return (M + MC - 1) / MC; }
 static int mstart(int M, int b) { return (int)((long)M * b / mblocks(M)); }
+/* K blocks the same way (K = 800, a weight gradient's rows: 5 x 160, not 4 x 192 + 32, whose
+ * last block would store C after 32 steps) */
+static int kblocks(int K) { return (K + KC - 1) / KC; }
+static int kstart(int K, int b) { return (int)((long)K * b / kblocks(K)); }
 
 void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1) {
-  for (int k0 = 0; k0 < K; k0 += KC) {
-    int kc = K - k0 < KC ? K - k0 : KC;
+  for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+    int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
     for (int b = b0; b < b1; b++) {
       int m0 = mstart(M, b), mc = mstart(M, b + 1) - m0;
       float *d = apa + (size_t)k0 * M + (size_t)m0 * kc;
@@ -518,8 +523,8 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
   const int pnc = NC / NR;
   for (int q0 = p0; q0 < p1; q0 += pnc) {
     int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
-    for (int k0 = 0; k0 < K; k0 += KC) {
-      int kc = K - k0 < KC ? K - k0 : KC;
+    for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+      int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
       for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
         int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
         int nb = (mc + MRMAX - 1) / MRMAX; /* row blocks of near-equal size */
