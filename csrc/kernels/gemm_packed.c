@@ -435,10 +435,70 @@ static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const un
 }
 #endif /* CT_PK_X86: the AVX2 kernel */
 
+#ifdef CT_PK_X86
+/* t[j] = column j of the 16 x 16 tile r[0..16) (r[i] a row): the transpose, in place */
+TGT static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2) { /* pairs of rows: elements interleaved */
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4) { /* groups of four rows: 64-bit pairs */
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++) { /* 128-bit lanes across groups */
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+/* one micro block of pack_a_block: mr <= 12 rows of kc values (row stride lda) into
+ * d[k * mr + r], 16 k at a time through a 16 x 16 transpose; the same values as the scalar
+ * loop (copies only) */
+TGT static void pack_rows16(const float *src, int lda, int mr, int kc, float *d) {
+  __mmask16 rm = (__mmask16)((1u << mr) - 1);
+  for (int k = 0; k < kc; k += 16) {
+    int kn = kc - k < 16 ? kc - k : 16;
+    __mmask16 km = (__mmask16)((1u << kn) - 1);
+    __m512 r[16];
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+      r[i] = i < mr ? _mm512_maskz_loadu_ps(km, src + (size_t)i * lda + k) : _mm512_setzero_ps();
+    transpose16(r);
+    _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) /* constant indices: r stays in registers */
+      if (j < kn) _mm512_mask_storeu_ps(d + (size_t)(k + j) * mr, rm, r[j]);
+  }
+}
+
+/* pack_a_block_t's micro block: each k step is mr contiguous values */
+TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d) {
+  __mmask16 rm = (__mmask16)((1u << mr) - 1);
+  for (int k = 0; k < kc; k++)
+    _mm512_mask_storeu_ps(d + (size_t)k * mr, rm, _mm512_maskz_loadu_ps(rm, src + (size_t)k * lda));
+}
+#endif
+
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
  * mr rows (the near-equal split of ct_gemm_packed), each k-major. */
 static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
   int nb = (mc + MRMAX - 1) / MRMAX;
+#ifdef CT_PK_X86
+  if (ct_have_avx512()) {
+    for (int b = 0; b < nb; b++) {
+      int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
+      pack_rows16(A + (size_t)(m0 + r0) * lda + k0, lda, mr, kc, dst + (size_t)r0 * kc);
+    }
+    return;
+  }
+#endif
   for (int b = 0; b < nb; b++) {
     int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
     float *d = dst + (size_t)r0 * kc;
@@ -452,6 +512,15 @@ static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc
  * A[k * lda + r], so each k step of a row block is one contiguous read */
 static void pack_a_block_t(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
   int nb = (mc + MRMAX - 1) / MRMAX;
+#ifdef CT_PK_X86
+  if (ct_have_avx512()) {
+    for (int b = 0; b < nb; b++) {
+      int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
+      pack_cols16(A + (size_t)k0 * lda + m0 + r0, lda, mr, kc, dst + (size_t)r0 * kc);
+    }
+    return;
+  }
+#endif
   for (int b = 0; b < nb; b++) {
     int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
     float *d = dst + (size_t)r0 * kc;
