@@ -208,9 +208,26 @@ typedef struct {
   float s;
 } scale_job;
 
+#ifdef CT_SIMD_X86
+__attribute__((target("avx512f"))) static void scale16(float *x, int64_t n, float s) {
+  __m512 v = _mm512_set1_ps(s);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), v));
+  }
+}
+#endif
+
 static void scale_part(void *ctx, int tid, int nt) {
   const scale_job *j = ctx;
-  for (int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt; i < i1; i++) j->x[i] *= j->s;
+  int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt;
+#ifdef CT_SIMD_X86
+  if (ct_have_avx512()) {
+    scale16(j->x + i, i1 - i, j->s);
+    return;
+  }
+#endif
+  for (; i < i1; i++) j->x[i] *= j->s;
 }
 
 void ct_scale(float *x, int64_t n, float s) {
