@@ -224,6 +224,31 @@ describe("backward kernels vs naive twins", function()
     end
   end)
 
+  -- The training backward's workspace variants (linear_backward_set, act_backward_set):
+  -- dinp is overwritten, never read (a NaN-filled dinp gives the fresh result), while
+  -- dweight and dbias still accumulate; small sizes and sizes over the pool's thresholds.
+  it("set variants overwrite dinp and accumulate the rest", function()
+    for _, sz in ipairs({ { 13, 19, 23 }, { 301, 41, 130 } }) do
+      local N, IC, OC = sz[1], sz[2], sz[3]
+      local x, w, dout = clip.randn({ N, IC }, 60 + N), clip.randn({ OC, IC }, 61), clip.randn({ N, OC }, 62)
+      local fresh = { K.linear_backward(dout, x, w) }
+      local got = { K.linear_backward(dout, x, w, { dinp = clip.full({ N, IC }, 0 / 0),
+        dweight = clip.ones({ OC, IC }), dbias = clip.ones({ OC }) }, false, true) }
+      H.assert_close(got[1], fresh[1], { atol = 0, label = "linear set dinp " .. N })
+      H.assert_close(got[2], fresh[2] + 1, { atol = 1e-5, rtol = 1e-6, label = "linear set dweight += " .. N })
+      H.assert_close(got[3], fresh[3] + 1, { atol = 1e-5, rtol = 1e-6, label = "linear set dbias += " .. N })
+    end
+    for _, n in ipairs({ 143, 18027 }) do
+      local x, dout = clip.randn({ n }, 63) * 3, clip.randn({ n }, 64)
+      x:set(1, 0)
+      for _, a in ipairs({ "quick_gelu", "gelu", "gelu_new", "relu" }) do
+        local want = K.act_backward(dout, x, a)
+        local got = K.act_backward(dout, x, a, { dinp = clip.full({ n }, 0 / 0) }, false, true)
+        H.assert_close(got, want, { atol = 0, label = ("act %s set, n=%d"):format(a, n) })
+      end
+    end
+  end)
+
   it("act_backward for every activation", function()
     local x = clip.randn({ 7, 143 }, 40) * 4
     x:set(1, 1, 0) -- relu'(0) = 0, as torch

@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "gemm.h" /* ct_gemm_available(): the CPU runs AVX2 + FMA (the 8-lane paths below) */
 #include "pool.h"
@@ -234,4 +235,16 @@ void ct_scale(float *x, int64_t n, float s) {
   scale_job j = {x, n, s};
   if (n >= PAR_MIN) ct_pool_run(ct_pool_current(), scale_part, &j);
   else scale_part(&j, 0, 1);
+}
+
+static void zero_part(void *ctx, int tid, int nt) {
+  const scale_job *j = ctx;
+  int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt;
+  memset(j->x + i, 0, sizeof(float) * (size_t)(i1 - i));
+}
+
+void ct_zero(float *x, int64_t n) {
+  scale_job j = {x, n, 0.0f};
+  if (n >= PAR_MIN) ct_pool_run(ct_pool_current(), zero_part, &j);
+  else zero_part(&j, 0, 1);
 }

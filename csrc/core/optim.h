@@ -16,5 +16,7 @@ void ct_sgd_step(float *p, float *buf, const float *g, int64_t n, double lr, dou
 double ct_sumsq(const float *x, int64_t n);
 /* x *= s (clip_grad_norm's scaling; Tensor:scale_), split over the current pool for large n */
 void ct_scale(float *x, int64_t n, float s);
+/* x = 0 (zero_grad), split over the current pool for large n */
+void ct_zero(float *x, int64_t n);
 
 #endif

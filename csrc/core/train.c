@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "optim.h"
 
 /* ---------------------------------------------------------- trainability */
 
@@ -48,7 +49,7 @@ int ct_model_alloc_grads(ct_model *m, ct_err *e) {
 
 void ct_model_zero_grads(ct_model *m) {
   for (int i = 0; i < m->nparams; i++) {
-    if (m->params[i].grad) memset(m->params[i].grad, 0, sizeof(float) * (size_t)m->params[i].numel);
+    if (m->params[i].grad) ct_zero(m->params[i].grad, m->params[i].numel);
     m->params[i].has_grad = 0;
   }
 }
@@ -209,28 +210,23 @@ void ct_block_backward(float *dh, ct_bwd_ws *ws, const ct_block_w *g, const ct_b
   int D = c->hidden, I = c->inter, N = B * T;
   size_t ND = (size_t)N * D, NI = (size_t)N * I;
   /* MLP branch: out = mid + fc2(act(fc1(ln2(mid)))) */
-  memset(ws->dact, 0, sizeof(float) * NI);
-  linear_backward(ws->dact, g->fc2_w, g->fc2_b, dh, s->actv, w->fc2_w, N, I, D);
-  memset(ws->dfc1, 0, sizeof(float) * NI);
-  act_backward(ws->dfc1, ws->dact, s->fc1, (int64_t)NI, c->act);
-  memset(ws->dln, 0, sizeof(float) * ND);
-  linear_backward(ws->dln, g->fc1_w, g->fc1_b, ws->dfc1, s->ln2, w->fc1_w, N, D, I);
-  memcpy(ws->dmid, dh, sizeof(float) * ND);
-  layernorm_backward(ws->dmid, g->ln2_w, g->ln2_b, ws->dln, s->mid, w->ln2_w, s->ln2_mean,
+  linear_backward_set(ws->dact, g->fc2_w, g->fc2_b, dh, s->actv, w->fc2_w, N, I, D);
+  act_backward_set(ws->dfc1, ws->dact, s->fc1, (int64_t)NI, c->act);
+  linear_backward_set(ws->dln, g->fc1_w, g->fc1_b, ws->dfc1, s->ln2, w->fc1_w, N, D, I);
+  /* dh becomes the gradient of mid (the residual's dh plus the MLP branch's), in place: the
+   * output's gradient is not read again */
+  layernorm_backward(dh, g->ln2_w, g->ln2_b, ws->dln, s->mid, w->ln2_w, s->ln2_mean,
                      s->ln2_rstd, N, D);
   /* attention branch: mid = inp + out_proj(attn(q, k, v)) */
-  memset(ws->datt, 0, sizeof(float) * ND);
-  linear_backward(ws->datt, g->o_w, g->o_b, ws->dmid, s->att, w->o_w, N, D, D);
+  linear_backward_set(ws->datt, g->o_w, g->o_b, dh, s->att, w->o_w, N, D, D);
   memset(ws->dq, 0, sizeof(float) * ND);
   memset(ws->dk, 0, sizeof(float) * ND);
   memset(ws->dv, 0, sizeof(float) * ND);
   attention_backward(ws->dq, ws->dk, ws->dv, ws->scratch, ws->datt, s->q, s->k, s->v, s->probs, B,
                      T, D, c->heads, causal);
-  memset(ws->dln, 0, sizeof(float) * ND);
-  linear_backward(ws->dln, g->q_w, g->q_b, ws->dq, s->ln1, w->q_w, N, D, D);
+  linear_backward_set(ws->dln, g->q_w, g->q_b, ws->dq, s->ln1, w->q_w, N, D, D);
   linear_backward(ws->dln, g->k_w, g->k_b, ws->dk, s->ln1, w->k_w, N, D, D);
   linear_backward(ws->dln, g->v_w, g->v_b, ws->dv, s->ln1, w->v_w, N, D, D);
-  memcpy(dh, ws->dmid, sizeof(float) * ND);
   layernorm_backward(need_dinp ? dh : NULL, g->ln1_w, g->ln1_b, ws->dln, s->inp, w->ln1_w,
                      s->ln1_mean, s->ln1_rstd, N, D);
 }
@@ -244,14 +240,13 @@ int ct_backward(ct_model *m, const ct_tape *t, const float *dembeds, ct_err *e) 
     return 0;
   }
   size_t N = (size_t)B * Tt, ND = N * D, NI = N * (size_t)I;
-  size_t total = 7 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
+  size_t total = 6 * ND + 2 * NI + (size_t)Tt * Tt + 2 * (size_t)B * D + 16;
   size_t mem_bytes;
   float *mem = ct_scratch_get(m, total * sizeof(float), &mem_bytes);
   if (!mem) return ct_errf(e, "out of memory: backward needs %zu MB", total * sizeof(float) >> 20);
   float *dh = mem, *dpooled = dh + ND, *dpin = dpooled + (size_t)B * D;
   ct_bwd_ws ws;
-  ws.dmid = dpin + (size_t)B * D;
-  ws.dln = ws.dmid + ND;
+  ws.dln = dpin + (size_t)B * D;
   ws.datt = ws.dln + ND;
   ws.dq = ws.datt + ND;
   ws.dk = ws.dq + ND;

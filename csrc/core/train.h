@@ -36,10 +36,10 @@ void ct_model_zero_grads(ct_model *m);
  * or ids [B,T] (text). embeds [B,E] is written. */
 int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t *ids,
                      int B, int T, float *embeds, ct_tape *tape, ct_err *e);
-/* Scratch of a block backward, N = B*T rows: dmid, dln, datt, dq, dk, dv [N, D], dact, dfc1
+/* Scratch of a block backward, N = B*T rows: dln, datt, dq, dk, dv [N, D], dact, dfc1
  * [N, I], scratch [T, T]. */
 typedef struct ct_bwd_ws {
-  float *dmid, *dln, *datt, *dq, *dk, *dv, *dact, *dfc1, *scratch;
+  float *dln, *datt, *dq, *dk, *dv, *dact, *dfc1, *scratch;
 } ct_bwd_ws;
 /* Backward through one saved block (s, from ct_block_forward): dh [N, D] holds the gradient of
  * the block's output and receives that of its input (when need_dinp; else it is left

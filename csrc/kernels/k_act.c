@@ -38,7 +38,8 @@ __attribute__((target("avx512f"))) static void quick_gelu16(float *out, const fl
 /* quick_gelu's backward over n floats, 16 at a time (the tail masked): s = sigmoid(1.702 x)
  * through ct_exp16, dinp += dout (s + 1.702 x s (1 - s)), the scalar loop's operations */
 __attribute__((target("avx512f"))) static void quick_gelu_back16(float *dinp, const float *dout,
-                                                                  const float *inp, int64_t n) {
+                                                                  const float *inp, int64_t n,
+                                                                  int set) {
   const __m512 k = _mm512_set1_ps(-1.702f), c = _mm512_set1_ps(1.702f), one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
@@ -46,7 +47,7 @@ __attribute__((target("avx512f"))) static void quick_gelu_back16(float *dinp, co
     __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, ct_exp16(_mm512_mul_ps(k, x))));
     __m512 d = _mm512_add_ps(s, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(c, x), s), _mm512_sub_ps(one, s)));
     __m512 g = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dout + i), d);
-    _mm512_mask_storeu_ps(dinp + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dinp + i), g));
+    _mm512_mask_storeu_ps(dinp + i, m, set ? g : _mm512_add_ps(_mm512_maskz_loadu_ps(m, dinp + i), g));
   }
 }
 #elif defined(__aarch64__)
@@ -148,20 +149,22 @@ void act_forward_f64(double *out, const double *inp, int64_t n, int act) {
 }
 
 /* the backward over n elements (see act_backward) */
+/* ADD(i, v): dinp[i] += v, or with set dinp[i] = v (dinp not read) */
+#define ADD(i, v) (dinp[i] = set ? (v) : dinp[i] + (v))
 static void act_backward_range(float *dinp, const float *dout, const float *inp, int64_t n,
-                               int act) {
+                               int act, int set) {
   switch (act) {
   case CT_ACT_QUICK_GELU:
 #ifdef CT_ACT_X86
     if (ct_have_avx512()) {
-      quick_gelu_back16(dinp, dout, inp, n);
+      quick_gelu_back16(dinp, dout, inp, n, set);
       break;
     }
 #endif
     for (int64_t i = 0; i < n; i++) {
       float x = inp[i];
       float s = 1.0f / (1.0f + expf(-1.702f * x));
-      dinp[i] += dout[i] * (s + 1.702f * x * s * (1.0f - s));
+      ADD(i, dout[i] * (s + 1.702f * x * s * (1.0f - s)));
     }
     break;
   case CT_ACT_GELU:
@@ -169,7 +172,7 @@ static void act_backward_range(float *dinp, const float *dout, const float *inp,
       float x = inp[i];
       float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
       float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-      dinp[i] += dout[i] * (cdf + x * pdf);
+      ADD(i, dout[i] * (cdf + x * pdf));
     }
     break;
   case CT_ACT_GELU_TANH:
@@ -177,37 +180,47 @@ static void act_backward_range(float *dinp, const float *dout, const float *inp,
       float x = inp[i];
       float t = tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x));
       float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
-      dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+      ADD(i, dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du));
     }
     break;
   default:
     for (int64_t i = 0; i < n; i++)
-      if (inp[i] > 0) dinp[i] += dout[i];
+      if (inp[i] > 0) ADD(i, dout[i]);
+      else if (set) dinp[i] = 0.0f;
   }
 }
+#undef ADD
 
 typedef struct {
   float *dinp;
   const float *dout, *inp;
   int64_t n;
-  int act;
+  int act, set;
 } act_bjob;
 
 static void act_bpart(void *ctx, int tid, int nt) {
   const act_bjob *j = ctx;
   int64_t a = j->n * tid / nt, b = j->n * (tid + 1) / nt;
-  act_backward_range(j->dinp + a, j->dout + a, j->inp + a, b - a, j->act);
+  act_backward_range(j->dinp + a, j->dout + a, j->inp + a, b - a, j->act, j->set);
+}
+
+static void act_backward_run(float *dinp, const float *dout, const float *inp, int64_t n,
+                             int act, int set) {
+  act_bjob j = {dinp, dout, inp, n, act, set};
+  if (ct_pool_threads() > 1 && n >= 16384)
+    ct_pool_run(ct_pool_current(), act_bpart, &j);
+  else
+    act_backward_range(dinp, dout, inp, n, act, set);
 }
 
 /* dinp may be NULL: not needed -> skipped (no work). ACCUMULATES (+=). With a pool,
  * contiguous chunks, one per thread (element-wise: the same values for any split). */
 void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
-  if (!dinp) return;
-  act_bjob j = {dinp, dout, inp, n, act};
-  if (ct_pool_threads() > 1 && n >= 16384)
-    ct_pool_run(ct_pool_current(), act_bpart, &j);
-  else
-    act_backward_range(dinp, dout, inp, n, act);
+  if (dinp) act_backward_run(dinp, dout, inp, n, act, 0);
+}
+
+void act_backward_set(float *dinp, const float *dout, const float *inp, int64_t n, int act) {
+  if (dinp) act_backward_run(dinp, dout, inp, n, act, 1);
 }
 
 /* Naive twin: the derivatives evaluated in double. */

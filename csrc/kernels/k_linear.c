@@ -131,10 +131,11 @@ static void dbias_part(void *ctx, int tid, int nt) {
   }
 }
 
-/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
-void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, int N, int IC, int OC) {
-  if (dinp) ct_sgemm(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+/* dinp (+= with beta 1, = with beta 0), dweight, dbias (+=) */
+static void linear_backward_b(float *dinp, float beta, float *dweight, float *dbias,
+                              const float *dout, const float *inp, const float *weight, int N,
+                              int IC, int OC) {
+  if (dinp) ct_sgemm(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, beta, dinp, IC);
   if (dweight) ct_sgemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
   if (dbias) {
     dbias_job j = {dbias, dout, N, OC};
@@ -143,6 +144,17 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
     else
       dbias_part(&j, 0, 1);
   }
+}
+
+/* dinp, dweight, dbias may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int IC, int OC) {
+  linear_backward_b(dinp, 1.0f, dweight, dbias, dout, inp, weight, N, IC, OC);
+}
+
+void linear_backward_set(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int IC, int OC) {
+  linear_backward_b(dinp, 0.0f, dweight, dbias, dout, inp, weight, N, IC, OC);
 }
 
 /* Naive twin: the two products by the naive GEMM (blas.c, double accumulation, beta = 1

@@ -65,6 +65,10 @@ void linear_forward_f64(double *out, const double *inp, const double *weight,
  * dinp += dout weight; dweight += dout^T inp; dbias += column sums of dout. */
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int IC, int OC);
+/* The same with dinp overwritten (dinp = dout W: the backward's workspace, which then needs
+ * no zeroing and whose GEMM does not read it); dweight, dbias accumulate as above. */
+void linear_backward_set(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int IC, int OC);
 void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout,
                          const float *inp, const float *weight, int N, int IC, int OC);
 
@@ -75,6 +79,8 @@ void act_forward_f64(double *out, const double *inp, int64_t n, int act);
 /* dinp may be NULL (then nothing is done). ACCUMULATES: dinp += dout * act'(inp).
  * inp is the forward's input (pre-activation); dinp must not alias dout or inp. */
 void act_backward(float *dinp, const float *dout, const float *inp, int64_t n, int act);
+/* The same with dinp overwritten (dinp = dout * act'(inp); dinp not read) */
+void act_backward_set(float *dinp, const float *dout, const float *inp, int64_t n, int act);
 void act_backward_ref(float *dinp, const float *dout, const float *inp, int64_t n, int act);
 
 /* k_attention.c: q,k,v,out are [B,T,C] with C = NH*hs; head h uses columns

@@ -227,13 +227,14 @@ static int k_layernorm_backward(lua_State *L) {
   return push_grads(L, g, 3);
 }
 
-/* kernels.linear_backward(dout {N,OC}, x {N,IC}, w {OC,IC}, want, ref)
- *   -> dinp {N,IC}, dweight {OC,IC}, dbias {OC} (nil where not wanted) */
+/* kernels.linear_backward(dout {N,OC}, x {N,IC}, w {OC,IC}, want, ref, set)
+ *   -> dinp {N,IC}, dweight {OC,IC}, dbias {OC} (nil where not wanted); set (not with ref):
+ *   linear_backward_set, dinp overwritten */
 static int k_linear_backward(lua_State *L) {
   const char *fn = "linear_backward";
   l_tensor *dout = l_checktensor(L, 1), *x = l_checktensor(L, 2), *w = l_checktensor(L, 3);
-  int ref = use_ref(L, 5);
-  lua_settop(L, 5); /* fix the slots: results are pushed above them */
+  int ref = use_ref(L, 5), set = lua_toboolean(L, 6);
+  lua_settop(L, 6); /* fix the slots: results are pushed above them */
   need2(L, x, fn);
   need2(L, w, fn);
   int64_t N = x->shape[0], IC = x->shape[1], OC = w->shape[0];
@@ -254,25 +255,27 @@ static int k_linear_backward(lua_State *L) {
   l_tensor *in[] = {dout, x, w};
   check_disjoint(L, fn, g, 3, in, 3);
   l_pool_enter(L);
-  (ref ? linear_backward_ref : linear_backward)(dinp, dw, db, dout->data, x->data, w->data,
-                                               (int)N, (int)IC, (int)OC);
+  (ref ? linear_backward_ref : set ? linear_backward_set : linear_backward)(
+      dinp, dw, db, dout->data, x->data, w->data, (int)N, (int)IC, (int)OC);
   return push_grads(L, g, 3);
 }
 
-/* kernels.act_backward(dout, x, name, want, ref) -> dinp (x's shape; nil if not wanted) */
+/* kernels.act_backward(dout, x, name, want, ref, set) -> dinp (x's shape; nil if not wanted);
+ * set (not with ref): act_backward_set, dinp overwritten */
 static int k_act_backward(lua_State *L) {
   const char *fn = "act_backward";
   l_tensor *dout = l_checktensor(L, 1), *x = l_checktensor(L, 2);
   int a = act_id(L, luaL_checkstring(L, 3));
-  int ref = use_ref(L, 5);
-  lua_settop(L, 5); /* fix the slots: results are pushed above them */
+  int ref = use_ref(L, 5), set = lua_toboolean(L, 6);
+  lua_settop(L, 6); /* fix the slots: results are pushed above them */
   need_shape(L, dout, x->ndim, x->shape, fn, "dout");
   grad_slot g[1];
   float *dinp = grad_arg(L, 4, "dinp", x->ndim, x->shape, fn, &g[0]);
   l_tensor *in[] = {dout, x};
   check_disjoint(L, fn, g, 1, in, 2);
   l_pool_enter(L);
-  (ref ? act_backward_ref : act_backward)(dinp, dout->data, x->data, x->numel, a);
+  (ref ? act_backward_ref : set ? act_backward_set : act_backward)(dinp, dout->data, x->data,
+                                                                    x->numel, a);
   return push_grads(L, g, 1);
 }
 

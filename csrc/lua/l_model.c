@@ -531,6 +531,7 @@ static int mc_alloc_grads(lua_State *L) {
 
 static int mc_zero_grad(lua_State *L) {
   l_model *m = check_model(L, 1);
+  l_pool_enter(L);
   ct_model_zero_grads(&m->m);
   return 0;
 }
