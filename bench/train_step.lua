@@ -9,14 +9,17 @@
 -- forward + backward + clip_grad_norm + AdamW step + zero_grad, wall time,
 -- median of --rounds (default 3) after one warm-up step.
 -- --torch: also the same last2 and full steps in PyTorch (bench/torch_bench.py step, Debian's
--- python3-torch, torch.set_num_threads = our threads), in the same run, and the ratios.
---   lua5.4 bench/train_step.lua [bench/models/b32] [--rounds N] [--torch]
+-- python3-torch, torch.set_num_threads = our threads), in the same run, and the ratios. The
+-- machine's speed drifts over minutes, so the two sides alternate: --pairs P (default 2)
+-- measurements of ours then PyTorch per step kind, a ratio per pair, and their median.
+--   lua5.4 bench/train_step.lua [bench/models/b32] [--rounds N] [--torch] [--pairs P]
 local clip = require "clip"
 
-local dir, rounds, torch = "bench/models/b32", 3, false
+local dir, rounds, torch, pairs = "bench/models/b32", 3, false, 2
 local i = 1
 while i <= #arg do
   if arg[i] == "--rounds" then rounds = tonumber(arg[i + 1]); i = i + 1
+  elseif arg[i] == "--pairs" then pairs = tonumber(arg[i + 1]); i = i + 1
   elseif arg[i] == "--torch" then torch = true
   else dir = arg[i] end
   i = i + 1
@@ -47,7 +50,8 @@ local cases = {
 
 io.write(("one training step at ViT-B/32 shapes, batch 16, %d threads, median of %d\n"):format(
   clip.get_num_threads(), rounds))
-for _, c in ipairs(cases) do
+-- median of `rounds` steps after one warm-up, for case c
+local function measure(c)
   c[2](model)
   local loss = clip.loss.MultipleNegativesRankingLoss(model, MOD)
   local opt = clip.optim.AdamW(model, { lr = 1e-5, weight_decay = 0 })
@@ -64,28 +68,49 @@ for _, c in ipairs(cases) do
   local ts = {}
   for r = 1, rounds do ts[r] = one() end
   table.sort(ts)
+  return ts[(#ts + 1) // 2]
+end
+
+local function median(t)
+  local s = {}
+  for k, v in ipairs(t) do s[k] = v end
+  table.sort(s)
+  local n = #s
+  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+for _, c in ipairs(cases) do
+  c.ours = measure(c)
   local _, trainable = model:count_parameters()
-  io.write(("%-12s %8.3f s   (%d trainable parameters)\n"):format(c[1], ts[(#ts + 1) // 2], trainable))
+  io.write(("%-12s %8.3f s   (%d trainable parameters)\n"):format(c[1], c.ours, trainable))
   io.flush()
-  c.ours = ts[(#ts + 1) // 2]
 end
 
 if torch then
   local by = {}
-  for _, c in ipairs(cases) do by[c[1]] = c.ours end
+  for _, c in ipairs(cases) do by[c[1]] = c end
   local here_dir = here:gsub("/$", "")
   for _, mode in ipairs({ "last2", "full" }) do
-    local cmd = ("CLIP_THREADS=%d /usr/bin/python3 %s/torch_bench.py step %s %s %d 2>&1")
-      :format(clip.get_num_threads(), here_dir, dir, mode, rounds)
-    local p = io.popen(cmd)
-    local out = p:read("a")
-    p:close()
-    local secs = tonumber(out:match('"seconds": ([%d.e+-]+)'))
-    if not secs then
-      io.write(("torch %-6s failed: %s\n"):format(mode, out:sub(-300)))
-    else
-      io.write(("torch %-6s %8.3f s   ours %.3f s: %.2fx PyTorch\n"):format(mode, secs, by[mode], secs / by[mode]))
+    local ratios = {}
+    for pair = 1, pairs do
+      local ours = pair == 1 and by[mode].ours or measure(by[mode])
+      local cmd = ("CLIP_THREADS=%d /usr/bin/python3 %s/torch_bench.py step %s %s %d 2>&1")
+        :format(clip.get_num_threads(), here_dir, dir, mode, rounds)
+      local p = io.popen(cmd)
+      local out = p:read("a")
+      p:close()
+      local secs = tonumber(out:match('"seconds": ([%d.e+-]+)'))
+      if not secs then
+        io.write(("torch %-6s failed: %s\n"):format(mode, out:sub(-300)))
+        break
+      end
+      ratios[#ratios + 1] = secs / ours
+      io.write(("pair %d  %-6s ours %.3f s  torch %.3f s: %.2fx PyTorch\n"):format(pair, mode, ours, secs, secs / ours))
+      io.flush()
     end
-    io.flush()
+    if #ratios > 0 then
+      io.write(("%-6s median of %d pairs: %.2fx PyTorch\n"):format(mode, #ratios, median(ratios)))
+      io.flush()
+    end
   end
 end

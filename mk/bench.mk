@@ -8,8 +8,8 @@
 #   make bench-embed       a folder of 256 JPEGs embedded end to end (serial, parallel, pipelined decoding)
 #                          against the B/32 image tower alone, batch 32 (bench/embed_folder.lua)
 #   make bench-train-step  one training step at B/32 shapes for each freezing choice, and the last2 / full
-#                          steps in PyTorch (python3-torch, installed when missing) with the ratios
-#                          (bench/train_step.lua --torch)
+#                          steps in PyTorch (python3-torch, installed when missing), alternating with
+#                          ours in 2 pairs, with the ratios (bench/train_step.lua --torch)
 #   BENCH_ROUNDS=N, BENCH_ARGS="--only ours,ort image" to narrow a run.
 BENCH_ROUNDS ?= 3
 BENCH_ARGS   ?=
