@@ -18,6 +18,7 @@
  *   count the host gave it. */
 #include "blas.h"
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -168,7 +169,12 @@ static void packed_part(void *ctx, int tid, int nt) {
     ct_pack_a(g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
     atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
-    while (atomic_load_explicit(&g->arrived, memory_order_acquire) < nt) ct_cpu_relax();
+    /* spin briefly, then yield: a thread that lost its core (more threads than cores: other
+     * work of the host, MPI ranks oversubscribed) gets it back instead of watching us spin */
+    for (int spins = 0; atomic_load_explicit(&g->arrived, memory_order_acquire) < nt; spins++) {
+      if (spins < 4000) ct_cpu_relax();
+      else sched_yield();
+    }
   }
   int total = g->nout * g->npan;
   int u0 = (int)((long)total * tid / nt), u1 = (int)((long)total * (tid + 1) / nt);
