@@ -44,11 +44,7 @@ local function want(what) return (("," .. opts.only .. ",")):find("," .. what ..
 
 local clock = require("clip.progress").clock
 
-local function median(ts)
-  table.sort(ts)
-  local n = #ts
-  return n % 2 == 1 and ts[(n + 1) // 2] or (ts[n // 2] + ts[n // 2 + 1]) / 2
-end
+local median = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "median.lua")
 
 -- Parameters of a CLIP model from its configuration (transformers' CLIPModel):
 -- per layer 4 (w x w + w) attention, 2 LayerNorms (2w each), fc1 (w x f + f), fc2 (f x w + w)

@@ -62,12 +62,7 @@ local function loadavg()
   f:close()
   return s:match("^(%S+ %S+ %S+)")
 end
-local function median(t)
-  local s = { table.unpack(t) }
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "median.lua")
 
 local paths = {}
 do

@@ -181,13 +181,7 @@ for r = 1, rounds do
 end
 if logf then logf:close() end
 
-local function median(t)
-  if not t or #t == 0 then return nil end
-  local s = { table.unpack(t) }
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "median.lua")
 local function fmt(v) return v and ("%.3g"):format(v) or "—" end
 local function ratio(c, a, b)
   if not a or not b then return "—" end

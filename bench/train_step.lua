@@ -50,6 +50,8 @@ local cases = {
 
 io.write(("one training step at ViT-B/32 shapes, batch 16, %d threads, median of %d\n"):format(
   clip.get_num_threads(), rounds))
+local median = dofile(here .. "median.lua")
+
 -- median of `rounds` steps after one warm-up, for case c
 local function measure(c)
   c[2](model)
@@ -67,16 +69,7 @@ local function measure(c)
   one() -- warm-up (fills the cache for proj-cached)
   local ts = {}
   for r = 1, rounds do ts[r] = one() end
-  table.sort(ts)
-  return ts[(#ts + 1) // 2]
-end
-
-local function median(t)
-  local s = {}
-  for k, v in ipairs(t) do s[k] = v end
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+  return median(ts)
 end
 
 for _, c in ipairs(cases) do

@@ -221,7 +221,8 @@ __attribute__((target("avx512f"))) static void scale16(float *x, int64_t n, floa
 
 static void scale_part(void *ctx, int tid, int nt) {
   const scale_job *j = ctx;
-  int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt;
+  int64_t i, i1;
+  share(j->n, tid, nt, &i, &i1);
 #ifdef CT_SIMD_X86
   if (ct_have_avx512()) {
     scale16(j->x + i, i1 - i, j->s);
@@ -238,8 +239,9 @@ void ct_scale(float *x, int64_t n, float s) {
 }
 
 static void zero_part(void *ctx, int tid, int nt) {
-  const scale_job *j = ctx;
-  int64_t i = j->n * tid / nt, i1 = j->n * (tid + 1) / nt;
+  const scale_job *j = ctx; /* s unused */
+  int64_t i, i1;
+  share(j->n, tid, nt, &i, &i1);
   memset(j->x + i, 0, sizeof(float) * (size_t)(i1 - i));
 }
 

@@ -172,7 +172,7 @@ static void packed_part(void *ctx, int tid, int nt) {
     /* spin briefly, then yield: a thread that lost its core (more threads than cores: other
      * work of the host, MPI ranks oversubscribed) gets it back instead of watching us spin */
     for (int spins = 0; atomic_load_explicit(&g->arrived, memory_order_acquire) < nt; spins++) {
-      if (spins < 4000) ct_cpu_relax();
+      if (spins < CT_POOL_SPIN) ct_cpu_relax();
       else sched_yield();
     }
   }

@@ -478,7 +478,7 @@ TGT static void pack_rows16(const float *src, int lda, int mr, int kc, float *d)
   }
 }
 
-/* pack_a_block_t's micro block: each k step is mr contiguous values */
+/* the same for A given transposed: each k step is mr contiguous values */
 TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d) {
   __mmask16 rm = (__mmask16)((1u << mr) - 1);
   for (int k = 0; k < kc; k++)
@@ -487,46 +487,28 @@ TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d)
 #endif
 
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
- * mr rows (the near-equal split of ct_gemm_packed), each k-major. */
-static void pack_a_block(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
+ * mr rows (the near-equal split of ct_gemm_packed), each k-major. ta: A given transposed
+ * (stored {K, M}, lda), so row r, column k is A[k * lda + r] and each k step of a row block
+ * is one contiguous read. Copies only: every path gives the same values. */
+static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0, int kc,
+                         float *dst) {
+  size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
   int nb = (mc + MRMAX - 1) / MRMAX;
 #ifdef CT_PK_X86
-  if (ct_have_avx512()) {
-    for (int b = 0; b < nb; b++) {
-      int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
-      pack_rows16(A + (size_t)(m0 + r0) * lda + k0, lda, mr, kc, dst + (size_t)r0 * kc);
-    }
-    return;
-  }
+  int vec = ct_have_avx512();
 #endif
   for (int b = 0; b < nb; b++) {
     int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
     float *d = dst + (size_t)r0 * kc;
-    const float *src = A + (size_t)(m0 + r0) * lda + k0;
-    for (int k = 0; k < kc; k++)
-      for (int r = 0; r < mr; r++) d[k * mr + r] = src[(size_t)r * lda + k];
-  }
-}
-
-/* The same for A given transposed (stored {K, M}, lda): row r, column k of A is
- * A[k * lda + r], so each k step of a row block is one contiguous read */
-static void pack_a_block_t(const float *A, int lda, int m0, int mc, int k0, int kc, float *dst) {
-  int nb = (mc + MRMAX - 1) / MRMAX;
+    const float *src = A + (size_t)(m0 + r0) * rs + (size_t)k0 * ks;
 #ifdef CT_PK_X86
-  if (ct_have_avx512()) {
-    for (int b = 0; b < nb; b++) {
-      int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
-      pack_cols16(A + (size_t)k0 * lda + m0 + r0, lda, mr, kc, dst + (size_t)r0 * kc);
+    if (vec) {
+      (ta ? pack_cols16 : pack_rows16)(src, lda, mr, kc, d);
+      continue;
     }
-    return;
-  }
 #endif
-  for (int b = 0; b < nb; b++) {
-    int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
-    float *d = dst + (size_t)r0 * kc;
-    const float *src = A + (size_t)k0 * lda + m0 + r0;
     for (int k = 0; k < kc; k++)
-      for (int r = 0; r < mr; r++) d[k * mr + r] = src[(size_t)k * lda + r];
+      for (int r = 0; r < mr; r++) d[k * mr + r] = src[r * rs + k * ks];
   }
 }
 
@@ -547,7 +529,7 @@ void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0
     for (int b = b0; b < b1; b++) {
       int m0 = mstart(M, b), mc = mstart(M, b + 1) - m0;
       float *d = apa + (size_t)k0 * M + (size_t)m0 * kc;
-      if (mc > 0) (ta ? pack_a_block_t : pack_a_block)(A, lda, m0, mc, k0, kc, d);
+      if (mc > 0) pack_a_block(A, lda, ta, m0, mc, k0, kc, d);
     }
   }
 }
@@ -603,7 +585,7 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
         if (apa) {
           ap = apa + (size_t)k0 * M + (size_t)m0 * kc;
         } else {
-          pack_a_block(A, lda, m0, mc, k0, kc, local);
+          pack_a_block(A, lda, 0, m0, mc, k0, kc, local);
           ap = local;
         }
         for (int p = q0; p < q1; p++) {

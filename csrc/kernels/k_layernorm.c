@@ -263,12 +263,15 @@ static void lnb_part(void *ctx, int tid, int nt) {
   int units = (C + 15) / 16;
   int c0 = 16 * (int)((int64_t)units * tid / nt), c1 = 16 * (int)((int64_t)units * (tid + 1) / nt);
   if (c1 > C) c1 = C;
+#if defined(__x86_64__)
+  int vec = ct_have_avx512();
+#endif
   if (q->dweight || q->dbias)
     for (int64_t i = 0; i < N; i++) {
       const float *x = q->inp + i * C, *g = q->dout + i * C;
       float m = q->mean[i], r = q->rstd[i];
 #if defined(__x86_64__)
-      if (ct_have_avx512()) {
+      if (vec) {
         lnb_cols16(q->dweight, q->dbias, x, g, m, r, c0, c1);
         continue;
       }

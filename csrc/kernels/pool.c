@@ -6,7 +6,6 @@
 #include <stdlib.h>
 
 
-enum { SPIN = 4000 }; /* pause iterations before sleeping: some tens of microseconds */
 
 typedef struct {
   ct_pool *p;
@@ -47,7 +46,8 @@ static void *worker(void *v) {
   for (;;) {
     unsigned g;
     int spins = 0;
-    while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && spins < SPIN) {
+    while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+           spins < CT_POOL_SPIN) {
       ct_cpu_relax();
       spins++;
     }
@@ -145,7 +145,7 @@ void ct_pool_run(ct_pool *p, ct_pool_fn fn, void *ctx) {
   pthread_mutex_unlock(&p->mu);
   fn(ctx, 0, p->n);
   int spins = 0;
-  while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < SPIN) {
+  while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < CT_POOL_SPIN) {
     ct_cpu_relax();
     spins++;
   }

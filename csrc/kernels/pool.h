@@ -47,6 +47,10 @@ ct_pool *ct_pool_current(void);
 /* Make p current for the calling OS thread (NULL: none); returns the previous one. */
 ct_pool *ct_pool_make_current(ct_pool *p);
 
+/* Pause iterations a waiting thread spins before it sleeps or yields (some tens of
+ * microseconds): the pool's workers and caller, blas.c's barrier. */
+enum { CT_POOL_SPIN = 4000 };
+
 /* A pause for spin loops (the pool's workers, blas.c's barrier). */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
