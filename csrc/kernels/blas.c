@@ -214,14 +214,12 @@ static void packed_run(int isa, int M, int N, int K, float alpha, const float *A
                   P, C, bias, apa, 0};
   atomic_init(&g.arrived, 0);
   ct_pool *p = ct_pool_current();
-  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) {
-    /* every thread needs all of A packed: pack it once, split over the threads, into the
-     * pool's scratch (without scratch, each thread packs its own copy as it goes) */
-    if (!g.apa) g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
-    ct_pool_run(p, packed_part, &g);
-  } else {
-    packed_part(&g, 0, 1);
-  }
+  /* A packed once, into the pool's scratch: every thread needs all of it (packed split over
+   * the threads), and with A whole ahead of time a single row block runs panel after panel
+   * (gemm_packed.c). Without scratch each thread packs its own copy as it goes. */
+  if (!g.apa) g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
+  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) ct_pool_run(p, packed_part, &g);
+  else packed_part(&g, 0, 1);
 }
 
 /* Rows per packed GEMM call (k_linear.c cuts larger inputs into chunks of this many rows).

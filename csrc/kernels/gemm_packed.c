@@ -46,6 +46,13 @@
 #endif
 enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
 
+/* Prefetching the weights: a micro-kernel call given pf prefetches one 64-byte line every
+ * second k step, pf_bytes(kc) bytes from pf in all. The driver walks a cursor through the
+ * weights it will read next, one call's share per call, so the lines are asked for at an even
+ * rate over the panel's calls (a burst of a whole panel's lines in one call outruns the
+ * misses a core can keep in flight: at batch 1 the weights come from memory). */
+static inline size_t pf_bytes(int kc) { return (size_t)((kc + 1) / 2) * 64; }
+
 /* 1 when the environment variable name is set to something other than "" and "0" */
 static int env_off(const char *name) {
   const char *v = getenv(name);
@@ -167,17 +174,15 @@ PACK_NT(ct_pack_nt_h, uint16_t)
   TGT static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, \
                                int nc, float alpha, float beta, int first, const void *pfv, \
                                const float *bias) {                                       \
-    const ET *bp = bv, *pf = pfv;                                                        \
+    const ET *bp = bv;                                                                   \
+    const char *pf = pfv;                                                                \
     __m512 acc[MR][2];                                                                   \
     _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
       acc[r][0] = _mm512_setzero_ps();                                                   \
       acc[r][1] = _mm512_setzero_ps();                                                   \
     }                                                                                    \
     for (int k = 0; k < kc; k++) {                                                       \
-      if (pf) {                                                                          \
-        _mm_prefetch((const char *)(pf + k * NR), PK_HINT);                              \
-        if (sizeof(ET) == 4) _mm_prefetch((const char *)(pf + k * NR + 16), PK_HINT);    \
-      }                                                                                  \
+      if (pf && !(k & 1)) _mm_prefetch((const char *)pf + (size_t)(k >> 1) * 64, PK_HINT); \
       __m512 b0, b1;                                                                     \
       LOADB(bp, b0, b1);                                                                 \
       _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                           \
@@ -259,7 +264,7 @@ ukr_neon(const int MR, loadb_fn loadb, const size_t es, int kc, const float *ap,
     _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = c1[i] = vdupq_n_f32(0.0f);
     const unsigned char *bp = bv, *pf = pfv;
     for (int k = 0; k < kc; k++) {
-      if (pf && r0 == 0) __builtin_prefetch(pf + (size_t)k * NR * es, 0, 2);
+      if (pf && r0 == 0 && !(k & 1)) __builtin_prefetch(pf + (size_t)(k >> 1) * 64, 0, 2);
       float32x4_t b[8];
       loadb(bp, b);
       float x0 = ap[(size_t)k * MR + r0];
@@ -345,7 +350,7 @@ TGT2 static inline __m256i lanes8(int n) {
       acc[r][1] = _mm256_setzero_ps();                                                        \
     }                                                                                         \
     for (int k = 0; k < kc; k++) {                                                            \
-      if (pf) _mm_prefetch(pf + (size_t)k * NR * sizeof(ET), PK_HINT);                        \
+      if (pf && !(k & 1)) _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                  \
       __m256 b0, b1;                                                                          \
       LOADB(bp, b0, b1);                                                                      \
       _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                 \
@@ -417,7 +422,7 @@ static const ukr2_fn avx2_ukrs[3][7] = {TABLE2(s), TABLE2(h), TABLE2(b)};
 
 /* One AVX-512 micro-block (mr <= 12 rows x nc <= 32 columns of a panel) on the AVX2 kernels:
  * per half of the panel, the rows as one or two sub-blocks; the first sub-block of each half
- * prefetches that half of the next panel (16-bit panels: one line holds both halves). */
+ * prefetches a call's share from pf on (2 pf_bytes(kc) in all: the micro-block's share). */
 static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const unsigned char *bp,
                    size_t es, float *c, int ldc, int nc, float alpha, float beta, int first,
                    const unsigned char *pf, const float *bias) {
@@ -425,7 +430,7 @@ static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const un
   for (int h = 0; h < 2 && 16 * h < nc; h++) {
     int nch = nc - 16 * h < 16 ? nc - 16 * h : 16;
     const unsigned char *bh = bp + (size_t)16 * h * es;
-    const unsigned char *ph = pf && (h == 0 || es == 4) ? pf + (size_t)16 * h * es : NULL;
+    const unsigned char *ph = pf ? pf + (size_t)h * pf_bytes(kc) : NULL;
     const float *bb = bias ? bias + 16 * h : NULL;
     tab[s0](kc, ap, mr, bh, c + 16 * h, ldc, nch, alpha, beta, first, ph, bb);
     if (mr > s0)
@@ -536,6 +541,23 @@ void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0
 
 int ct_pack_a_blocks(int M) { return mblocks(M); }
 
+/* One micro-block: rows ap (mr of them, k-major) x the panel's block bp, on the AVX-512 or
+ * NEON kernel tab[mr], or (tab2 set) the AVX2 kernels; pf: where this call prefetches from */
+static inline void micro_block(const ukr_fn *tab, const void *tab2, int mr, int kc, const float *ap,
+                               const unsigned char *bp, size_t es, float *c, int ldc, int nc,
+                               float alpha, float beta, int first, const unsigned char *pf,
+                               const float *bias) {
+#ifdef CT_PK_X86
+  if (tab2) {
+    block2(tab2, mr, kc, ap, bp, es, c, ldc, nc, alpha, beta, first, pf, bias);
+    return;
+  }
+#else
+  (void)tab2; (void)es;
+#endif
+  tab[mr](kc, ap, bp, c, ldc, nc, alpha, beta, first, pf, bias);
+}
+
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1) {
   ct_gemm_packed_pa(M, N, K, alpha, A, lda, NULL, P, kind, beta, NULL, C, ldc, p0, p1);
@@ -559,7 +581,8 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
 #ifdef CT_PK_X86
   const ukr2_fn *tab2 = isa == PK_AVX2 ? avx2_ukrs[ki] : NULL;
 #else
-  (void)isa; /* aarch64: one micro-kernel, NEON's */
+  const void *tab2 = NULL; /* aarch64: one micro-kernel, NEON's */
+  (void)isa;
 #endif
   if (K <= 0) {
     int j0 = p0 * NR, j1 = p1 * NR < N ? p1 * NR : N;
@@ -568,6 +591,35 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
         float *c = &C[(size_t)i * ldc + j];
         *c = (beta == 0.0f ? 0.0f : beta * *c) + (bias ? bias[j] : 0.0f);
       }
+    return;
+  }
+  const int calls = tab2 ? 2 : 1; /* prefetching kernel calls per micro-block (block2: two) */
+  const unsigned char *pend = Pb + (size_t)p1 * NR * K * es; /* the end of this call's panels */
+  if (apa && M <= MC) {
+    /* One row block (small batches): panel after panel, each through its K blocks, so the
+     * weights are read in the order they lie in memory and the prefetch cursor runs on from
+     * one K block into the next and into the next panel. Every C element gets the same
+     * operations in the same order as below. */
+    int nb = (M + MRMAX - 1) / MRMAX;
+    int bi[MC / MRMAX + 1];
+    for (int b = 0; b <= nb; b++) bi[b] = (int)((long)M * b / nb);
+    for (int p = p0; p < p1; p++) {
+      int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+      for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+        int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
+        const float *ap = apa + (size_t)k0 * M;
+        const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
+        size_t share = pf_bytes(kc) * calls; /* what one micro-block prefetches */
+        /* the cursor: the next K block's lines (about as many as this one's) */
+        const unsigned char *cur = bp + (size_t)NR * kc * es, *lim = cur + (size_t)NR * kc * es;
+        if (lim > pend) lim = pend;
+        for (int b = 0; b < nb; b++, cur += share) {
+          int mr = bi[b + 1] - bi[b];
+          micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kc, bp, es, C + (size_t)bi[b] * ldc + j0,
+                      ldc, nc, alpha, beta, k0 == 0, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
+        }
+      }
+    }
     return;
   }
   _Alignas(64) float local[MC * KC]; /* A rows m0 .. m0+MC of a k block, when apa is NULL */
@@ -591,18 +643,15 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
         for (int p = q0; p < q1; p++) {
           int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
           const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
-          for (int b = 0; b < nb; b++) {
+          size_t share = pf_bytes(kc) * calls;
+          /* the cursor: the next panel's lines of this K block */
+          const unsigned char *cur = bp + (size_t)NR * K * es, *lim = cur + (size_t)NR * kc * es;
+          if (p + 1 >= q1) lim = cur;
+          for (int b = 0; b < nb; b++, cur += share) {
             int mr = bi[b + 1] - bi[b];
-            const unsigned char *pf = b == 0 && p + 1 < q1 ? bp + (size_t)NR * K * es : NULL;
-#ifdef CT_PK_X86
-            if (tab2)
-              block2(tab2, mr, kc, ap + (size_t)bi[b] * kc, bp, es,
-                     C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0, pf,
-                     bias ? bias + j0 : NULL);
-            else
-#endif
-              tab[mr](kc, ap + (size_t)bi[b] * kc, bp, C + (size_t)(m0 + bi[b]) * ldc + j0, ldc,
-                      nc, alpha, beta, k0 == 0, pf, bias ? bias + j0 : NULL);
+            micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kc, bp, es,
+                        C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0,
+                        cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
           }
         }
       }
