@@ -54,12 +54,13 @@ void ct_pack_nt_h(int N, int K, const uint16_t *B, int ldb, uint16_t *P, int p0,
  * in the same order on the (exactly) converted values. */
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1);
-/* A packed once for every thread of a GEMM (blas.c): ct_pack_a_floats(M, K) floats; row
- * blocks b0 .. b1-1 of ct_pack_a_blocks(M) (so threads can split the packing), then
+/* A packed once for every thread of a GEMM (blas.c): ct_pack_a_floats(M, K) floats; units
+ * b0 .. b1-1 of ct_pack_a_blocks(M, K) (a K block of a row block each, so threads can split
+ * the packing of any input), then
  * ct_gemm_packed_pa reads apa instead of packing A itself (apa NULL: it packs). ta: A is
  * given transposed, stored {K, M} with row stride lda (the weight gradient's dout^T). */
 size_t ct_pack_a_floats(int M, int K);
-int ct_pack_a_blocks(int M);
+int ct_pack_a_blocks(int M, int K);
 void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1);
 /* ... and adds bias[j] (NULL: none) to column j: C = alpha A B^T + bias + beta C */
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,

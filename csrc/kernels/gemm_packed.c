@@ -528,18 +528,19 @@ static int mstart(int M, int b) { return (int)((long)M * b / mblocks(M)); }
 static int kblocks(int K) { return (K + KC - 1) / KC; }
 static int kstart(int K, int b) { return (int)((long)K * b / kblocks(K)); }
 
+/* units u = kb * mblocks(M) + mb: K block kb of row block mb (so that threads share the
+ * packing of a single row block too) */
 void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1) {
-  for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+  int nmb = mblocks(M);
+  for (int u = b0; u < b1; u++) {
+    int kb = u / nmb, mb = u % nmb;
     int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
-    for (int b = b0; b < b1; b++) {
-      int m0 = mstart(M, b), mc = mstart(M, b + 1) - m0;
-      float *d = apa + (size_t)k0 * M + (size_t)m0 * kc;
-      if (mc > 0) pack_a_block(A, lda, ta, m0, mc, k0, kc, d);
-    }
+    int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
+    if (mc > 0) pack_a_block(A, lda, ta, m0, mc, k0, kc, apa + (size_t)k0 * M + (size_t)m0 * kc);
   }
 }
 
-int ct_pack_a_blocks(int M) { return mblocks(M); }
+int ct_pack_a_blocks(int M, int K) { return mblocks(M) * kblocks(K); }
 
 /* One micro-block: rows ap (mr of them, k-major) x the panel's block bp, on the AVX-512 or
  * NEON kernel tab[mr], or (tab2 set) the AVX2 kernels; pf: where this call prefetches from */
@@ -680,5 +681,5 @@ size_t ct_pack_a_floats(int M, int K) { return (size_t)M * (size_t)K; }
 void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1) {
   (void)M; (void)K; (void)A; (void)lda; (void)ta; (void)apa; (void)b0; (void)b1;
 }
-int ct_pack_a_blocks(int M) { return M > 0; }
+int ct_pack_a_blocks(int M, int K) { return M > 0 && K > 0; }
 #endif
