@@ -63,7 +63,8 @@ end)
 -- The comparisons above pass on the scalar loops as well: this checks, in child processes (the
 -- CPU check is made once per process), that the vector exp (AVX-512 on x86-64, NEON on aarch64)
 -- is the one in use where the CPU has it. quick_gelu's bits were recorded from the AVX-512
--- path; the NEON one (ct_exp4: the same constants and FMAs) gives the same bits. The softmax
+-- path; the NEON one (ct_exp4) and the AVX2 one (ct_exp8: the same constants and FMAs) give
+-- the same bits. The softmax
 -- sums in 16 or 4 lanes, so only its difference from the scalar loop (libm's expf) is checked.
 -- LayerNorm's vector sums give the scalar loop's bits on these inputs (double sums), so they
 -- have no such check: only the twin comparisons above.
@@ -83,8 +84,9 @@ describe("vector paths in use", function()
 
   it("quick_gelu and the attention softmax take the vector exp where the CPU has one", function()
     local ks, g, a = run("CLIP_NO_AVX512=0")
-    local ks0, g0, a0 = run("CLIP_NO_AVX512=1")
-    assert.is_nil(ks0:find("avx512") or ks0:find("neon"), "CLIP_NO_AVX512=1 turns the vector paths off")
+    local ks0, g0, a0 = run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1")
+    assert.is_nil(ks0:find("avx512") or ks0:find("neon") or ks0:find("avx2"),
+      "CLIP_NO_AVX512=1 CLIP_NO_AVX2=1 turn the vector paths off")
     if not (ks:find("avx512") or ks:find("neon")) then
       pending("neither AVX-512 nor NEON here: the scalar loops are the ones in use")
       return
@@ -92,6 +94,16 @@ describe("vector paths in use", function()
     assert.equal("5358c4d9", g, "quick_gelu's bits with the vector exp (" .. ks .. ")")
     assert.not_equal(g0, g, "quick_gelu: the scalar loop (libm's expf) gives other bits")
     assert.not_equal(a0, a, "attention: the scalar softmax gives other bits")
+  end)
+
+  it("quick_gelu takes the AVX2 exp (the same bits) where AVX-512 is off and AVX2 is on", function()
+    local ks, g = run("CLIP_NO_AVX512=1")
+    if not ks:find("avx2") then
+      pending("no AVX2 + FMA here (or CLIP_NO_AVX2 is set): nothing to check")
+      return
+    end
+    assert.is_nil(ks:find("avx512"), "CLIP_NO_AVX512=1 turns AVX-512 off")
+    assert.equal("5358c4d9", g, "quick_gelu's bits with ct_exp8 (" .. ks .. ")")
   end)
 end)
 

@@ -104,6 +104,8 @@ static int have_avx2(void) {
 #endif
 }
 
+int ct_have_avx2(void) { return have_avx2(); }
+
 int ct_gemm_packed_runs(int isa) {
   return isa == PK_AVX512 ? ct_have_avx512()
        : isa == PK_AVX2   ? have_avx2()

@@ -35,6 +35,18 @@ __attribute__((target("avx512f"))) static void quick_gelu16(float *out, const fl
   }
 }
 
+/* the same with AVX2 + FMA, 8 at a time (ct_exp8: the same bits as quick_gelu16) */
+__attribute__((target("avx2,fma"))) static void quick_gelu8(float *out, const float *inp,
+                                                            int64_t n) {
+  const __m256 k = _mm256_set1_ps(-1.702f), one = _mm256_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 8) {
+    __m256i m = ct_lanes8(n - i);
+    __m256 x = _mm256_maskload_ps(inp + i, m);
+    __m256 y = _mm256_div_ps(x, _mm256_add_ps(one, ct_exp8(_mm256_mul_ps(k, x))));
+    _mm256_maskstore_ps(out + i, m, y);
+  }
+}
+
 /* quick_gelu's backward over n floats, 16 at a time (the tail masked): s = sigmoid(1.702 x)
  * through ct_exp16, dinp += dout (s + 1.702 x s (1 - s)), the scalar loop's operations */
 __attribute__((target("avx512f"))) static void quick_gelu_back16(float *dinp, const float *dout,
@@ -77,6 +89,10 @@ static void act_range(float *out, const float *inp, int64_t n, int act) {
 #ifdef CT_ACT_X86
     if (ct_have_avx512()) {
       quick_gelu16(out, inp, n);
+      break;
+    }
+    if (ct_have_avx2()) {
+      quick_gelu8(out, inp, n);
       break;
     }
 #elif defined(CT_ACT_NEON)

@@ -3,10 +3,15 @@
 #ifndef CT_SIMD_H
 #define CT_SIMD_H
 
+#include <stdint.h>
+
 /* 1 when the CPU runs AVX-512F and CLIP_NO_AVX512 is not set (gemm_packed.c). */
 int ct_have_avx512(void);
 /* 1 on aarch64 when CLIP_NO_AVX512 is not set (the NEON paths; gemm_packed.c), else 0. */
 int ct_have_neon(void);
+/* 1 when the CPU runs AVX2, FMA and F16C and CLIP_NO_AVX2 is not set (gemm_packed.c): the
+ * AVX2 paths, taken where AVX-512 is not (CLIP_NO_AVX512=1, or a CPU without it). */
+int ct_have_avx2(void);
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -31,6 +36,36 @@ __attribute__((target("avx512f"))) static inline __m512 ct_exp16(__m512 x) {
   __m512 r2 = _mm512_mul_ps(r, r);
   __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(y, n);
+}
+
+/* ct_exp16's algorithm for 8 floats with AVX2 + FMA (the same constants, the same FMAs, the
+ * same bits); 2^n as two factors 2^h and 2^(n-h), each a normal float, so only the last
+ * product rounds, as scalef (ct_exp4 does the same on NEON). */
+__attribute__((target("avx2,fma"))) static inline __m256 ct_exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)),
+                    _mm256_set1_ps(88.3762626647949f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
+  __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1), bias = _mm256_set1_epi32(127);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+  __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+}
+
+/* lanes j < n of 8 set (AVX2 maskload / maskstore), n clamped to 0..8 */
+__attribute__((target("avx2"))) static inline __m256i ct_lanes8(int64_t n) {
+  int m = n < 0 ? 0 : n > 8 ? 8 : (int)n;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 #elif defined(__aarch64__)
