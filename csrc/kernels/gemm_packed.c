@@ -493,6 +493,37 @@ TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d)
 }
 #endif
 
+/* pack_rows16 with AVX2: rows in groups of 8, 8 k at a time through an 8 x 8 transpose */
+TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d) {
+  for (int r0 = 0; r0 < mr; r0 += 8) {
+    int rn = mr - r0 < 8 ? mr - r0 : 8;
+    __m256i rm = lanes8(rn);
+    for (int k = 0; k < kc; k += 8) {
+      int kn = kc - k < 8 ? kc - k : 8;
+      __m256i km = lanes8(kn);
+      __m256 r[8], t[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+        r[i] = i < rn ? _mm256_maskload_ps(src + (size_t)(r0 + i) * lda + k, km) : _mm256_setzero_ps();
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+      }
+      _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) { /* column j of the tile: k + j */
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+      }
+      _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)
+        if (j < kn) _mm256_maskstore_ps(d + (size_t)(k + j) * mr + r0, rm, t[j]);
+    }
+  }
+}
+
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
  * mr rows (the near-equal split of ct_gemm_packed), each k-major. ta: A given transposed
  * (stored {K, M}, lda), so row r, column k is A[k * lda + r] and each k step of a row block
@@ -502,7 +533,7 @@ static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0
   size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
   int nb = (mc + MRMAX - 1) / MRMAX;
 #ifdef CT_PK_X86
-  int vec = ct_have_avx512();
+  int vec = ct_have_avx512(), vec2 = !vec && !ta && have_avx2();
 #endif
   for (int b = 0; b < nb; b++) {
     int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
@@ -511,6 +542,10 @@ static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0
 #ifdef CT_PK_X86
     if (vec) {
       (ta ? pack_cols16 : pack_rows16)(src, lda, mr, kc, d);
+      continue;
+    }
+    if (vec2) {
+      pack_rows8(src, lda, mr, kc, d);
       continue;
     }
 #endif

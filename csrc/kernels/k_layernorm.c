@@ -55,6 +55,61 @@ __attribute__((target("avx512f"))) static void sums16(const float *x, int C, flo
   }
   *v = vv;
 }
+
+/* sums16 with AVX2: 16 independent double lanes (four of 4), each a plain double sum */
+__attribute__((target("avx2"))) static void sums16_avx2(const float *x, int C, float m, double *s,
+                                                        double *v) {
+  __m256d z = _mm256_setzero_pd();
+  int j = 0;
+  if (s) {
+    __m256d s0 = z, s1 = z, s2 = z, s3 = z;
+    for (; j + 16 <= C; j += 16) {
+      s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm_loadu_ps(x + j)));
+      s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 4)));
+      s2 = _mm256_add_pd(s2, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 8)));
+      s3 = _mm256_add_pd(s3, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 12)));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
+    double ss = (t[0] + t[1]) + (t[2] + t[3]);
+    for (; j < C; j++) ss += x[j];
+    *s = ss;
+  }
+  if (!v) return;
+  __m128 mm = _mm_set1_ps(m);
+  __m256d v0 = z, v1 = z, v2 = z, v3 = z;
+  j = 0;
+  for (; j + 16 <= C; j += 16) { /* float differences, as the scalar loop */
+    __m256d a = _mm256_cvtps_pd(_mm_sub_ps(_mm_loadu_ps(x + j), mm));
+    __m256d b = _mm256_cvtps_pd(_mm_sub_ps(_mm_loadu_ps(x + j + 4), mm));
+    __m256d c = _mm256_cvtps_pd(_mm_sub_ps(_mm_loadu_ps(x + j + 8), mm));
+    __m256d d = _mm256_cvtps_pd(_mm_sub_ps(_mm_loadu_ps(x + j + 12), mm));
+    v0 = _mm256_add_pd(v0, _mm256_mul_pd(a, a));
+    v1 = _mm256_add_pd(v1, _mm256_mul_pd(b, b));
+    v2 = _mm256_add_pd(v2, _mm256_mul_pd(c, c));
+    v3 = _mm256_add_pd(v3, _mm256_mul_pd(d, d));
+  }
+  double t[4];
+  _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(v0, v1), _mm256_add_pd(v2, v3)));
+  double vv = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; j < C; j++) {
+    float d = x[j] - m;
+    vv += (double)d * d;
+  }
+  *v = vv;
+}
+
+/* norm16 with AVX2, 8 at a time (the tail masked): the same roundings */
+__attribute__((target("avx2"))) static void norm8(float *o, const float *x, const float *w,
+                                                  const float *b, int C, float m, float r) {
+  __m256 mm = _mm256_set1_ps(m), rr = _mm256_set1_ps(r);
+  for (int j = 0; j < C; j += 8) {
+    __m256i k = ct_lanes8(C - j);
+    __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + j, k), mm), rr);
+    t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_maskload_ps(w + j, k)), _mm256_maskload_ps(b + j, k));
+    _mm256_maskstore_ps(o + j, k, t);
+  }
+}
 #endif
 
 #if defined(__x86_64__)
@@ -127,7 +182,7 @@ static void norm4(float *o, const float *x, const float *w, const float *b, int 
 static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
                     const float *w, const float *b, int64_t N, int C, float eps) {
 #if defined(__x86_64__)
-  int vec = ct_have_avx512();
+  int vec = ct_have_avx512(), vec2 = !vec && ct_have_avx2();
 #elif defined(CT_LN_NEON)
   int vec = ct_have_neon();
 #endif
@@ -137,10 +192,10 @@ static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
     double s = 0, v = 0;
     float m;
 #if defined(__x86_64__)
-    if (vec) {
-      sums16(x, C, 0.0f, &s, NULL);
+    if (vec || vec2) {
+      (vec ? sums16 : sums16_avx2)(x, C, 0.0f, &s, NULL);
       m = (float)(s / C);
-      sums16(x, C, m, NULL, &v);
+      (vec ? sums16 : sums16_avx2)(x, C, m, NULL, &v);
     } else
 #elif defined(CT_LN_NEON)
     if (vec) {
@@ -160,6 +215,7 @@ static void ln_rows(float *out, float *mean, float *rstd, const float *inp,
     float r = (float)(1.0 / sqrt(v / C + eps));
 #if defined(__x86_64__)
     if (vec) norm16(o, x, w, b, C, m, r);
+    else if (vec2) norm8(o, x, w, b, C, m, r);
     else
 #elif defined(CT_LN_NEON)
     if (vec) norm4(o, x, w, b, C, m, r);
