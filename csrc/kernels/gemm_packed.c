@@ -493,17 +493,40 @@ TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d)
 }
 #endif
 
+/* the first n (1..8) floats of v to d: no masked store (vmaskmovps to memory is slow on AMD) */
+TGT2 static inline void store_n(float *d, __m256 v, int n) {
+  if (n == 8) {
+    _mm256_storeu_ps(d, v);
+    return;
+  }
+  __m128 x = _mm256_castps256_ps128(v);
+  if (n >= 4) {
+    _mm_storeu_ps(d, x);
+    x = _mm256_extractf128_ps(v, 1);
+    d += 4;
+    n -= 4;
+  }
+  if (n >= 2) {
+    _mm_storel_pi((__m64 *)d, x);
+    x = _mm_movehl_ps(x, x);
+    d += 2;
+    n -= 2;
+  }
+  if (n) _mm_store_ss(d, x);
+}
+
 /* pack_rows16 with AVX2: rows in groups of 8, 8 k at a time through an 8 x 8 transpose */
 TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d) {
   for (int r0 = 0; r0 < mr; r0 += 8) {
     int rn = mr - r0 < 8 ? mr - r0 : 8;
-    __m256i rm = lanes8(rn);
     for (int k = 0; k < kc; k += 8) {
       int kn = kc - k < 8 ? kc - k : 8;
       __m256i km = lanes8(kn);
       __m256 r[8], t[8];
-      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
-        r[i] = i < rn ? _mm256_maskload_ps(src + (size_t)(r0 + i) * lda + k, km) : _mm256_setzero_ps();
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+        const float *p = src + (size_t)(r0 + i) * lda + k;
+        r[i] = i >= rn ? _mm256_setzero_ps() : kn == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, km);
+      }
       _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -519,7 +542,7 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
         t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
       }
       _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)
-        if (j < kn) _mm256_maskstore_ps(d + (size_t)(k + j) * mr + r0, rm, t[j]);
+        if (j < kn) store_n(d + (size_t)(k + j) * mr + r0, t[j], rn);
     }
   }
 }
