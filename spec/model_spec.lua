@@ -307,6 +307,34 @@ describe("model loading", function()
   end)
 end)
 
+describe("MLP rows padded apart", function()
+  -- intermediate sizes that are multiples of 512 put the MLP activations' rows 16 floats
+  -- apart beyond I (encoder.c mlp_stride: no rows a multiple of 2 KiB apart); the fast towers
+  -- still equal their naive twins, for the packed and the pooled (last layer) paths
+  it("the fast towers equal their naive twins with intermediate sizes 512 and 1024", function()
+    local m = clip.model.new({ projection_dim = 32,
+      text_config = { hidden_size = 64, intermediate_size = 1024, num_hidden_layers = 2,
+        num_attention_heads = 4, max_position_embeddings = 16, vocab_size = 100 },
+      vision_config = { hidden_size = 64, intermediate_size = 512, num_hidden_layers = 2,
+        num_attention_heads = 4, image_size = 32, patch_size = 8 } }, { seed = 3 })
+    for _, p in ipairs(m:parameter_info()) do
+      if p.name:match("%.bias$") then m:param(p.name):copy(clip.randn(p.shape, 8) * 0.05) end
+    end
+    local px = clip.randn({ 9, 3, 32, 32 }, 2) -- 9 x 17 = 153 rows: two row blocks
+    H.assert_close(m.core:encode_pixels(px), m.core:encode_ref(px),
+      { atol = 1e-5, rtol = 1e-5, label = "image tower, I = 512" })
+    local ids = {}
+    for b = 1, 9 do
+      ids[b] = { 98 }
+      for t = 2, 15 do ids[b][t] = (b * 13 + t * 7) % 90 + 1 end
+      ids[b][16] = 99
+    end
+    H.assert_close(m.core:encode_ids(ids), m.core:encode_ref(ids),
+      { atol = 1e-5, rtol = 1e-5, label = "text tower, I = 1024" })
+    m:close()
+  end)
+end)
+
 describe("ViT-B/32 shapes #slow", function()
   it("the fast towers equal their naive twins at ViT-B/32 shapes (224px, 50 tokens, 77-token text)", function()
     local m = clip.model.new({ projection_dim = 512, text_config = {}, vision_config = {} }, { seed = 1 })

@@ -37,9 +37,9 @@ static int avx2_to_openblas(int nout, const float *const *w, int N, int chunk) {
  * linear_forward without packs. nout layers of the same shape share inp (q, k and v: one pool
  * dispatch); pk[r] and w[r] describe layer r. beta: out = inp W^T + bias + beta out (1: a
  * residual added in the same pass). */
-void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
-                           const void *const *pk, int kind, const float *const *bias, int N,
-                           int IC, int OC, float beta) {
+void linear_forward_packed(int nout, float *const *out, int ldc, const float *inp, int lda,
+                           const float *const *w, const void *const *pk, int kind,
+                           const float *const *bias, int N, int IC, int OC, float beta) {
   int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
   if (pk && ct_gemm_packed_available() && !avx2_to_openblas(nout, w, N, chunk)) {
     /* rows in chunks: the packed kernel keeps its small-M speed at any batch size; the bias
@@ -47,22 +47,25 @@ void linear_forward_packed(int nout, float *const *out, const float *inp, const 
     for (int i0 = 0; i0 < N; i0 += chunk) {
       int n = N - i0 < chunk ? N - i0 : chunk;
       float *o[3];
-      for (int r = 0; r < nout && r < 3; r++) o[r] = out[r] + (size_t)i0 * OC;
-      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * IC, IC, nout, pk, kind, bias, o, OC, beta);
+      for (int r = 0; r < nout && r < 3; r++) o[r] = out[r] + (size_t)i0 * ldc;
+      ct_sgemm_packed(n, OC, IC, inp + (size_t)i0 * lda, lda, nout, pk, kind, bias, o, ldc, beta);
     }
     return;
   }
-  for (int r = 0; r < nout; r++) {
-    if (beta == 0.0f) {
-      linear_forward(out[r], inp, w[r], bias[r], N, IC, OC);
-    } else { /* out = beta out + inp W^T + bias */
-      if (bias[r])
-        for (int i = 0; i < N; i++)
-          for (int o = 0; o < OC; o++) out[r][(size_t)i * OC + o] = beta * out[r][(size_t)i * OC + o] + bias[r][o];
-      else if (beta != 1.0f)
-        for (size_t i = 0; i < (size_t)N * OC; i++) out[r][i] *= beta;
-      ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, w[r], IC, 1.0f, out[r], OC);
+  for (int r = 0; r < nout; r++) { /* out = beta out + inp W^T + bias, rows ldc apart */
+    if (beta == 0.0f && !bias[r]) {
+      ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, lda, w[r], IC, 0.0f, out[r], ldc);
+      continue;
     }
+    for (int i = 0; i < N; i++) {
+      float *row = out[r] + (size_t)i * ldc;
+      if (beta == 0.0f) memcpy(row, bias[r], sizeof(float) * OC);
+      else if (bias[r])
+        for (int o = 0; o < OC; o++) row[o] = beta * row[o] + bias[r][o];
+      else if (beta != 1.0f)
+        for (int o = 0; o < OC; o++) row[o] *= beta;
+    }
+    ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, lda, w[r], IC, 1.0f, out[r], ldc);
   }
 }
 

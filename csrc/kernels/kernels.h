@@ -53,10 +53,11 @@ void layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const flo
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC);
 /* linear_forward for nout layers sharing inp, with their weights also packed (pk: gemm.h
- * layout, or NULL): the packed kernel in chunks of ct_packed_max_m() rows (k_linear.c). */
-void linear_forward_packed(int nout, float *const *out, const float *inp, const float *const *w,
-                           const void *const *pk, int kind, const float *const *bias, int N,
-                           int IC, int OC, float beta);
+ * layout, or NULL): the packed kernel in chunks of ct_packed_max_m() rows (k_linear.c).
+ * lda, ldc: the row strides of inp and of each out (IC and OC when packed tight). */
+void linear_forward_packed(int nout, float *const *out, int ldc, const float *inp, int lda,
+                           const float *const *w, const void *const *pk, int kind,
+                           const float *const *bias, int N, int IC, int OC, float beta);
 void linear_forward_ref(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int IC, int OC);
 void linear_forward_f64(double *out, const double *inp, const double *weight,
