@@ -58,6 +58,24 @@ describe("kernels vs naive twins", function()
     local o = K.attention(q, k, v, 3, true)
     H.assert_close(o[1][1], v[1][1], { atol = 1e-6 })
   end)
+
+  it("attention at the towers' head sizes, over 1, 2 and 3 threads", function()
+    -- hs 64 (every CLIP tower) and 16, T past one and two 32-key panels (the packed route where
+    -- a packed kernel runs, k_attention.c), each thread count against the twin
+    local before = clip.get_num_threads()
+    for _, nt in ipairs({ 1, 2, 3 }) do
+      clip.set_num_threads(nt)
+      for _, s in ipairs({ { 2, 50, 128, 2 }, { 2, 77, 64, 4 }, { 1, 33, 64, 1 }, { 3, 9, 32, 2 } }) do
+        local B, T, C, NH = s[1], s[2], s[3], s[4]
+        local q, k, v = clip.randn({ B, T, C }, T), clip.randn({ B, T, C }, T + 1), clip.randn({ B, T, C }, T + 2)
+        for _, causal in ipairs({ false, true }) do
+          H.assert_close(K.attention(q, k, v, NH, causal), K.attention(q, k, v, NH, causal, true),
+            { atol = 2e-5, label = ("attention %dx%dx%d, %d heads, causal=%s, %d threads"):format(B, T, C, NH, tostring(causal), nt) })
+        end
+      end
+    end
+    clip.set_num_threads(before)
+  end)
 end)
 
 -- The comparisons above pass on the scalar loops as well: this checks, in child processes (the

@@ -73,7 +73,7 @@ static int k_act(lua_State *L) {
   return 1;
 }
 
-/* kernels.attention(q, k, v {B,T,C}, NH, causal, ref) */
+/* kernels.attention(q, k, v {B,T,C}, NH, causal, ref): over the state's pool, as the encoders */
 static int k_attention(lua_State *L) {
   l_tensor *q = l_checktensor(L, 1), *k = l_checktensor(L, 2), *v = l_checktensor(L, 3);
   int NH = (int)luaL_checkinteger(L, 4);
@@ -89,6 +89,7 @@ static int k_attention(lua_State *L) {
   } else {
     int64_t ps[2] = {T, T};
     l_tensor *p = l_tensor_new(L, 2, ps);
+    l_pool_enter(L);
     attention_forward(o->data, p->data, q->data, k->data, v->data, B, T, C, NH, causal, 0);
     lua_pop(L, 1);
   }
