@@ -114,14 +114,16 @@ describe("vector paths in use", function()
     assert.not_equal(a0, a, "attention: the scalar softmax gives other bits")
   end)
 
-  it("quick_gelu takes the AVX2 exp (the same bits) where AVX-512 is off and AVX2 is on", function()
-    local ks, g = run("CLIP_NO_AVX512=1")
+  it("quick_gelu and the softmax take the AVX2 exp where AVX-512 is off and AVX2 is on", function()
+    local ks, g, a = run("CLIP_NO_AVX512=1")
     if not ks:find("avx2") then
       pending("no AVX2 + FMA here (or CLIP_NO_AVX2 is set): nothing to check")
       return
     end
+    local _, _, a0 = run("CLIP_NO_AVX512=1 CLIP_NO_AVX2=1")
     assert.is_nil(ks:find("avx512"), "CLIP_NO_AVX512=1 turns AVX-512 off")
     assert.equal("5358c4d9", g, "quick_gelu's bits with ct_exp8 (" .. ks .. ")")
+    assert.not_equal(a0, a, "attention: the scalar softmax gives other bits than the AVX2 one")
   end)
 end)
 

@@ -41,6 +41,40 @@ __attribute__((target("avx512f"))) static void softmax16(float *r, int m) {
     _mm512_mask_storeu_ps(r + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + j), inv));
   }
 }
+
+/* softmax16 with AVX2 + FMA (8 lanes, ct_exp8; whole vectors through plain loads and stores,
+ * the tail through a padded copy whose padding is not summed) */
+__attribute__((target("avx2,fma"))) static void softmax8(float *r, int m) {
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  int j = 0;
+  for (; j + 8 <= m; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(r + j));
+  float t[8];
+  _mm256_storeu_ps(t, mx);
+  float x = t[0];
+  for (int q = 1; q < 8; q++) x = t[q] > x ? t[q] : x;
+  for (int q = j; q < m; q++) x = r[q] > x ? r[q] : x;
+  __m256 vmx = _mm256_set1_ps(x), sum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= m; j += 8) {
+    __m256 e = ct_exp8(_mm256_sub_ps(_mm256_loadu_ps(r + j), vmx));
+    sum = _mm256_add_ps(sum, e);
+    _mm256_storeu_ps(r + j, e);
+  }
+  float tail = 0.0f;
+  if (j < m) {
+    for (int q = 0; q < 8; q++) t[q] = j + q < m ? r[j + q] : x;
+    _mm256_storeu_ps(t, ct_exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vmx)));
+    for (int q = j; q < m; q++) {
+      r[q] = t[q - j];
+      tail += t[q - j];
+    }
+  }
+  _mm256_storeu_ps(t, sum);
+  float s = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  __m256 vinv = _mm256_set1_ps(1.0f / (s + tail));
+  for (j = 0; j + 8 <= m; j += 8) _mm256_storeu_ps(r + j, _mm256_mul_ps(_mm256_loadu_ps(r + j), vinv));
+  float inv = 1.0f / (s + tail);
+  for (; j < m; j++) r[j] *= inv;
+}
 #elif defined(CT_SIMD_NEON)
 /* softmax of r[0..m) in place (4 lanes, as softmax16: max, exp with ct_exp4, sum per lane then
  * across; the tail through a padded copy whose padding is not summed) */
@@ -86,7 +120,7 @@ static void att_rows(void *ctx, int tid, int nt) {
   if (n <= 0) return;
   float scale = 1.0f / sqrtf((float)hs);
 #ifdef CT_SIMD_X86
-  int vec = ct_have_avx512();
+  int vec = ct_have_avx512(), vec2 = !vec && ct_have_avx2();
 #elif defined(CT_SIMD_NEON)
   int vec = ct_have_neon();
 #endif
@@ -102,8 +136,8 @@ static void att_rows(void *ctx, int tid, int nt) {
         float *r = p + (size_t)i * T;
         int m = a->causal ? i0 + i + 1 : T;
 #ifdef CT_SIMD_X86
-        if (vec) {
-          softmax16(r, m);
+        if (vec || vec2) {
+          (vec ? softmax16 : softmax8)(r, m);
           for (int j = m; j < T; j++) r[j] = 0.0f;
           continue;
         }
