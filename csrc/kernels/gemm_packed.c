@@ -22,6 +22,7 @@
  * aarch64 CPU (CLIP_NO_AVX512=1 turns it off, as it does the AVX-512 one).
  * Never -ffast-math. */
 #include "gemm.h"
+#include "simd.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -334,10 +335,6 @@ static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
     b1 = BF16X8((const __m128i *)(bp) + 1);      \
   } while (0)
 
-/* lanes j < n of 8 set (maskload / maskstore), n clamped to 0..8 */
-TGT2 static inline __m256i lanes8(int n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 /* c[r][0..nc) (op)= alpha * sum_k ap[k*as + r] * bp[k*NR + j], nc <= 16; as UKR above */
 #define UKR2(MR, SUF, ET, LOADB)                                                             \
@@ -386,7 +383,7 @@ TGT2 static inline __m256i lanes8(int n) {
       }                                                                                       \
       return;                                                                                 \
     }                                                                                         \
-    __m256i m0 = lanes8(nc), m1 = lanes8(nc - 8);                                             \
+    __m256i m0 = ct_lanes8(nc), m1 = ct_lanes8(nc - 8);                                             \
     _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                   \
       float *cr = c + (size_t)r * ldc;                                                        \
       __m256 x0 = _mm256_mul_ps(va, acc[r][0]), x1 = _mm256_mul_ps(va, acc[r][1]);            \
@@ -521,7 +518,7 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
     int rn = mr - r0 < 8 ? mr - r0 : 8;
     for (int k = 0; k < kc; k += 8) {
       int kn = kc - k < 8 ? kc - k : 8;
-      __m256i km = lanes8(kn);
+      __m256i km = ct_lanes8(kn);
       __m256 r[8], t[8];
       _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
         const float *p = src + (size_t)(r0 + i) * lda + k;
