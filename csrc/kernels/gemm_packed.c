@@ -488,7 +488,6 @@ TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d)
   for (int k = 0; k < kc; k++)
     _mm512_mask_storeu_ps(d + (size_t)k * mr, rm, _mm512_maskz_loadu_ps(rm, src + (size_t)k * lda));
 }
-#endif
 
 /* the first n (1..8) floats of v to d: no masked store (vmaskmovps to memory is slow on AMD) */
 TGT2 static inline void store_n(float *d, __m256 v, int n) {
@@ -543,6 +542,7 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
     }
   }
 }
+#endif
 
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
  * mr rows (the near-equal split of ct_gemm_packed), each k-major. ta: A given transposed
