@@ -383,7 +383,7 @@ static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
       }                                                                                       \
       return;                                                                                 \
     }                                                                                         \
-    __m256i m0 = ct_lanes8(nc), m1 = ct_lanes8(nc - 8);                                             \
+    __m256i m0 = ct_lanes8(nc), m1 = ct_lanes8(nc - 8);                                      \
     _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                   \
       float *cr = c + (size_t)r * ldc;                                                        \
       __m256 x0 = _mm256_mul_ps(va, acc[r][0]), x1 = _mm256_mul_ps(va, acc[r][1]);            \
