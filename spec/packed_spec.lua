@@ -32,7 +32,7 @@ end
 
 describe("packed gemm kernels", function()
   if not has then
-    pending("no packed kernel selected here (x86-64 without AVX-512F and AVX2+FMA, or CLIP_PACKED_AVX2=0 without AVX-512F, or CLIP_NO_AVX512 on aarch64): nothing is packed")
+    pending("no packed kernel selected here (x86-64 without AVX-512F and AVX2+FMA, or CLIP_PACKED_AVX2=0 or CLIP_NO_AVX2=1 without AVX-512F, or CLIP_NO_AVX512 on aarch64): nothing is packed")
     return
   end
 
