@@ -45,6 +45,11 @@ static int ws_alloc(workspace *w, const ct_fwd_out *o, int64_t N, int D, int I, 
   w->h = m; w->x = m + nd; w->q = m + 2 * nd; w->k = m + 3 * nd; w->v = m + 4 * nd;
   w->att = m + 5 * nd; w->mlp = m + 6 * nd; w->probs = w->mlp + (size_t)N * ldm;
   w->ldm = ldm;
+  /* the gaps between MLP rows, which the activation runs over and nothing reads: set once per
+   * pass (fc1 never writes them; the vision tower's im2col, which borrows mlp, leaves pixel
+   * values there) */
+  if (ldm != I)
+    for (int64_t i = 0; i < N; i++) memset(w->mlp + i * ldm + I, 0, sizeof(float) * (ldm - I));
   return 0;
 }
 
@@ -154,8 +159,6 @@ void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, 
                     N, D, c->eps);
   float *fc1 = s ? s->fc1 : w->mlp, *actv = s ? s->actv : w->mlp;
   int ldm = s || !w->ldm ? I : w->ldm; /* the saved activations are packed tight */
-  if (ldm != I) /* the gaps between rows: zeros through the activation, never read */
-    for (int i = 0; i < N; i++) memset(fc1 + (size_t)i * ldm + I, 0, sizeof(float) * (ldm - I));
   lin(fc1, ldm, x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);
   if (N > 0) act_forward(actv, fc1, (int64_t)(N - 1) * ldm + I, c->act);
   if (s) memcpy(w->h, mid, sizeof(float) * (size_t)N * D);

@@ -88,7 +88,7 @@ int ct_have_neon(void) {
 
 /* the AVX2 kernel needs FMA, and F16C for F16 panels (every AVX2+FMA CPU has it);
  * CLIP_NO_AVX2=1 turns it off (with CLIP_NO_AVX512=1: nothing packed, as on an old CPU) */
-static int have_avx2(void) {
+int ct_have_avx2(void) {
 #ifdef CT_PK_X86
   static int cached = -1;
   if (cached < 0) {
@@ -105,11 +105,9 @@ static int have_avx2(void) {
 #endif
 }
 
-int ct_have_avx2(void) { return have_avx2(); }
-
 int ct_gemm_packed_runs(int isa) {
   return isa == PK_AVX512 ? ct_have_avx512()
-       : isa == PK_AVX2   ? have_avx2()
+       : isa == PK_AVX2   ? ct_have_avx2()
        : isa == PK_NEON   ? ct_have_neon()
                           : 0;
 }
@@ -124,7 +122,7 @@ int ct_gemm_packed_kernel(void) {
     avx2_on = !(v && !strcmp(v, "0"));
   }
   if (ct_have_neon()) return PK_NEON;
-  return ct_have_avx512() ? PK_AVX512 : have_avx2() && avx2_on ? PK_AVX2 : 0;
+  return ct_have_avx512() ? PK_AVX512 : ct_have_avx2() && avx2_on ? PK_AVX2 : 0;
 }
 
 int ct_gemm_packed_available(void) { return ct_gemm_packed_kernel() != 0; }
@@ -544,19 +542,27 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
 }
 #endif
 
+/* A row block of mc (<= MC) rows as micro blocks of near-equal size (50 rows: 5 x 10): micro
+ * block b is rows bi[b] .. bi[b+1]-1; returns their number */
+static int micro_split(int mc, int bi[MC / MRMAX + 1]) {
+  int nb = (mc + MRMAX - 1) / MRMAX;
+  for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);
+  return nb;
+}
+
 /* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
- * mr rows (the near-equal split of ct_gemm_packed), each k-major. ta: A given transposed
+ * mr rows (micro_split), each k-major. ta: A given transposed
  * (stored {K, M}, lda), so row r, column k is A[k * lda + r] and each k step of a row block
  * is one contiguous read. Copies only: every path gives the same values. */
 static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0, int kc,
                          float *dst) {
   size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
-  int nb = (mc + MRMAX - 1) / MRMAX;
+  int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
 #ifdef CT_PK_X86
-  int vec = ct_have_avx512(), vec2 = !vec && !ta && have_avx2();
+  int vec = ct_have_avx512(), vec2 = !vec && !ta && ct_have_avx2();
 #endif
   for (int b = 0; b < nb; b++) {
-    int r0 = (int)((long)mc * b / nb), mr = (int)((long)mc * (b + 1) / nb) - r0;
+    int r0 = bi[b], mr = bi[b + 1] - r0;
     float *d = dst + (size_t)r0 * kc;
     const float *src = A + (size_t)(m0 + r0) * rs + (size_t)k0 * ks;
 #ifdef CT_PK_X86
@@ -658,9 +664,7 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
      * weights are read in the order they lie in memory and the prefetch cursor runs on from
      * one K block into the next and into the next panel. Every C element gets the same
      * operations in the same order as below. */
-    int nb = (M + MRMAX - 1) / MRMAX;
-    int bi[MC / MRMAX + 1];
-    for (int b = 0; b <= nb; b++) bi[b] = (int)((long)M * b / nb);
+    int bi[MC / MRMAX + 1], nb = micro_split(M, bi);
     for (int p = p0; p < p1; p++) {
       int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
       for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
@@ -688,9 +692,7 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
       int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
       for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
         int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
-        int nb = (mc + MRMAX - 1) / MRMAX; /* row blocks of near-equal size */
-        int bi[MC / MRMAX + 1];
-        for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);
+        int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
         const float *ap;
         if (apa) {
           ap = apa + (size_t)k0 * M + (size_t)m0 * kc;

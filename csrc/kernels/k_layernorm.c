@@ -103,17 +103,16 @@ __attribute__((target("avx2"))) static void sums16_avx2(const float *x, int C, f
 __attribute__((target("avx2"))) static void norm8(float *o, const float *x, const float *w,
                                                   const float *b, int C, float m, float r) {
   __m256 mm = _mm256_set1_ps(m), rr = _mm256_set1_ps(r);
+#define NORM8(xv, wv, bv) _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(xv, mm), rr), wv), bv)
   int j = 0;
-  for (; j + 8 <= C; j += 8) {
-    __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mm), rr);
-    _mm256_storeu_ps(o + j, _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(w + j)), _mm256_loadu_ps(b + j)));
-  }
+  for (; j + 8 <= C; j += 8)
+    _mm256_storeu_ps(o + j, NORM8(_mm256_loadu_ps(x + j), _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j)));
   if (j < C) { /* the tail masked (a masked store is slow on AMD: once per row) */
     __m256i k = ct_lanes8(C - j);
-    __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + j, k), mm), rr);
-    t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_maskload_ps(w + j, k)), _mm256_maskload_ps(b + j, k));
-    _mm256_maskstore_ps(o + j, k, t);
+    _mm256_maskstore_ps(o + j, k, NORM8(_mm256_maskload_ps(x + j, k), _mm256_maskload_ps(w + j, k),
+                                        _mm256_maskload_ps(b + j, k)));
   }
+#undef NORM8
 }
 #endif
 

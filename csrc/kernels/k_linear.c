@@ -16,10 +16,7 @@
 
 void linear_forward(float *out, const float *inp, const float *weight,
                     const float *bias, int N, int IC, int OC) {
-  if (bias) {
-    for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, sizeof(float) * OC);
-  }
-  ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+  linear_forward_packed(1, &out, OC, inp, IC, &weight, NULL, 0, &bias, N, IC, OC, 0.0f);
 }
 
 /* 1: the AVX2 kernel would run N >= chunk rows where float weights are at hand; OpenBLAS takes

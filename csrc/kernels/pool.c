@@ -5,8 +5,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-
-
 typedef struct {
   ct_pool *p;
   int tid;
