@@ -43,9 +43,15 @@
 #define PK_HINT _MM_HINT_T1
 #endif
 #ifndef PK_KC
-#define PK_KC 192
+#define PK_KC 768
 #endif
-enum { NR = PK_NR, KC = PK_KC, NC = 512, MRMAX = 12, MC = 120 };
+#ifndef PK_NC
+#define PK_NC 512
+#endif
+#ifndef PK_MC
+#define PK_MC 120
+#endif
+enum { NR = PK_NR, KC = PK_KC, NC = PK_NC, MRMAX = 12, MC = PK_MC };
 
 /* Prefetching the weights: a micro-kernel call given pf prefetches one 64-byte line every
  * second k step, pf_bytes(kc) bytes from pf in all. The driver walks a cursor through the
@@ -684,8 +690,34 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
     }
     return;
   }
-  _Alignas(64) float local[MC * KC]; /* A rows m0 .. m0+MC of a k block, when apa is NULL */
   const int pnc = NC / NR;
+  if (!apa) {
+    /* No A packed ahead of time (no scratch): each micro-block is packed as it is reached, into
+     * a buffer of MRMAX x KC floats (36 KB of stack, not a whole row block), and runs through
+     * the chunk's panels. The same K blocks and micro-blocks as below: the same results. */
+    _Alignas(64) float local[MRMAX * KC];
+    for (int q0 = p0; q0 < p1; q0 += pnc) {
+      int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
+      for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+        int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
+        for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
+          int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
+          int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
+          for (int b = 0; b < nb; b++) {
+            int mr = bi[b + 1] - bi[b];
+            pack_a_block(A, lda, 0, m0 + bi[b], mr, k0, kc, local);
+            for (int p = q0; p < q1; p++) {
+              int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+              const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
+              micro_block(tab, tab2, mr, kc, local, bp, es, C + (size_t)(m0 + bi[b]) * ldc + j0,
+                          ldc, nc, alpha, beta, k0 == 0, NULL, bias ? bias + j0 : NULL);
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
   for (int q0 = p0; q0 < p1; q0 += pnc) {
     int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
     for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
@@ -693,13 +725,7 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
       for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
         int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
         int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
-        const float *ap;
-        if (apa) {
-          ap = apa + (size_t)k0 * M + (size_t)m0 * kc;
-        } else {
-          pack_a_block(A, lda, 0, m0, mc, k0, kc, local);
-          ap = local;
-        }
+        const float *ap = apa + (size_t)k0 * M + (size_t)m0 * kc;
         for (int p = q0; p < q1; p++) {
           int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
           const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
