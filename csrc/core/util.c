@@ -6,8 +6,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+void ct_mem_huge(void *p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t h = (uintptr_t)2 << 20;
+  if (!p || bytes < ((size_t)1 << 20)) return;
+  uintptr_t lo = ((uintptr_t)p + h - 1) & ~(h - 1), hi = ((uintptr_t)p + bytes) & ~(h - 1);
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+  ct_mem_prefault_write(p, bytes);
+#else
+  (void)p; (void)bytes;
+#endif
+}
+
+void ct_mem_prefault_write(void *p, size_t bytes) {
+#ifdef __linux__
+  enum { POPULATE_WRITE = 23 }; /* MADV_POPULATE_WRITE (Linux 5.14); older kernels: EINVAL */
+  uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  if (!p || !bytes || pg == 0 || pg == (uintptr_t)-1) return;
+  uintptr_t lo = (uintptr_t)p & ~(pg - 1);
+  (void)madvise((void *)lo, (uintptr_t)p + bytes - lo, POPULATE_WRITE);
+#else
+  (void)p; (void)bytes;
+#endif
+}
 
 int ct_errf(ct_err *e, const char *fmt, ...) {
   if (e) {

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ct.h"
 #include "l_tensor.h"
 #include "lclip.h"
 #include "loss.h"
@@ -139,6 +140,9 @@ static int l_adamw(lua_State *L) {
   l_tensor_writing(L, p);
   l_tensor_writing(L, m);
   l_tensor_writing(L, v);
+  /* the first step writes weights that may still be the model file's private mapping: their
+   * copy-on-write in one call, not a fault per page (ct.h) */
+  if (luaL_checkinteger(L, 10) == 1) ct_mem_prefault_write(p->data, (size_t)p->numel * sizeof(float));
   ct_adamw_step(p->data, m->data, v->data, g->data, p->numel, luaL_checknumber(L, 5),
                 luaL_checknumber(L, 6), luaL_checknumber(L, 7), luaL_checknumber(L, 8),
                 luaL_checknumber(L, 9), luaL_checkinteger(L, 10));
@@ -153,6 +157,7 @@ static int l_sgd(lua_State *L) {
     return luaL_error(L, "sgd: sizes differ from the parameter");
   l_tensor_writing(L, p);
   if (b) l_tensor_writing(L, b);
+  if (lua_toboolean(L, 9)) ct_mem_prefault_write(p->data, (size_t)p->numel * sizeof(float));
   ct_sgd_step(p->data, b ? b->data : NULL, g->data, p->numel, luaL_checknumber(L, 4),
               luaL_checknumber(L, 5), luaL_checknumber(L, 6), luaL_checknumber(L, 7),
               lua_toboolean(L, 8), lua_toboolean(L, 9));

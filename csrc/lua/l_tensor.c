@@ -5,6 +5,8 @@
  * object's memory and hold it through user value 1. Indices are 1-based. */
 #include "l_tensor.h"
 
+#include "ct.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,6 +56,7 @@ l_tensor *l_tensor_new(lua_State *L, int ndim, const int64_t *shape) {
   t->readonly = 0;
   t->wgen = NULL;
   for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+  ct_mem_huge(t->data, (size_t)n * sizeof(float)); /* before the memset's first touch */
   memset(t->data, 0, (size_t)n * sizeof(float));
   luaL_setmetatable(L, L_TENSOR_MT);
   return t;
