@@ -7,7 +7,9 @@
 --   last2        the last 2 blocks of both towers (+ final norms, projections)
 --   full         every parameter
 -- forward + backward + clip_grad_norm + AdamW step + zero_grad, wall time,
--- median of --rounds (default 3) after one warm-up step.
+-- median of --rounds (default 3) after one warm-up step; the warm-up step's own time is printed
+-- too (the first step of a case allocates its gradients and optimizer state, and writes the
+-- weights mapped from the file: their copy-on-write).
 -- --torch: also the same last2 and full steps in PyTorch (bench/torch_bench.py step, Debian's
 -- python3-torch, torch.set_num_threads = our threads), in the same run, and the ratios. The
 -- machine's speed drifts over minutes, so the two sides alternate: --pairs P (default 2)
@@ -66,16 +68,18 @@ local function measure(c)
     opt:zero_grad()
     return now() - t0
   end
-  one() -- warm-up (fills the cache for proj-cached)
+  local first = one() -- warm-up (fills the cache for proj-cached)
   local ts = {}
   for r = 1, rounds do ts[r] = one() end
-  return median(ts)
+  return median(ts), first
 end
 
 for _, c in ipairs(cases) do
-  c.ours = measure(c)
+  local first
+  c.ours, first = measure(c)
   local _, trainable = model:count_parameters()
-  io.write(("%-12s %8.3f s   (%d trainable parameters)\n"):format(c[1], c.ours, trainable))
+  io.write(("%-12s %8.3f s   (%d trainable parameters; first step %.3f s)\n"):format(c[1], c.ours,
+    trainable, first))
   io.flush()
 end
 
