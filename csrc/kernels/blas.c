@@ -151,6 +151,10 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 
 /* ---------------------------------------------------------------- packed weights */
 
+static void *alloc64(size_t floats) {
+  return aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+}
+
 typedef struct {
   int M, N, K, lda, ldc, nout, npan, kind, isa, ta;
   float alpha, beta;
@@ -216,10 +220,15 @@ static void packed_run(int isa, int M, int N, int K, float alpha, const float *A
   ct_pool *p = ct_pool_current();
   /* A packed once, into the pool's scratch: every thread needs all of it (packed split over
    * the threads), and with A whole ahead of time a single row block runs panel after panel
-   * (gemm_packed.c). Without scratch each thread packs its own copy as it goes. */
+   * (gemm_packed.c). Without a pool (a C host's thread), into a buffer of this call's; only
+   * if that allocation fails does the kernel pack each micro-block as it goes (slower, the
+   * same results). */
+  float *own = NULL;
   if (!g.apa) g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
+  if (!g.apa) g.apa = own = alloc64(ct_pack_a_floats(M, K));
   if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) ct_pool_run(p, packed_part, &g);
   else packed_part(&g, 0, 1);
+  free(own);
 }
 
 /* Rows per packed GEMM call (k_linear.c cuts larger inputs into chunks of this many rows).
@@ -313,10 +322,6 @@ static void pack_kn(int N, int K, const float *B, int ldb, float *P, int p0, int
       if (nc < PK_NR) memset(d + nc, 0, sizeof(float) * (PK_NR - nc));
     }
   }
-}
-
-static void *alloc64(size_t floats) {
-  return aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
 }
 
 /* Buffers of general_packed: the pool's scratch slot (kept between calls, so that a training
