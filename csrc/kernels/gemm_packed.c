@@ -691,18 +691,18 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
     return;
   }
   const int pnc = NC / NR;
-  if (!apa) {
-    /* No A packed ahead of time (no scratch): each micro-block is packed as it is reached, into
-     * a buffer of MRMAX x KC floats (36 KB of stack, not a whole row block), and runs through
-     * the chunk's panels. The same K blocks and micro-blocks as below: the same results. */
-    _Alignas(64) float local[MRMAX * KC];
-    for (int q0 = p0; q0 < p1; q0 += pnc) {
-      int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
-      for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
-        int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
-        for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
-          int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
-          int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
+  for (int q0 = p0; q0 < p1; q0 += pnc) {
+    int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
+    for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
+      int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
+      for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
+        int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
+        int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
+        if (!apa) {
+          /* No A packed ahead (no buffer for it): each micro-block is packed as it is reached,
+           * into MRMAX x KC floats (36 KB of stack, not a whole row block), and runs through
+           * the chunk's panels: the same K blocks and micro-blocks, the same results. */
+          _Alignas(64) float local[MRMAX * KC];
           for (int b = 0; b < nb; b++) {
             int mr = bi[b + 1] - bi[b];
             pack_a_block(A, lda, 0, m0 + bi[b], mr, k0, kc, local);
@@ -713,18 +713,8 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
                           ldc, nc, alpha, beta, k0 == 0, NULL, bias ? bias + j0 : NULL);
             }
           }
+          continue;
         }
-      }
-    }
-    return;
-  }
-  for (int q0 = p0; q0 < p1; q0 += pnc) {
-    int q1 = q0 + pnc < p1 ? q0 + pnc : p1;
-    for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
-      int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
-      for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
-        int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
-        int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
         const float *ap = apa + (size_t)k0 * M + (size_t)m0 * kc;
         for (int p = q0; p < q1; p++) {
           int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
