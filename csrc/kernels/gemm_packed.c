@@ -261,29 +261,47 @@ static inline void store_row(float *cr, const float32x4_t *acc, int nc, float al
   }
 }
 
+/* The rows in pairs, each pair through KS k steps of the panel at a time (its 24 KB of them
+ * stay in L1 while the six pairs read them; a K block of 768 is 96 KB), the accumulators
+ * kept in acc between the passes: the same FMAs in the same order as one pass over kc. */
 static inline __attribute__((always_inline)) void
 ukr_neon(const int MR, loadb_fn loadb, const size_t es, int kc, const float *ap, const void *bv,
          float *c, int ldc, int nc, float alpha, float beta, int first, const void *pfv,
          const float *bias) {
-  for (int r0 = 0; r0 < MR; r0 += 2) {
-    const int two = r0 + 1 < MR;
-    float32x4_t c0[8], c1[8];
-    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = c1[i] = vdupq_n_f32(0.0f);
-    const unsigned char *bp = bv, *pf = pfv;
-    for (int k = 0; k < kc; k++) {
-      if (pf && r0 == 0 && !(k & 1)) __builtin_prefetch(pf + (size_t)(k >> 1) * 64, 0, 2);
-      float32x4_t b[8];
-      loadb(bp, b);
-      float x0 = ap[(size_t)k * MR + r0];
-      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = vfmaq_n_f32(c0[i], b[i], x0);
-      if (two) {
-        float x1 = ap[(size_t)k * MR + r0 + 1];
-        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c1[i] = vfmaq_n_f32(c1[i], b[i], x1);
+  enum { KS = 192 };
+  float32x4_t acc[MRMAX][8];
+  for (int k0 = 0; k0 < kc; k0 += KS) {
+    int k1 = kc - k0 < KS ? kc : k0 + KS;
+    for (int r0 = 0; r0 < MR; r0 += 2) {
+      const int two = r0 + 1 < MR;
+      float32x4_t c0[8], c1[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+        c0[i] = k0 ? acc[r0][i] : vdupq_n_f32(0.0f);
+        c1[i] = k0 && two ? acc[r0 + 1][i] : vdupq_n_f32(0.0f);
       }
-      bp += (size_t)NR * es;
+      const unsigned char *bp = (const unsigned char *)bv + (size_t)k0 * NR * es, *pf = pfv;
+      for (int k = k0; k < k1; k++) {
+        if (pf && r0 == 0 && !(k & 1)) __builtin_prefetch(pf + (size_t)(k >> 1) * 64, 0, 2);
+        float32x4_t b[8];
+        loadb(bp, b);
+        float x0 = ap[(size_t)k * MR + r0];
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c0[i] = vfmaq_n_f32(c0[i], b[i], x0);
+        if (two) {
+          float x1 = ap[(size_t)k * MR + r0 + 1];
+          _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) c1[i] = vfmaq_n_f32(c1[i], b[i], x1);
+        }
+        bp += (size_t)NR * es;
+      }
+      if (k1 < kc) {
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+          acc[r0][i] = c0[i];
+          if (two) acc[r0 + 1][i] = c1[i];
+        }
+        continue;
+      }
+      store_row(c + (size_t)r0 * ldc, c0, nc, alpha, beta, first, bias);
+      if (two) store_row(c + (size_t)(r0 + 1) * ldc, c1, nc, alpha, beta, first, bias);
     }
-    store_row(c + (size_t)r0 * ldc, c0, nc, alpha, beta, first, bias);
-    if (two) store_row(c + (size_t)(r0 + 1) * ldc, c1, nc, alpha, beta, first, bias);
   }
 }
 
