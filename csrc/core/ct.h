@@ -36,13 +36,13 @@ int ct_path_join(char *out, size_t n, const char *dir, const char *name);
 int ct_file_exists(const char *path);
 
 /* Memory hints for large buffers (Linux; no-ops elsewhere and where the kernel refuses).
- * ct_mem_huge: before the first write to a buffer of 4 MiB or more, ask for transparent huge
- * pages over its 2 MiB-aligned part, so the first touch takes one fault per 2 MiB, not one per
- * 4 KiB. ct_mem_prefault_write: make the pages of [p, p + bytes) writable now, in one call
- * (MADV_POPULATE_WRITE): the copy-on-write of a model's mapped weights before the first
- * optimizer step writes them, instead of a fault per page. On this project's VM a fault costs
- * 10-40 us (docs/performance.md: training's first step). */
-void ct_mem_huge(void *p, size_t bytes);
+ * ct_mem_prefault_write: make the pages of [p, p + bytes) present and writable now, in one
+ * call (MADV_POPULATE_WRITE), instead of a fault per page at the first writes; for weights
+ * still mapped from the file, that is their copy-on-write. ct_mem_fault_in: the same for a
+ * buffer about to be written whole, of 1 MiB or more, after asking for transparent huge pages
+ * over its 2 MiB-aligned part. On this project's VM a fault costs 10-40 us
+ * (docs/performance.md: training's first step). */
+void ct_mem_fault_in(void *p, size_t bytes);
 void ct_mem_prefault_write(void *p, size_t bytes);
 
 /* Atomic file writes: write into a temporary file beside path (f), then ct_atomic_commit

@@ -408,7 +408,7 @@ void *ct_scratch_get(ct_model *m, size_t n, size_t *got) {
   }
   *got = n;
   void *p = malloc(n ? n : 1);
-  ct_mem_huge(p, n);
+  ct_mem_fault_in(p, n);
   return p;
 }
 
@@ -455,7 +455,7 @@ static void *pack_alloc(int N, int K, size_t es) {
   size_t bytes = ct_pack_nt_floats(N, K) * es;
   bytes = (bytes + 63) & ~(size_t)63;
   void *p = aligned_alloc(64, bytes ? bytes : 64);
-  ct_mem_huge(p, bytes);
+  ct_mem_fault_in(p, bytes);
   return p;
 }
 
@@ -587,7 +587,7 @@ int ct_model_materialize(ct_model *m, ct_err *e) {
     if (p->data || !p->half) continue;
     float *d = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
     if (!d) return ct_errf(e, "out of memory converting '%s' to float32", p->name);
-    ct_mem_huge(d, (size_t)p->numel * sizeof(float));
+    ct_mem_fault_in(d, (size_t)p->numel * sizeof(float));
     for (int64_t j = 0; j < p->numel; j++)
       d[j] = p->dtype == CT_BF16 ? ct_bf16_to_f32(p->half[j]) : ct_f16_to_f32(p->half[j]);
     p->data = d;

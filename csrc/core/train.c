@@ -42,7 +42,7 @@ int ct_model_alloc_grads(ct_model *m, ct_err *e) {
     if (p->requires_grad && !p->grad) {
       p->grad = calloc((size_t)(p->numel ? p->numel : 1), sizeof(float));
       if (!p->grad) return ct_errf(e, "out of memory allocating the gradient of %s", p->name);
-      ct_mem_huge(p->grad, (size_t)p->numel * sizeof(float));
+      ct_mem_fault_in(p->grad, (size_t)p->numel * sizeof(float));
     }
   }
   return 0;

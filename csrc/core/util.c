@@ -13,7 +13,7 @@
 #include <sys/mman.h>
 #endif
 
-void ct_mem_huge(void *p, size_t bytes) {
+void ct_mem_fault_in(void *p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const uintptr_t h = (uintptr_t)2 << 20;
   if (!p || bytes < ((size_t)1 << 20)) return;

@@ -10,11 +10,12 @@
  * two loads of the panel and mr broadcasts of A (packed k-major per row block, so the
  * broadcasts are sequential). Rows are cut into blocks of at most MC = 120 of equal size,
  * each into ceil(rows/12) micro-blocks of equal size (50 rows -> five of 10), so that no
- * block is mostly padding. Loops: column blocks of NC = 512 (the panels' chunk stays in L2)
- * -> K blocks of at most KC = 192, of near-equal size (a panel's block, 24 KB, stays in L1)
- * -> row blocks (A packed, once per call by blas.c or here per block) -> panels ->
- * micro-blocks. Threads split the
- * panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
+ * block is mostly padding. Loops: column blocks of NC = 512 -> K blocks of at most KC = 768,
+ * of near-equal size (C is stored once per K block; a panel's block, 96 KB, streams from L2)
+ * -> row blocks (A packed once per call by blas.c, or here per micro-block without a buffer)
+ * -> panels -> micro-blocks; a single row block runs panel after panel instead (below).
+ * PK_KC, PK_NC, PK_MC and PK_HINT can be set at compile time for blocking sweeps
+ * (docs/performance.md). Threads split the panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
  * On aarch64 the same driver runs a NEON micro-kernel (two rows x 32 columns at a time, the

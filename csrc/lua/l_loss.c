@@ -131,18 +131,23 @@ static int l_xent(lua_State *L) {
   return 2;
 }
 
+/* An optimizer is about to write all of p: if p is a model parameter never written since
+ * loading (gen 0, as model.c's release_mapped reads it), its pages may still be the file's
+ * private mapping, so their copy-on-write is done in one call, not a fault per page (ct.h). */
+static void writing_param(lua_State *L, l_tensor *p) {
+  if (p->wgen && *p->wgen == 0) ct_mem_prefault_write(p->data, (size_t)p->numel * sizeof(float));
+  l_tensor_writing(L, p);
+}
+
 /* core.optim_adamw(p, m, v, g, lr, b1, b2, eps, wd, step) - in place */
 static int l_adamw(lua_State *L) {
   l_tensor *p = l_checktensor(L, 1), *m = l_checktensor(L, 2), *v = l_checktensor(L, 3),
            *g = l_checktensor(L, 4);
   if (m->numel != p->numel || v->numel != p->numel || g->numel != p->numel)
     return luaL_error(L, "adamw: state and gradient sizes differ from the parameter");
-  l_tensor_writing(L, p);
+  writing_param(L, p);
   l_tensor_writing(L, m);
   l_tensor_writing(L, v);
-  /* the first step writes weights that may still be the model file's private mapping: their
-   * copy-on-write in one call, not a fault per page (ct.h) */
-  if (luaL_checkinteger(L, 10) == 1) ct_mem_prefault_write(p->data, (size_t)p->numel * sizeof(float));
   ct_adamw_step(p->data, m->data, v->data, g->data, p->numel, luaL_checknumber(L, 5),
                 luaL_checknumber(L, 6), luaL_checknumber(L, 7), luaL_checknumber(L, 8),
                 luaL_checknumber(L, 9), luaL_checkinteger(L, 10));
@@ -155,9 +160,8 @@ static int l_sgd(lua_State *L) {
            *g = l_checktensor(L, 3);
   if (g->numel != p->numel || (b && b->numel != p->numel))
     return luaL_error(L, "sgd: sizes differ from the parameter");
-  l_tensor_writing(L, p);
+  writing_param(L, p);
   if (b) l_tensor_writing(L, b);
-  if (lua_toboolean(L, 9)) ct_mem_prefault_write(p->data, (size_t)p->numel * sizeof(float));
   ct_sgd_step(p->data, b ? b->data : NULL, g->data, p->numel, luaL_checknumber(L, 4),
               luaL_checknumber(L, 5), luaL_checknumber(L, 6), luaL_checknumber(L, 7),
               lua_toboolean(L, 8), lua_toboolean(L, 9));

@@ -56,7 +56,7 @@ l_tensor *l_tensor_new(lua_State *L, int ndim, const int64_t *shape) {
   t->readonly = 0;
   t->wgen = NULL;
   for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
-  ct_mem_huge(t->data, (size_t)n * sizeof(float)); /* before the memset's first touch */
+  ct_mem_fault_in(t->data, (size_t)n * sizeof(float)); /* before the memset's first touch */
   memset(t->data, 0, (size_t)n * sizeof(float));
   luaL_setmetatable(L, L_TENSOR_MT);
   return t;
