@@ -78,6 +78,44 @@ describe("kernels vs naive twins", function()
   end)
 end)
 
+describe("AVX-512 attention (k_attention.c's own tiles)", function()
+  -- whole (b, h) slices per thread or rows of every slice, one column tile (the softmax on
+  -- its registers) or several, causal tiles that read only their keys, the scores saved for
+  -- the backward, a head size that takes the BLAS route; each against the twin
+  it("matches the twin over its routes", function()
+    local before = clip.get_num_threads()
+    for _, nt in ipairs({ 1, 2, 3 }) do
+      clip.set_num_threads(nt)
+      for _, s in ipairs({ { 2, 50, 192, 3 }, { 1, 77, 128, 2 }, { 3, 64, 32, 1 }, { 1, 65, 64, 4 },
+        { 1, 257, 64, 1 }, { 2, 20, 80, 1 }, { 2, 1, 32, 2 } }) do
+        local B, T, C, NH = s[1], s[2], s[3], s[4]
+        local q, k, v = clip.randn({ B, T, C }, T + 3), clip.randn({ B, T, C }, T + 4), clip.randn({ B, T, C }, T + 5)
+        for _, causal in ipairs({ false, true }) do
+          local label = ("attention %dx%dx%d, %d heads, causal=%s, %d threads"):format(B, T, C, NH, tostring(causal), nt)
+          local want = K.attention(q, k, v, NH, causal, true)
+          H.assert_close(K.attention(q, k, v, NH, causal), want, { atol = 2e-5, label = label })
+          local out, probs = K.attention_probs(q, k, v, NH, causal)
+          H.assert_close(out, want, { atol = 2e-5, label = label .. " (scores saved)" })
+          local p = probs:totable()
+          for bb = 1, B do
+            for h = 1, NH do
+              for i = 1, T do
+                local sum = 0
+                for j = 1, T do
+                  sum = sum + p[bb][h][i][j]
+                  if causal and j > i then assert.are.equal(0, p[bb][h][i][j], label .. ": a masked score") end
+                end
+                H.assert_close(sum, 1, { atol = 1e-5, label = label .. ": probs row sum" })
+              end
+            end
+          end
+        end
+      end
+    end
+    clip.set_num_threads(before)
+  end)
+end)
+
 -- The comparisons above pass on the scalar loops as well: this checks, in child processes (the
 -- CPU check is made once per process), that the vector exp (AVX-512 on x86-64, NEON on aarch64)
 -- is the one in use where the CPU has it. quick_gelu's bits were recorded from the AVX-512

@@ -10,10 +10,13 @@
  *   dP    = G v_h^T                          ([T,T] scratch)
  *   dS    = P * (dP - rowsum(P * dP))        (softmax backward; masked P = 0 gives dS = 0)
  *   dq_h += dS k_h / sqrt(hs),  dk_h += dS^T q_h / sqrt(hs)
- * all through ct_sgemm on the strided head slices (row stride C), as the forward.
+ * all through ct_sgemm on the strided head slices (row stride C).
+ * The forward runs on this file's own AVX-512 tiles (att_slice16) where the CPU has AVX-512
+ * and hs is a multiple of 16 (every CLIP tower), else through ct_sgemm.
  * dq, dk, dv: [B,T,C], any may be NULL (skipped). */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "blas.h"
 #include "kernels.h"
@@ -104,6 +107,160 @@ static void softmax4(float *r, int m) {
 }
 #endif
 
+#ifdef CT_SIMD_X86
+/* The AVX-512 forward of rows i0 .. i1 of one (b, h) slice, without a BLAS call (at T = 50 or
+ * 77 a BLAS spends more time packing its operands than multiplying them):
+ *   kt = k_h^T, keys zero-padded to a multiple of 16 ([hs][nkp] floats, built here);
+ *   scores p[i] = scale q_i kt (tiles of up to 6 rows x 64 keys: 24 zmm accumulators, one
+ *   broadcast of q per row and 4 loads of kt per d), softmax16 per row, the masked keys 0;
+ *   out_i = p[i] v_h (tiles of 6 rows x 64 of hs: a broadcast of p per row, 4 loads of v's row).
+ * With causal a tile reads only the keys up to its last row. Each score and output is one
+ * sequential sum over d (over j), rounded once per FMA. */
+#define ATT_R 6 /* rows per tile */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+att_tile(const int R, const int J, int kd, const float *a, int lda, const float *b, int ldb,
+         float alpha, float *c, int ldc, int nc, int sm, int causal, int m0) {
+  __m512 acc[ATT_R][4];
+  _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+    _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) acc[r][j] = _mm512_setzero_ps();
+  for (int t = 0; t < kd; t++) {
+    __m512 bv[4];
+    _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) bv[j] = _mm512_loadu_ps(b + (size_t)t * ldb + 16 * j);
+    _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {
+      __m512 x = _mm512_set1_ps(a[(size_t)r * lda + t]);
+      _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) acc[r][j] = _mm512_fmadd_ps(x, bv[j], acc[r][j]);
+    }
+  }
+  __m512 va = _mm512_set1_ps(alpha);
+  if (sm) {
+    /* softmax of row r over its first m0 + r (causal) or nc keys, in registers: softmax16's
+     * operations in its order (the same bits), the masked keys stored as 0 */
+    _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {
+      int mr = causal ? m0 + r : nc;
+      __mmask16 k[4];
+      __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+      _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) {
+        int left = mr - 16 * j;
+        k[j] = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        acc[r][j] = _mm512_mul_ps(acc[r][j], va);
+        mx = _mm512_mask_max_ps(mx, k[j], mx, acc[r][j]);
+      }
+      __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) {
+        acc[r][j] = _mm512_maskz_mov_ps(k[j], ct_exp16(_mm512_sub_ps(acc[r][j], vmx)));
+        sum = _mm512_add_ps(sum, acc[r][j]);
+      }
+      __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+      _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) acc[r][j] = _mm512_mul_ps(acc[r][j], inv);
+    }
+  }
+  _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+    _Pragma("GCC unroll 4") for (int j = 0; j < J; j++) {
+      int left = nc - 16 * j;
+      __mmask16 m = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+      _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16 * j, m,
+                            sm || alpha == 1.0f ? acc[r][j] : _mm512_mul_ps(acc[r][j], va));
+    }
+}
+
+#define ATT_T(R, J)                                                                          \
+  __attribute__((target("avx512f"))) static void att_t##R##_##J(                             \
+      int kd, const float *a, int lda, const float *b, int ldb, float alpha, float *c, int ldc, \
+      int nc, int sm, int causal, int m0) {                                                  \
+    att_tile(R, J, kd, a, lda, b, ldb, alpha, c, ldc, nc, sm, causal, m0);                  \
+  }
+#define ATT_TS(R) ATT_T(R, 1) ATT_T(R, 2) ATT_T(R, 3) ATT_T(R, 4)
+ATT_TS(1) ATT_TS(2) ATT_TS(3) ATT_TS(4) ATT_TS(5) ATT_TS(6)
+#undef ATT_TS
+#undef ATT_T
+typedef void (*att_tile_fn)(int, const float *, int, const float *, int, float, float *, int, int,
+                            int, int, int);
+#define ATT_ROW(R) {att_t##R##_1, att_t##R##_2, att_t##R##_3, att_t##R##_4}
+static const att_tile_fn att_tiles[ATT_R + 1][4] = {
+    {NULL}, ATT_ROW(1), ATT_ROW(2), ATT_ROW(3), ATT_ROW(4), ATT_ROW(5), ATT_ROW(6)};
+#undef ATT_ROW
+
+/* c[r][0..nc) = alpha a[r] b over kd rows of b, for R <= 6 rows, in column tiles of 64 */
+static void att_rows_tile(int R, int kd, const float *a, int lda, const float *b, int ldb,
+                          float alpha, float *c, int ldc, int nc) {
+  for (int c0 = 0; c0 < nc; c0 += 64) {
+    int w = nc - c0 < 64 ? nc - c0 : 64;
+    att_tiles[R][(w + 15) / 16 - 1](kd, a, lda, b + c0, ldb, alpha, c + c0, ldc, w, 0, 0, 0);
+  }
+}
+
+/* kt[d][j] = k[j * C + d] for d < hs (a multiple of 16), j < nk; kt's keys nk .. nkp are 0
+ * (nkp a multiple of 16): 16 x 16 blocks transposed in registers */
+__attribute__((target("avx512f"))) static void att_kt16(float *kt, const float *k, int C, int hs,
+                                                        int nk, int nkp) {
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                i1 = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int j0 = 0; j0 < nkp; j0 += 16)
+    for (int d0 = 0; d0 < hs; d0 += 16) {
+      __m512 r[16], t[16];
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+        r[i] = j0 + i < nk ? _mm512_loadu_ps(k + (size_t)(j0 + i) * C + d0) : _mm512_setzero_ps();
+      /* rows (0 1) (2 3) ... interleaved by 32-bit, then 64-bit lanes, then 128-bit quarters */
+      _Pragma("GCC unroll 8") for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      _Pragma("GCC unroll 4") for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+      }
+      /* r[4g + e] holds, per 128-bit quarter q, column 4q + e' of rows 4g .. 4g+3 */
+      _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+        t[g] = _mm512_permutex2var_ps(r[g], i0, r[g + 4]);
+        t[g + 4] = _mm512_permutex2var_ps(r[g], i1, r[g + 4]);
+        t[g + 8] = _mm512_permutex2var_ps(r[g + 8], i0, r[g + 12]);
+        t[g + 12] = _mm512_permutex2var_ps(r[g + 8], i1, r[g + 12]);
+      }
+      _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+        const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                      hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+        r[g] = _mm512_permutex2var_ps(t[g], lo, t[g + 8]);
+        r[g + 8] = _mm512_permutex2var_ps(t[g], hi, t[g + 8]);
+        r[g + 4] = _mm512_permutex2var_ps(t[g + 4], lo, t[g + 12]);
+        r[g + 12] = _mm512_permutex2var_ps(t[g + 4], hi, t[g + 12]);
+      }
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(kt + (size_t)(d0 + i) * nkp + j0, r[i]);
+    }
+}
+
+/* kt: hs x nkp floats (nkp = T rounded up to 16); p: the scores of rows i0 .. i1, T apart */
+static void att_slice16(const float *q, const float *k, const float *v, float *out, float *p,
+                        float *kt, int T, int C, int hs, int i0, int i1, int causal) {
+  float scale = 1.0f / sqrtf((float)hs);
+  int nk = causal ? i1 : T, nkp = (nk + 15) & ~15;
+  att_kt16(kt, k, C, hs, nk, nkp);
+  int n = i1 - i0, nt = (n + ATT_R - 1) / ATT_R;
+  for (int t = 0; t < nt; t++) {
+    int r0 = (int)((long)n * t / nt), r1 = (int)((long)n * (t + 1) / nt), R = r1 - r0;
+    int kd = causal ? i0 + r1 : T; /* the keys this tile's rows read */
+    float *pr = p + (size_t)r0 * T;
+    const float *qr = q + (size_t)(i0 + r0) * C;
+    if (kd <= 64) { /* one column tile: the softmax on its registers */
+      att_tiles[R][(kd + 15) / 16 - 1](hs, qr, C, kt, nkp, scale, pr, T, kd, 1, causal, i0 + r0 + 1);
+      for (int r = 0; r < R; r++)
+        for (int j = kd; j < T; j++) pr[(size_t)r * T + j] = 0.0f;
+    } else {
+      att_rows_tile(R, hs, qr, C, kt, nkp, scale, pr, T, kd);
+      for (int r = 0; r < R; r++) {
+        float *row = pr + (size_t)r * T;
+        int m = causal ? i0 + r0 + r + 1 : T;
+        softmax16(row, m);
+        for (int j = m; j < T; j++) row[j] = 0.0f;
+      }
+    }
+    att_rows_tile(R, kd, pr, T, v, C, 1.0f, out + (size_t)(i0 + r0) * C, C, hs);
+  }
+}
+#endif
+
 /* The forward is row-separable: row i of the scores, its softmax and row i of the output
  * need only q_i. With a pool (pool.h) each thread takes a contiguous range of rows of every
  * (b, h) and uses only those rows of probs, so one [T,T] scratch serves all threads. */
@@ -111,10 +268,46 @@ typedef struct {
   float *out, *probs;
   const float *q, *k, *v;
   int B, T, C, NH, causal, save_probs;
+  int by_slices; /* att_fast: threads take whole (b, h) slices, not rows of each */
+  float *scr;    /* att_fast's scratch, scr_n floats per thread (NULL: the BLAS route) */
+  size_t scr_n;
 } att_job;
+
+#ifdef CT_SIMD_X86
+static void att_fast(const att_job *a, int tid, int nt) {
+  int T = a->T, C = a->C, hs = C / a->NH, nkp = (T + 15) & ~15;
+  float *kt = a->scr + (size_t)tid * a->scr_n, *sc = kt + (size_t)hs * nkp;
+  if (a->by_slices) {
+    int P = a->B * a->NH, s0 = (int)((long)P * tid / nt), s1 = (int)((long)P * (tid + 1) / nt);
+    for (int s = s0; s < s1; s++) {
+      size_t base = (size_t)(s / a->NH) * T * C + (size_t)(s % a->NH) * hs;
+      float *p = a->save_probs ? a->probs + (size_t)s * T * T : sc;
+      att_slice16(a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C, hs, 0, T,
+                  a->causal);
+    }
+    return;
+  }
+  int i0 = (int)((long)T * tid / nt), i1 = (int)((long)T * (tid + 1) / nt);
+  if (i1 <= i0) return;
+  for (int b = 0; b < a->B; b++)
+    for (int h = 0; h < a->NH; h++) {
+      size_t base = (size_t)b * T * C + (size_t)h * hs;
+      float *p = (a->save_probs ? a->probs + ((size_t)b * a->NH + h) * T * T : a->probs) +
+                 (size_t)i0 * T;
+      att_slice16(a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C, hs, i0, i1,
+                  a->causal);
+    }
+}
+#endif
 
 static void att_rows(void *ctx, int tid, int nt) {
   const att_job *a = ctx;
+#ifdef CT_SIMD_X86
+  if (a->scr) {
+    att_fast(a, tid, nt);
+    return;
+  }
+#endif
   int T = a->T, C = a->C, hs = C / a->NH;
   int i0 = (int)((long)T * tid / nt), i1 = (int)((long)T * (tid + 1) / nt), n = i1 - i0;
   if (n <= 0) return;
@@ -166,11 +359,24 @@ static void att_rows(void *ctx, int tid, int nt) {
 void attention_forward(float *out, float *probs, const float *q, const float *k,
                        const float *v, int B, int T, int C, int NH, int causal,
                        int save_probs) {
-  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs};
-  if (ct_pool_threads() > 1 && T >= 8)
+  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs, 0, NULL, 0};
+  int pooled = ct_pool_threads() > 1 && T >= 8, nt = pooled ? ct_pool_size(ct_pool_current()) : 1;
+#ifdef CT_SIMD_X86
+  int hs = C / NH, P = B * NH;
+  if (ct_have_avx512() && hs % 16 == 0 && T > 0) {
+    /* whole slices per thread where they split evenly (or are many) and their score rows
+     * are small; else rows of every slice, as the BLAS route */
+    a.by_slices = nt > 1 && T <= 256 && (P % nt == 0 || P >= 8 * nt);
+    a.scr_n = (size_t)hs * ((T + 15) & ~15) + (a.by_slices && !save_probs ? (size_t)T * T : 0);
+    a.scr_n = (a.scr_n + 15) & ~(size_t)15;
+    a.scr = malloc(sizeof(float) * a.scr_n * nt); /* NULL: the BLAS route below */
+  }
+#endif
+  if (pooled)
     ct_pool_run(ct_pool_current(), att_rows, &a);
   else
     att_rows(&a, 0, 1);
+  free(a.scr);
 }
 
 /* q_i . k_j / sqrt(hs) in double, the naive twins' score; qi, kj: element offsets of the two
