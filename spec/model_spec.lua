@@ -361,3 +361,35 @@ describe("ViT-B/32 shapes #slow", function()
     m:close()
   end)
 end)
+
+describe("image groups", function()
+  -- encode_pixels runs the layers on groups of about one GEMM chunk of rows (encoder.c's
+  -- tower_group); a row's numbers do not depend on the grouping. In a child process with a
+  -- 40-row chunk (the tiny tower's 17 rows per image: groups of 2), a batch of 5 (groups of 2,
+  -- 2, 1) against each image alone, bit for bit, with every output asked for.
+  it("gives each image the bits it has alone", function()
+    local sh = require "spec.support.shell"
+    local probe = [[lua5.4 -e '
+      local c = require("clip"); local H = require("spec.helpers")
+      local m = c.load(H.fixtures .. "models/tiny", { tokenizer = false })
+      local S = m.config.vision_config.image_size
+      local px = c.randn({ 5, 3, S, S }, 9)
+      local n = 0
+      for _, opts in ipairs({ {}, { pooled = true, last_hidden = true, capture_layer = 0 } }) do
+        local e, ex = m.core:encode_pixels(px, opts)
+        for i = 1, 5 do
+          local e1, ex1 = m.core:encode_pixels(px:rows(i, i):clone(), opts)
+          assert(H.bits(e:rows(i, i)) == H.bits(e1), "embeds of image " .. i)
+          for _, k in ipairs({ "pooled", "last_hidden", "captured" }) do
+            if ex and ex[k] then
+              assert(H.bits(ex[k]:rows(i, i)) == H.bits(ex1[k]), k .. " of image " .. i)
+              n = n + 1
+            end
+          end
+        end
+      end
+      print("checked " .. n)']]
+    local out = sh.must("CLIP_PACKED_MAX_M=40 " .. probe)
+    assert.truthy(out:find("checked 15", 1, true), out)
+  end)
+end)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "tensor.h"
@@ -220,54 +221,71 @@ static int weights_present(const ct_block_w *bl, int L, const char *what, ct_err
   return 0;
 }
 
+/* Sequences per pass of the layers: groups of about one GEMM chunk of rows
+ * (ct_packed_max_m, k_linear.c) run through all the layers before the next group, so that a
+ * group's activations (B/32: 1.2 MB per [N, D] buffer, 4.9 MB of MLP) stay in cache between
+ * the passes over them; the weights are read once per chunk of rows either way. Each row's
+ * numbers are the same in any grouping (the GEMMs' sums run over K in blocks fixed by K, the
+ * attention within a sequence, the rest per row). Sequences longer than half a chunk (L/14's
+ * 257 patches) run as one group, as before. */
+static int tower_group(int T, int B) {
+  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400, G = chunk / (T > 0 ? T : 1);
+  return G >= 2 && G < B ? G : B;
+}
+
 int ct_encode_image(const ct_model *m, const float *pixels, int B, ct_fwd_out *o, ct_err *e) {
   const ct_tower_cfg *c = &m->cfg.vision;
   int D = c->hidden, p = c->patch_size, S = c->image_size, C = c->channels;
   int g = S / p, NP = g * g, T = NP + 1, K = C * p * p;
   if (B <= 0) return ct_errf(e, "encode_image: empty batch");
   if (weights_present(m->tower[1].blocks, c->layers, "encode_image", e) != 0) return -1;
-  workspace w;
-  int64_t N = (int64_t)B * T;
-  if (N > (1 << 30) / (D > 0 ? D : 1))
+  if ((int64_t)B * T > (1 << 30) / (D > 0 ? D : 1))
     return ct_errf(e, "encode_image: batch of %d images is too large", B);
+  int G = tower_group(T, B);
+  workspace w;
+  int64_t N = (int64_t)G * T;
   if (ws_alloc(&w, o, N, D, c->inter, T, e) != 0) return -1;
-  /* im2col into w.mlp (N*I >= B*NP*K holds when I >= K; else use a separate buffer) */
-  float *cols = NULL;
-  size_t need = (size_t)B * NP * K;
-  if (need <= (size_t)N * c->inter) {
-    cols = w.mlp;
-  } else {
-    cols = malloc(need * sizeof(float));
-    if (!cols) {
-      ws_free(&w, o);
-      return ct_errf(e, "out of memory");
-    }
-  }
-  ct_vision_im2col(cols, pixels, B, c);
-  ct_vision_embed(w.h, w.x, cols, m, B, 1); /* patch projections in w.x [B*NP, D] */
-  if (cols != w.mlp) free(cols);
-  layernorm_forward(w.h, NULL, NULL, w.h, m->tower[1].pre_ln_w, m->tower[1].pre_ln_b, N, D, c->eps);
-  /* only the CLS rows are pooled: the last block runs on them alone unless every row of the
-   * last hidden state is asked for */
+  /* im2col into w.mlp (N*I >= G*NP*K holds when I >= K; else a separate buffer); the pooled
+   * rows of all groups into o->pooled, or a buffer of their own for the projection */
+  float *cols = NULL, *pooled = o->pooled, *own = NULL;
+  size_t need = (size_t)G * NP * K;
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
-  int *rows = shortcut ? calloc((size_t)B, sizeof(int)) : NULL; /* all 0: the CLS row */
-  if (shortcut && !rows) {
+  int *rows = shortcut ? calloc((size_t)G, sizeof(int)) : NULL; /* all 0: the CLS row */
+  if (need <= (size_t)N * c->inter) cols = w.mlp;
+  else cols = malloc(need * sizeof(float));
+  if (!pooled && o->embeds) pooled = own = malloc(sizeof(float) * (size_t)B * D);
+  if (!cols || (shortcut && !rows) || (o->embeds && !pooled)) {
+    if (cols != w.mlp) free(cols);
+    free(rows);
+    free(own);
     ws_free(&w, o);
     return ct_errf(e, "out of memory");
   }
-  for (int l = 0; l < L; l++) {
-    ct_block_forward(&w, &m->tower[1].blocks[l], c, B, T, 0, shortcut && l == L - 1 ? rows : NULL, NULL);
-    if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
+  for (int g0 = 0; g0 < B; g0 += G) {
+    int Bg = B - g0 < G ? B - g0 : G;
+    size_t off = (size_t)g0 * T * D; /* this group's rows in [B, T, D] outputs */
+    N = (int64_t)Bg * T;
+    ct_vision_im2col(cols, pixels + (size_t)g0 * C * S * S, Bg, c);
+    ct_vision_embed(w.h, w.x, cols, m, Bg, 1); /* patch projections in w.x [Bg*NP, D] */
+    layernorm_forward(w.h, NULL, NULL, w.h, m->tower[1].pre_ln_w, m->tower[1].pre_ln_b, N, D, c->eps);
+    /* only the CLS rows are pooled: the last block runs on them alone unless every row of
+     * the last hidden state is asked for */
+    for (int l = 0; l < L; l++) {
+      ct_block_forward(&w, &m->tower[1].blocks[l], c, Bg, T, 0, shortcut && l == L - 1 ? rows : NULL, NULL);
+      if (o->captured && o->capture_layer == l) memcpy(o->captured + off, w.h, sizeof(float) * N * D);
+    }
+    if (o->last_hidden) memcpy(o->last_hidden + off, w.h, sizeof(float) * N * D);
+    /* pooled = post_layernorm(h[:, 0]); after the shortcut h holds just those rows */
+    if (pooled)
+      for (int b = 0; b < Bg; b++)
+        layernorm_forward(pooled + (size_t)(g0 + b) * D, NULL, NULL,
+                          w.h + (size_t)b * (shortcut ? 1 : T) * D, m->tower[1].ln_w,
+                          m->tower[1].ln_b, 1, D, c->eps);
   }
+  if (cols != w.mlp) free(cols);
   free(rows);
-  if (o->last_hidden) memcpy(o->last_hidden, w.h, sizeof(float) * N * D);
-  /* pooled = post_layernorm(h[:, 0]); after the shortcut h holds just those rows */
-  float *pooled = w.q;
-  for (int b = 0; b < B; b++)
-    layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + (size_t)b * (shortcut ? 1 : T) * D,
-                      m->tower[1].ln_w, m->tower[1].ln_b, 1, D, c->eps);
-  if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
   if (o->embeds) linear_forward(o->embeds, pooled, m->tower[1].proj, NULL, B, D, m->cfg.projection_dim);
+  free(own);
   ws_free(&w, o);
   return 0;
 }
