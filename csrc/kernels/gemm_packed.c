@@ -138,8 +138,8 @@ size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR
 
 /* ct_pack_nt (float) and ct_pack_nt_h (16-bit values copied as they are): one body; 8 k at a
  * time per row keeps the reads sequential and the writes in a few lines */
-#define PACK_NT(NAME, ET)                                                                    \
-  void NAME(int N, int K, const ET *B, int ldb, ET *P, int p0, int p1) {                     \
+#define PACK_NT(LINK, NAME, ET)                                                              \
+  LINK void NAME(int N, int K, const ET *B, int ldb, ET *P, int p0, int p1) {                \
     for (int p = p0; p < p1; p++) {                                                          \
       ET *dst = P + (size_t)p * NR * K;                                                      \
       int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;                                       \
@@ -152,9 +152,22 @@ size_t ct_pack_nt_floats(int N, int K) { return (size_t)((N + NR - 1) / NR) * NR
       }                                                                                      \
     }                                                                                        \
   }
-PACK_NT(ct_pack_nt, float)
-PACK_NT(ct_pack_nt_h, uint16_t)
+PACK_NT(static, pack_nt_scalar, float)
+PACK_NT(, ct_pack_nt_h, uint16_t)
 #undef PACK_NT
+
+#ifdef CT_PK_X86
+static void pack_nt16(int N, int K, const float *B, int ldb, float *P, int p0, int p1);
+#endif
+void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1) {
+#ifdef CT_PK_X86
+  if (ct_have_avx512()) {
+    pack_nt16(N, K, B, ldb, P, p0, p1);
+    return;
+  }
+#endif
+  pack_nt_scalar(N, K, B, ldb, P, p0, p1);
+}
 
 #ifdef CT_PK_X86
 #define TGT __attribute__((target("avx512f")))
@@ -502,6 +515,33 @@ TGT static void pack_rows16(const float *src, int lda, int mr, int kc, float *d)
     transpose16(r);
     _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) /* constant indices: r stays in registers */
       if (j < kn) _mm512_mask_storeu_ps(d + (size_t)(k + j) * mr, rm, r[j]);
+  }
+}
+
+/* ct_pack_nt for float B on AVX-512: per panel, 16 k at a time, its 32 rows as two 16 x 16
+ * blocks transposed in registers, each k step stored as two aligned vectors (copies only: the
+ * scalar loop's values) */
+TGT static void pack_nt16(int N, int K, const float *B, int ldb, float *P, int p0, int p1) {
+  for (int p = p0; p < p1; p++) {
+    float *dst = P + (size_t)p * NR * K;
+    int n0 = p * NR, nc = N - n0 < NR ? N - n0 : NR;
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      int kn = K - k0 < 16 ? K - k0 : 16;
+      __mmask16 km = (__mmask16)((1u << kn) - 1);
+      __m512 lo[16], hi[16];
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) {
+        lo[i] = i < nc ? _mm512_maskz_loadu_ps(km, B + (size_t)(n0 + i) * ldb + k0) : _mm512_setzero_ps();
+        hi[i] = i + 16 < nc ? _mm512_maskz_loadu_ps(km, B + (size_t)(n0 + 16 + i) * ldb + k0)
+                            : _mm512_setzero_ps();
+      }
+      transpose16(lo);
+      transpose16(hi);
+      _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++)
+        if (k < kn) {
+          _mm512_store_ps(dst + (size_t)(k0 + k) * NR, lo[k]);
+          _mm512_store_ps(dst + (size_t)(k0 + k) * NR + 16, hi[k]);
+        }
+    }
   }
 }
 
