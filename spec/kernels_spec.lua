@@ -78,7 +78,7 @@ describe("kernels vs naive twins", function()
   end)
 end)
 
-describe("AVX-512 attention (k_attention.c's own tiles)", function()
+describe("attention on k_attention.c's own tiles (AVX-512; AVX2 under CLIP_NO_AVX512=1)", function()
   -- whole (b, h) slices per thread or rows of every slice, one column tile (the softmax on
   -- its registers) or several, causal tiles that read only their keys, the scores saved for
   -- the backward, a head size that takes the BLAS route; each against the twin

@@ -11,8 +11,9 @@
  *   dS    = P * (dP - rowsum(P * dP))        (softmax backward; masked P = 0 gives dS = 0)
  *   dq_h += dS k_h / sqrt(hs),  dk_h += dS^T q_h / sqrt(hs)
  * all through ct_sgemm on the strided head slices (row stride C).
- * The forward runs on this file's own AVX-512 tiles (att_slice16) where the CPU has AVX-512
- * and hs is a multiple of 16 (every CLIP tower), else through ct_sgemm.
+ * The forward runs on this file's own tiles where the CPU has AVX-512 and hs is a multiple of
+ * 16 (att_slice16; every CLIP tower), or AVX2 + FMA and hs a multiple of 8 (att_slice8), else
+ * through ct_sgemm.
  * dq, dk, dv: [B,T,C], any may be NULL (skipped). */
 #include <math.h>
 #include <stddef.h>
@@ -261,6 +262,114 @@ static void att_slice16(const float *q, const float *k, const float *v, float *o
 }
 #endif
 
+#ifdef CT_SIMD_X86
+/* att_slice16 with AVX2 + FMA: tiles of up to 6 rows x 16 columns (12 ymm accumulators, two
+ * loads and a broadcast per step), the softmax by softmax8 per row; K transposed by a plain
+ * loop. Each score and output is the AVX-512 tiles' sequential sum; the softmax adds in
+ * softmax8's lanes. */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
+att_tile8(const int R, const int J, int kd, const float *a, int lda, const float *b, int ldb,
+          float alpha, float *c, int ldc, int nc) {
+  __m256 acc[ATT_R][2];
+  _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+    _Pragma("GCC unroll 2") for (int j = 0; j < J; j++) acc[r][j] = _mm256_setzero_ps();
+  for (int t = 0; t < kd; t++) {
+    __m256 bv[2];
+    _Pragma("GCC unroll 2") for (int j = 0; j < J; j++) bv[j] = _mm256_loadu_ps(b + (size_t)t * ldb + 8 * j);
+    _Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {
+      __m256 x = _mm256_broadcast_ss(a + (size_t)r * lda + t);
+      _Pragma("GCC unroll 2") for (int j = 0; j < J; j++) acc[r][j] = _mm256_fmadd_ps(x, bv[j], acc[r][j]);
+    }
+  }
+  __m256 va = _mm256_set1_ps(alpha);
+  _Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+    _Pragma("GCC unroll 2") for (int j = 0; j < J; j++) {
+      __m256 v = alpha == 1.0f ? acc[r][j] : _mm256_mul_ps(acc[r][j], va);
+      float *d = c + (size_t)r * ldc + 8 * j;
+      int left = nc - 8 * j;
+      if (left >= 8) {
+        _mm256_storeu_ps(d, v);
+      } else if (left > 0) { /* the column edge through a copy (no masked store: slow on AMD) */
+        float t8[8];
+        _mm256_storeu_ps(t8, v);
+        for (int q = 0; q < left; q++) d[q] = t8[q];
+      }
+    }
+}
+
+#define ATT_T8(R, J)                                                                         \
+  __attribute__((target("avx2,fma"))) static void att8_t##R##_##J(                            \
+      int kd, const float *a, int lda, const float *b, int ldb, float alpha, float *c, int ldc, \
+      int nc) {                                                                              \
+    att_tile8(R, J, kd, a, lda, b, ldb, alpha, c, ldc, nc);                                  \
+  }
+#define ATT_TS8(R) ATT_T8(R, 1) ATT_T8(R, 2)
+ATT_TS8(1) ATT_TS8(2) ATT_TS8(3) ATT_TS8(4) ATT_TS8(5) ATT_TS8(6)
+#undef ATT_TS8
+#undef ATT_T8
+typedef void (*att_tile8_fn)(int, const float *, int, const float *, int, float, float *, int, int);
+static const att_tile8_fn att_tiles8[ATT_R + 1][2] = {
+    {NULL}, {att8_t1_1, att8_t1_2}, {att8_t2_1, att8_t2_2}, {att8_t3_1, att8_t3_2},
+    {att8_t4_1, att8_t4_2}, {att8_t5_1, att8_t5_2}, {att8_t6_1, att8_t6_2}};
+
+/* c[r][0..nc) = alpha a[r] b over kd rows of b, for R <= 6 rows, in column tiles of 16 */
+static void att_rows_tile8(int R, int kd, const float *a, int lda, const float *b, int ldb,
+                           float alpha, float *c, int ldc, int nc) {
+  for (int c0 = 0; c0 < nc; c0 += 16) {
+    int w = nc - c0 < 16 ? nc - c0 : 16;
+    att_tiles8[R][(w + 7) / 8 - 1](kd, a, lda, b + c0, ldb, alpha, c + c0, ldc, w);
+  }
+}
+
+/* att_kt16 with AVX2: 8 x 8 blocks transposed in registers */
+__attribute__((target("avx2"))) static void att_kt8(float *kt, const float *k, int C, int hs,
+                                                    int nk, int nkp) {
+  for (int j0 = 0; j0 < nkp; j0 += 8)
+    for (int d0 = 0; d0 < hs; d0 += 8) {
+      __m256 r[8], t[8];
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+        r[i] = j0 + i < nk ? _mm256_loadu_ps(k + (size_t)(j0 + i) * C + d0) : _mm256_setzero_ps();
+      _Pragma("GCC unroll 4") for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      _Pragma("GCC unroll 2") for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+      }
+      /* r[4g + e], 128-bit half h: column 4h + e of rows 4g .. 4g+3 */
+      _Pragma("GCC unroll 4") for (int e = 0; e < 4; e++) {
+        t[e] = _mm256_permute2f128_ps(r[e], r[e + 4], 0x20);
+        t[e + 4] = _mm256_permute2f128_ps(r[e], r[e + 4], 0x31);
+      }
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) _mm256_storeu_ps(kt + (size_t)(d0 + i) * nkp + j0, t[i]);
+    }
+}
+
+static void att_slice8(const float *q, const float *k, const float *v, float *out, float *p,
+                       float *kt, int T, int C, int hs, int i0, int i1, int causal) {
+  float scale = 1.0f / sqrtf((float)hs);
+  int nk = causal ? i1 : T, nkp = (nk + 15) & ~15;
+  att_kt8(kt, k, C, hs, nk, nkp);
+  int n = i1 - i0, nt = (n + ATT_R - 1) / ATT_R;
+  for (int t = 0; t < nt; t++) {
+    int r0 = (int)((long)n * t / nt), r1 = (int)((long)n * (t + 1) / nt), R = r1 - r0;
+    int kd = causal ? i0 + r1 : T;
+    float *pr = p + (size_t)r0 * T;
+    att_rows_tile8(R, hs, q + (size_t)(i0 + r0) * C, C, kt, nkp, scale, pr, T, kd);
+    for (int r = 0; r < R; r++) {
+      float *row = pr + (size_t)r * T;
+      int m = causal ? i0 + r0 + r + 1 : T;
+      softmax8(row, m);
+      for (int j = m; j < T; j++) row[j] = 0.0f;
+    }
+    att_rows_tile8(R, kd, pr, T, v, C, 1.0f, out + (size_t)(i0 + r0) * C, C, hs);
+  }
+}
+#endif
+
 /* The forward is row-separable: row i of the scores, its softmax and row i of the output
  * need only q_i. With a pool (pool.h) each thread takes a contiguous range of rows of every
  * (b, h) and uses only those rows of probs, so one [T,T] scratch serves all threads. */
@@ -269,6 +378,7 @@ typedef struct {
   const float *q, *k, *v;
   int B, T, C, NH, causal, save_probs;
   int by_slices; /* att_fast: threads take whole (b, h) slices, not rows of each */
+  int wide;      /* att_fast on AVX-512 (att_slice16), else AVX2 (att_slice8) */
   float *scr;    /* att_fast's scratch, scr_n floats per thread (NULL: the BLAS route) */
   size_t scr_n;
 } att_job;
@@ -282,8 +392,8 @@ static void att_fast(const att_job *a, int tid, int nt) {
     for (int s = s0; s < s1; s++) {
       size_t base = (size_t)(s / a->NH) * T * C + (size_t)(s % a->NH) * hs;
       float *p = a->save_probs ? a->probs + (size_t)s * T * T : sc;
-      att_slice16(a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C, hs, 0, T,
-                  a->causal);
+      (a->wide ? att_slice16 : att_slice8)(a->q + base, a->k + base, a->v + base, a->out + base, p,
+                                           kt, T, C, hs, 0, T, a->causal);
     }
     return;
   }
@@ -294,8 +404,8 @@ static void att_fast(const att_job *a, int tid, int nt) {
       size_t base = (size_t)b * T * C + (size_t)h * hs;
       float *p = (a->save_probs ? a->probs + ((size_t)b * a->NH + h) * T * T : a->probs) +
                  (size_t)i0 * T;
-      att_slice16(a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C, hs, i0, i1,
-                  a->causal);
+      (a->wide ? att_slice16 : att_slice8)(a->q + base, a->k + base, a->v + base, a->out + base, p,
+                                           kt, T, C, hs, i0, i1, a->causal);
     }
 }
 #endif
@@ -359,11 +469,12 @@ static void att_rows(void *ctx, int tid, int nt) {
 void attention_forward(float *out, float *probs, const float *q, const float *k,
                        const float *v, int B, int T, int C, int NH, int causal,
                        int save_probs) {
-  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs, 0, NULL, 0};
+  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs, 0, 0, NULL, 0};
   int pooled = ct_pool_threads() > 1 && T >= 8, nt = pooled ? ct_pool_size(ct_pool_current()) : 1;
 #ifdef CT_SIMD_X86
   int hs = C / NH, P = B * NH;
-  if (ct_have_avx512() && hs % 16 == 0 && T > 0) {
+  a.wide = ct_have_avx512();
+  if (T > 0 && (a.wide ? hs % 16 == 0 : ct_have_avx2() && hs % 8 == 0)) {
     /* whole slices per thread where they split evenly (or are many) and their score rows
      * are small; else rows of every slice, as the BLAS route */
     a.by_slices = nt > 1 && T <= 256 && (P % nt == 0 || P >= 8 * nt);
