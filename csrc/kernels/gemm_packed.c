@@ -189,6 +189,18 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h_, 1)), 16));        \
   } while (0)
 
+#define UKR_STEP(MR, LOADB)                                                              \
+  {                                                                                      \
+    __m512 b0, b1;                                                                       \
+    LOADB(bp, b0, b1);                                                                   \
+    _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                             \
+      __m512 a = _mm512_set1_ps(ap[r]);                                                  \
+      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                     \
+      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                     \
+    }                                                                                    \
+    ap += MR;                                                                            \
+    bp += NR;                                                                            \
+  }
 /* c[r][0..nc) (op)= alpha * sum_k ap[k*MR + r] * bp[k*NR + j]; first: C = beta C + ..., else
  * C += ...; ET/LOADB: the panel's element type and its conversion to float (exact) */
 #define UKR(MR, SUF, ET, LOADB)                                                         \
@@ -202,17 +214,20 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
       acc[r][0] = _mm512_setzero_ps();                                                   \
       acc[r][1] = _mm512_setzero_ps();                                                   \
     }                                                                                    \
-    for (int k = 0; k < kc; k++) {                                                       \
-      if (pf && !(k & 1)) _mm_prefetch((const char *)pf + (size_t)(k >> 1) * 64, PK_HINT); \
-      __m512 b0, b1;                                                                     \
-      LOADB(bp, b0, b1);                                                                 \
-      _Pragma("GCC unroll 12") for (int r = 0; r < MR; r++) {                           \
-        __m512 a = _mm512_set1_ps(ap[r]);                                                \
-        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);                                   \
-        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);                                   \
+    /* k steps in pairs, one prefetch of the cursor's line per pair (no test per step) */  \
+    if (pf) {                                                                            \
+      int k = 0;                                                                         \
+      _Pragma("GCC unroll 1") for (; k + 2 <= kc; k += 2) {                             \
+        _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                               \
+        UKR_STEP(MR, LOADB)                                                              \
+        UKR_STEP(MR, LOADB)                                                              \
       }                                                                                  \
-      ap += MR;                                                                          \
-      bp += NR;                                                                          \
+      if (k < kc) {                                                                      \
+        _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                               \
+        UKR_STEP(MR, LOADB)                                                              \
+      }                                                                                  \
+    } else {                                                                             \
+      _Pragma("GCC unroll 1") for (int k = 0; k < kc; k++) UKR_STEP(MR, LOADB)           \
     }                                                                                    \
     __mmask16 m0 = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);                      \
     __mmask16 m1 = nc >= 32 ? 0xffff : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1); \
@@ -372,6 +387,20 @@ static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
   } while (0)
 
 
+/* one k step: two loads of the half panel, MR broadcasts of A, 2 MR FMAs */
+#define UKR2_STEP(MR, LOADB)                                                                 \
+  {                                                                                          \
+    __m256 b0, b1;                                                                           \
+    LOADB(bp, b0, b1);                                                                       \
+    _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                  \
+      __m256 a = _mm256_broadcast_ss(ap + r);                                                \
+      acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);                                         \
+      acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);                                         \
+    }                                                                                        \
+    ap += as;                                                                                \
+    bp += NR;                                                                                \
+  }
+
 /* c[r][0..nc) (op)= alpha * sum_k ap[k*as + r] * bp[k*NR + j], nc <= 16; as UKR above */
 #define UKR2(MR, SUF, ET, LOADB)                                                             \
   TGT2 static void u2##SUF##MR(int kc, const float *ap, int as, const void *bv, float *c,     \
@@ -384,17 +413,19 @@ static const ukr_fn ukrs[3][MRMAX + 1] = {TABLE(s), TABLE(h), TABLE(b)};
       acc[r][0] = _mm256_setzero_ps();                                                        \
       acc[r][1] = _mm256_setzero_ps();                                                        \
     }                                                                                         \
-    for (int k = 0; k < kc; k++) {                                                            \
-      if (pf && !(k & 1)) _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                  \
-      __m256 b0, b1;                                                                          \
-      LOADB(bp, b0, b1);                                                                      \
-      _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                 \
-        __m256 a = _mm256_broadcast_ss(ap + r);                                               \
-        acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);                                        \
-        acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);                                        \
+    if (pf) { /* k steps in pairs, one prefetch per pair, as UKR */                           \
+      int k = 0;                                                                              \
+      _Pragma("GCC unroll 1") for (; k + 2 <= kc; k += 2) {                                  \
+        _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                                    \
+        UKR2_STEP(MR, LOADB)                                                                  \
+        UKR2_STEP(MR, LOADB)                                                                  \
       }                                                                                       \
-      ap += as;                                                                               \
-      bp += NR;                                                                               \
+      if (k < kc) {                                                                           \
+        _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                                    \
+        UKR2_STEP(MR, LOADB)                                                                  \
+      }                                                                                       \
+    } else {                                                                                  \
+      _Pragma("GCC unroll 1") for (int k = 0; k < kc; k++) UKR2_STEP(MR, LOADB)               \
     }                                                                                         \
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);                             \
     if (nc == 16) {                                                                           \
