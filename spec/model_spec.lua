@@ -364,13 +364,19 @@ end)
 
 describe("image groups", function()
   -- encode_pixels runs the layers on groups of about one GEMM chunk of rows (encoder.c's
-  -- tower_group); a row's numbers do not depend on the grouping. In a child process with a
-  -- 40-row chunk (the tiny tower's 17 rows per image: groups of 2), a batch of 5 (groups of 2,
-  -- 2, 1) against each image alone, bit for bit, with every output asked for.
-  it("gives each image the bits it has alone", function()
+  -- tower_group). In a child process with a 40-row chunk (the tiny tower's 17 rows per image:
+  -- groups of 2), a batch of 5 (groups of 2, 2, 1) against each image alone, with every
+  -- output asked for: bit for bit where a packed kernel runs (a row's numbers do not depend on
+  -- the rows beside it), within 1e-5 where OpenBLAS does (its sums may depend on the rows).
+  it("gives each image what it gets alone", function()
     local sh = require "spec.support.shell"
     local probe = [[lua5.4 -e '
       local c = require("clip"); local H = require("spec.helpers")
+      local exact = #c.core.kernels.gemm_packed_kernels() > 0
+      local function same(a, b, what)
+        if exact then assert(H.bits(a) == H.bits(b), what)
+        else H.assert_close(a, b, { atol = 1e-5, label = what }) end
+      end
       local m = c.load(H.fixtures .. "models/tiny", { tokenizer = false })
       local S = m.config.vision_config.image_size
       local px = c.randn({ 5, 3, S, S }, 9)
@@ -379,10 +385,10 @@ describe("image groups", function()
         local e, ex = m.core:encode_pixels(px, opts)
         for i = 1, 5 do
           local e1, ex1 = m.core:encode_pixels(px:rows(i, i):clone(), opts)
-          assert(H.bits(e:rows(i, i)) == H.bits(e1), "embeds of image " .. i)
+          same(e:rows(i, i), e1, "embeds of image " .. i)
           for _, k in ipairs({ "pooled", "last_hidden", "captured" }) do
             if ex and ex[k] then
-              assert(H.bits(ex[k]:rows(i, i)) == H.bits(ex1[k]), k .. " of image " .. i)
+              same(ex[k]:rows(i, i), ex1[k], k .. " of image " .. i)
               n = n + 1
             end
           end

@@ -170,7 +170,7 @@ static void packed_part(void *ctx, int tid, int nt) {
   packed_job *g = ctx;
   if (g->apa) { /* pack a share of A's row blocks, then wait for the others' */
     int nb = ct_pack_a_blocks(g->M, g->K);
-    ct_pack_a(g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
+    ct_pack_a(g->isa, g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
     atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
     /* spin briefly, then yield: a thread that lost its core (more threads than cores: other

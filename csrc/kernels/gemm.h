@@ -61,7 +61,7 @@ void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, c
  * given transposed, stored {K, M} with row stride lda (the weight gradient's dout^T). */
 size_t ct_pack_a_floats(int M, int K);
 int ct_pack_a_blocks(int M, int K);
-void ct_pack_a(int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1);
+void ct_pack_a(int isa, int M, int K, const float *A, int lda, int ta, float *apa, int b0, int b1);
 /* ... and adds bias[j] (NULL: none) to column j: C = alpha A B^T + bias + beta C */
 void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda,
                        const float *apa, const void *P, int kind, float beta, const float *bias,
