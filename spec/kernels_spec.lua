@@ -3,6 +3,24 @@ local clip = require "clip"
 local H = require "spec.helpers"
 local K = clip.core.kernels
 
+-- the saved softmax [B, NH, T, T]: each row sums to 1 (within atol), masked scores exactly 0
+local function check_probs(probs, causal, atol, label)
+  local p = probs:totable()
+  for bb = 1, #p do
+    for h = 1, #p[bb] do
+      local rows = p[bb][h]
+      for i = 1, #rows do
+        local sum = 0
+        for j = 1, #rows[i] do
+          sum = sum + rows[i][j]
+          if causal and j > i then assert.are.equal(0, rows[i][j], label .. ": a masked score") end
+        end
+        H.assert_close(sum, 1, { atol = atol, label = label .. ": probs row sum" })
+      end
+    end
+  end
+end
+
 describe("kernels vs naive twins", function()
   it("sgemm in all transpose combinations", function()
     for _, tt in ipairs({ { false, false }, { true, false }, { false, true }, { true, true } }) do
@@ -60,55 +78,26 @@ describe("kernels vs naive twins", function()
   end)
 
   it("attention at the towers' head sizes, over 1, 2 and 3 threads", function()
-    -- hs 64 (every CLIP tower) and 16, T past one and two 32-key panels (the packed route where
-    -- a packed kernel runs, k_attention.c), each thread count against the twin
+    -- k_attention.c's own tiles (AVX-512, or AVX2 under CLIP_NO_AVX512=1) over their routes:
+    -- whole (b, h) slices per thread or rows of every slice, one column tile of keys (the
+    -- softmax on its registers) or several, causal tiles that read only their keys, T past 256
+    -- (rows of every slice), a head size (80) and T that take the BLAS route; hs 64 is every
+    -- CLIP tower's. Each thread count against the twin, the scores saved for the backward too.
     local before = clip.get_num_threads()
     for _, nt in ipairs({ 1, 2, 3 }) do
       clip.set_num_threads(nt)
-      for _, s in ipairs({ { 2, 50, 128, 2 }, { 2, 77, 64, 4 }, { 1, 33, 64, 1 }, { 3, 9, 32, 2 } }) do
+      for _, s in ipairs({ { 2, 50, 128, 2 }, { 2, 77, 64, 4 }, { 1, 33, 64, 1 }, { 3, 9, 32, 2 },
+        { 2, 50, 192, 3 }, { 1, 77, 128, 2 }, { 3, 64, 32, 1 }, { 1, 65, 64, 4 }, { 1, 257, 64, 1 },
+        { 2, 20, 80, 1 }, { 2, 1, 32, 2 } }) do
         local B, T, C, NH = s[1], s[2], s[3], s[4]
         local q, k, v = clip.randn({ B, T, C }, T), clip.randn({ B, T, C }, T + 1), clip.randn({ B, T, C }, T + 2)
-        for _, causal in ipairs({ false, true }) do
-          H.assert_close(K.attention(q, k, v, NH, causal), K.attention(q, k, v, NH, causal, true),
-            { atol = 2e-5, label = ("attention %dx%dx%d, %d heads, causal=%s, %d threads"):format(B, T, C, NH, tostring(causal), nt) })
-        end
-      end
-    end
-    clip.set_num_threads(before)
-  end)
-end)
-
-describe("attention on k_attention.c's own tiles (AVX-512; AVX2 under CLIP_NO_AVX512=1)", function()
-  -- whole (b, h) slices per thread or rows of every slice, one column tile (the softmax on
-  -- its registers) or several, causal tiles that read only their keys, the scores saved for
-  -- the backward, a head size that takes the BLAS route; each against the twin
-  it("matches the twin over its routes", function()
-    local before = clip.get_num_threads()
-    for _, nt in ipairs({ 1, 2, 3 }) do
-      clip.set_num_threads(nt)
-      for _, s in ipairs({ { 2, 50, 192, 3 }, { 1, 77, 128, 2 }, { 3, 64, 32, 1 }, { 1, 65, 64, 4 },
-        { 1, 257, 64, 1 }, { 2, 20, 80, 1 }, { 2, 1, 32, 2 } }) do
-        local B, T, C, NH = s[1], s[2], s[3], s[4]
-        local q, k, v = clip.randn({ B, T, C }, T + 3), clip.randn({ B, T, C }, T + 4), clip.randn({ B, T, C }, T + 5)
         for _, causal in ipairs({ false, true }) do
           local label = ("attention %dx%dx%d, %d heads, causal=%s, %d threads"):format(B, T, C, NH, tostring(causal), nt)
           local want = K.attention(q, k, v, NH, causal, true)
           H.assert_close(K.attention(q, k, v, NH, causal), want, { atol = 2e-5, label = label })
           local out, probs = K.attention_probs(q, k, v, NH, causal)
           H.assert_close(out, want, { atol = 2e-5, label = label .. " (scores saved)" })
-          local p = probs:totable()
-          for bb = 1, B do
-            for h = 1, NH do
-              for i = 1, T do
-                local sum = 0
-                for j = 1, T do
-                  sum = sum + p[bb][h][i][j]
-                  if causal and j > i then assert.are.equal(0, p[bb][h][i][j], label .. ": a masked score") end
-                end
-                H.assert_close(sum, 1, { atol = 1e-5, label = label .. ": probs row sum" })
-              end
-            end
-          end
+          check_probs(probs, causal, 1e-5, label)
         end
       end
     end
@@ -344,19 +333,7 @@ describe("backward kernels vs naive twins", function()
       local out, probs = K.attention_probs(q, k, v, NH, causal)
       same_values(out, K.attention(q, k, v, NH, causal), "attention_probs out")
       assert.are.same({ B, NH, T, T }, probs:shape())
-      local p = probs:totable()
-      for bb = 1, B do
-        for h = 1, NH do
-          for i = 1, T do
-            local s = 0
-            for j = 1, T do
-              s = s + p[bb][h][i][j]
-              if causal and j > i then assert.are.equal(0, p[bb][h][i][j]) end
-            end
-            H.assert_close(s, 1, { atol = 1e-6, label = "probs row sum" })
-          end
-        end
-      end
+      check_probs(probs, causal, 1e-6, "attention_probs causal=" .. tostring(causal))
       check_backward("attention causal=" .. tostring(causal), { "dq", "dk", "dv" },
         function(want, ref) return K.attention_backward(dout, q, k, v, probs, NH, causal, want, ref) end,
         { dout, q, k, v, probs }, { atol = 2e-5, rtol = 1e-5 })

@@ -7,8 +7,9 @@
  * per-call packing was 31 % of the image tower's time (perf, docs/performance.md).
  *
  * Micro-kernel (AVX-512F): mr <= 12 rows of A x 32 columns = up to 24 zmm accumulators; per k
- * two loads of the panel and mr broadcasts of A (packed k-major per row block, so the
- * broadcasts are sequential). Rows are cut into blocks of at most MC = 120 of equal size,
+ * two loads of the panel and mr broadcasts of A (packed per micro block in groups of four k
+ * steps, the rows' four values in turn: the "k4" layout, whose packing is 16-byte copies; the
+ * AVX2 and NEON kernels read the plain k-major layout, so A is packed for the kernel's isa). Rows are cut into blocks of at most MC = 120 of equal size,
  * each into ceil(rows/12) micro-blocks of equal size (50 rows -> five of 10), so that no
  * block is mostly padding. Loops: column blocks of NC = 512 -> K blocks of at most KC = 768,
  * of near-equal size (C is stored once per K block; a panel's block, 96 KB, streams from L2)
@@ -517,30 +518,6 @@ static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const un
 #endif /* CT_PK_X86: the AVX2 kernel */
 
 #ifdef CT_PK_X86
-/* t[j] = column j of the 16 x 16 tile r[0..16) (r[i] a row): the transpose, in place */
-TGT static inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2) { /* pairs of rows: elements interleaved */
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4) { /* groups of four rows: 64-bit pairs */
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-  }
-  _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++) { /* 128-bit lanes across groups */
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-}
 
 /* one micro block of pack_a_block: mr <= 12 rows of kc values (row stride lda) into
  * d[k * mr + r], 16 k at a time through a 16 x 16 transpose; the same values as the scalar
@@ -553,7 +530,7 @@ TGT static void pack_rows16(const float *src, int lda, int mr, int kc, float *d)
     __m512 r[16];
     _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
       r[i] = i < mr ? _mm512_maskz_loadu_ps(km, src + (size_t)i * lda + k) : _mm512_setzero_ps();
-    transpose16(r);
+    ct_transpose16(r);
     _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) /* constant indices: r stays in registers */
       if (j < kn) _mm512_mask_storeu_ps(d + (size_t)(k + j) * mr, rm, r[j]);
   }
@@ -622,8 +599,8 @@ TGT static void pack_nt16(int N, int K, const float *B, int ldb, float *P, int p
         hi[i] = i + 16 < nc ? _mm512_maskz_loadu_ps(km, B + (size_t)(n0 + 16 + i) * ldb + k0)
                             : _mm512_setzero_ps();
       }
-      transpose16(lo);
-      transpose16(hi);
+      ct_transpose16(lo);
+      ct_transpose16(hi);
       _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++)
         if (k < kn) {
           _mm512_store_ps(dst + (size_t)(k0 + k) * NR, lo[k]);
@@ -669,27 +646,14 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
     for (int k = 0; k < kc; k += 8) {
       int kn = kc - k < 8 ? kc - k : 8;
       __m256i km = ct_lanes8(kn);
-      __m256 r[8], t[8];
+      __m256 r[8];
       _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
         const float *p = src + (size_t)(r0 + i) * lda + k;
         r[i] = i >= rn ? _mm256_setzero_ps() : kn == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, km);
       }
-      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-      }
-      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-      }
-      _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) { /* column j of the tile: k + j */
-        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-      }
+      ct_transpose8(r); /* r[j]: column k + j of the tile */
       _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)
-        if (j < kn) store_n(d + (size_t)(k + j) * mr + r0, t[j], rn);
+        if (j < kn) store_n(d + (size_t)(k + j) * mr + r0, r[j], rn);
     }
   }
 }

@@ -194,39 +194,12 @@ static void att_rows_tile(int R, int kd, const float *a, int lda, const float *b
  * (nkp a multiple of 16): 16 x 16 blocks transposed in registers */
 __attribute__((target("avx512f"))) static void att_kt16(float *kt, const float *k, int C, int hs,
                                                         int nk, int nkp) {
-  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
-                i1 = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int j0 = 0; j0 < nkp; j0 += 16)
     for (int d0 = 0; d0 < hs; d0 += 16) {
-      __m512 r[16], t[16];
+      __m512 r[16];
       _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
         r[i] = j0 + i < nk ? _mm512_loadu_ps(k + (size_t)(j0 + i) * C + d0) : _mm512_setzero_ps();
-      /* rows (0 1) (2 3) ... interleaved by 32-bit, then 64-bit lanes, then 128-bit quarters */
-      _Pragma("GCC unroll 8") for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-      }
-      _Pragma("GCC unroll 4") for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-      }
-      /* r[4g + e] holds, per 128-bit quarter q, column 4q + e' of rows 4g .. 4g+3 */
-      _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
-        t[g] = _mm512_permutex2var_ps(r[g], i0, r[g + 4]);
-        t[g + 4] = _mm512_permutex2var_ps(r[g], i1, r[g + 4]);
-        t[g + 8] = _mm512_permutex2var_ps(r[g + 8], i0, r[g + 12]);
-        t[g + 12] = _mm512_permutex2var_ps(r[g + 8], i1, r[g + 12]);
-      }
-      _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
-        const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
-                      hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-        r[g] = _mm512_permutex2var_ps(t[g], lo, t[g + 8]);
-        r[g + 8] = _mm512_permutex2var_ps(t[g], hi, t[g + 8]);
-        r[g + 4] = _mm512_permutex2var_ps(t[g + 4], lo, t[g + 12]);
-        r[g + 12] = _mm512_permutex2var_ps(t[g + 4], hi, t[g + 12]);
-      }
+      ct_transpose16(r);
       _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
         _mm512_storeu_ps(kt + (size_t)(d0 + i) * nkp + j0, r[i]);
     }
@@ -326,25 +299,11 @@ __attribute__((target("avx2"))) static void att_kt8(float *kt, const float *k, i
                                                     int nk, int nkp) {
   for (int j0 = 0; j0 < nkp; j0 += 8)
     for (int d0 = 0; d0 < hs; d0 += 8) {
-      __m256 r[8], t[8];
+      __m256 r[8];
       _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
         r[i] = j0 + i < nk ? _mm256_loadu_ps(k + (size_t)(j0 + i) * C + d0) : _mm256_setzero_ps();
-      _Pragma("GCC unroll 4") for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-      }
-      _Pragma("GCC unroll 2") for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-      }
-      /* r[4g + e], 128-bit half h: column 4h + e of rows 4g .. 4g+3 */
-      _Pragma("GCC unroll 4") for (int e = 0; e < 4; e++) {
-        t[e] = _mm256_permute2f128_ps(r[e], r[e + 4], 0x20);
-        t[e + 4] = _mm256_permute2f128_ps(r[e], r[e + 4], 0x31);
-      }
-      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) _mm256_storeu_ps(kt + (size_t)(d0 + i) * nkp + j0, t[i]);
+      ct_transpose8(r);
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) _mm256_storeu_ps(kt + (size_t)(d0 + i) * nkp + j0, r[i]);
     }
 }
 

@@ -68,6 +68,51 @@ __attribute__((target("avx2"))) static inline __m256i ct_lanes8(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* 16 x 16 floats transposed in registers (AVX-512): lane j of r[i] becomes lane i of r[j] */
+__attribute__((target("avx512f"))) static inline void ct_transpose16(__m512 r[16]) {
+  __m512 t[16];
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2) { /* pairs of rows: elements interleaved */
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4) { /* groups of four rows: 64-bit pairs */
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++) { /* 128-bit lanes across groups */
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+/* 8 x 8 floats transposed in registers (AVX): lane j of r[i] becomes lane i of r[j] */
+__attribute__((target("avx"))) static inline void ct_transpose8(__m256 r[8]) {
+  __m256 t[8];
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++) { /* r[4g + e], half h: column 4h + e */
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+
 #elif defined(__aarch64__)
 #include <arm_neon.h>
 #define CT_SIMD_NEON 1
