@@ -109,11 +109,12 @@ static void softmax4(float *r, int m) {
 #endif
 
 #ifdef CT_SIMD_X86
-/* The AVX-512 forward of rows i0 .. i1 of one (b, h) slice, without a BLAS call (at T = 50 or
- * 77 a BLAS spends more time packing its operands than multiplying them):
+/* att_slice16: the AVX-512 forward of rows i0 .. i1 of one (b, h) slice, without a BLAS
+ * call (at T = 50 or 77 a BLAS spends more time packing its operands than multiplying them):
  *   kt = k_h^T, keys zero-padded to a multiple of 16 ([hs][nkp] floats, built here);
  *   scores p[i] = scale q_i kt (tiles of up to 6 rows x 64 keys: 24 zmm accumulators, one
- *   broadcast of q per row and 4 loads of kt per d), softmax16 per row, the masked keys 0;
+ *   broadcast of q per row and 4 loads of kt per d), softmax16 per row (on the tile's
+ *   registers when the keys fit one tile), the masked keys 0;
  *   out_i = p[i] v_h (tiles of 6 rows x 64 of hs: a broadcast of p per row, 4 loads of v's row).
  * With causal a tile reads only the keys up to its last row. Each score and output is one
  * sequential sum over d (over j), rounded once per FMA. */
