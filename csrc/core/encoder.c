@@ -221,7 +221,7 @@ static int weights_present(const ct_block_w *bl, int L, const char *what, ct_err
   return 0;
 }
 
-/* Sequences per pass of the layers: groups of about one GEMM chunk of rows
+/* Sequences (images, texts) per pass of the layers: groups of about one GEMM chunk of rows
  * (ct_packed_max_m, k_linear.c) run through all the layers before the next group, so that a
  * group's activations (B/32: 1.2 MB per [N, D] buffer, 4.9 MB of MLP) stay in cache between
  * the passes over them; the weights are read once per chunk of rows either way. Each row's
@@ -319,42 +319,55 @@ int ct_encode_text(const ct_model *m, const int32_t *ids, int B, int T, ct_fwd_o
                      ids[i], (int)(i / T) + 1, (int)(i % T) + 1, c->vocab);
   int *eos = malloc(sizeof(int) * (size_t)B);
   if (!eos) return ct_errf(e, "out of memory");
-  /* with the causal mask, positions after the last pooled token change
-   * nothing that is pooled: compute only up to it unless all rows are asked */
-  int Te = 1;
-  for (int b = 0; b < B; b++) {
-    eos[b] = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
-    if (eos[b] + 1 > Te) Te = eos[b] + 1;
-  }
-  if (o->last_hidden || o->captured) Te = T;
+  for (int b = 0; b < B; b++) eos[b] = ct_text_eos_index(&m->cfg, ids + (size_t)b * T, T);
+  /* groups of sequences as the image tower (tower_group); with the causal mask, positions
+   * after a group's last pooled token change nothing that is pooled: each group computes only
+   * up to it unless all rows are asked for */
+  int all = o->last_hidden || o->captured, G = tower_group(T, B);
   workspace w;
-  int64_t N = (int64_t)B * Te;
-  if (ws_alloc(&w, o, N, D, c->inter, Te, e) != 0) {
+  if (ws_alloc(&w, o, (int64_t)G * T, D, c->inter, T, e) != 0) {
     free(eos);
     return -1;
   }
-  ct_text_embed(w.h, m, ids, B, T, Te);
+  float *pooled = o->pooled, *own = NULL;
+  if (!pooled && o->embeds) pooled = own = malloc(sizeof(float) * (size_t)B * D);
+  if (o->embeds && !pooled) {
+    ws_free(&w, o);
+    free(eos);
+    return ct_errf(e, "out of memory");
+  }
   /* the last block only for the pooled (end-of-text) rows, unless all rows are asked for */
   int L = c->layers, shortcut = L > 0 && !o->last_hidden && !(o->captured && o->capture_layer == L - 1);
-  for (int l = 0; l < L; l++) {
-    ct_block_forward(&w, &m->tower[0].blocks[l], c, B, Te, 1, shortcut && l == L - 1 ? eos : NULL, NULL);
-    if (o->captured && o->capture_layer == l) memcpy(o->captured, w.h, sizeof(float) * N * D);
+  for (int g0 = 0; g0 < B; g0 += G) {
+    int Bg = B - g0 < G ? B - g0 : G, Te = 1, *eg = eos + g0;
+    for (int b = 0; b < Bg; b++)
+      if (eg[b] + 1 > Te) Te = eg[b] + 1;
+    if (all) Te = T;
+    int64_t N = (int64_t)Bg * Te;
+    size_t off = (size_t)g0 * T * D; /* this group's rows in [B, T, D] outputs */
+    ct_text_embed(w.h, m, ids + (size_t)g0 * T, Bg, T, Te);
+    for (int l = 0; l < L; l++) {
+      ct_block_forward(&w, &m->tower[0].blocks[l], c, Bg, Te, 1, shortcut && l == L - 1 ? eg : NULL, NULL);
+      if (o->captured && o->capture_layer == l) memcpy(o->captured + off, w.h, sizeof(float) * N * D);
+    }
+    float *pg = pooled ? pooled + (size_t)g0 * D : NULL;
+    if (shortcut) { /* h holds just the pooled rows */
+      if (pg) layernorm_forward(pg, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, Bg, D, c->eps);
+    } else if (o->last_hidden) {
+      layernorm_forward(o->last_hidden + off, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, N,
+                        D, c->eps);
+      if (pg)
+        for (int b = 0; b < Bg; b++)
+          memcpy(pg + (size_t)b * D, o->last_hidden + off + ((size_t)b * Te + eg[b]) * D,
+                 sizeof(float) * D);
+    } else if (pg) {
+      for (int b = 0; b < Bg; b++)
+        layernorm_forward(pg + (size_t)b * D, NULL, NULL, w.h + ((size_t)b * Te + eg[b]) * D,
+                          m->tower[0].ln_w, m->tower[0].ln_b, 1, D, c->eps);
+    }
   }
-  float *pooled = w.q;
-  if (shortcut) { /* h holds just the pooled rows */
-    layernorm_forward(pooled, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, B, D, c->eps);
-  } else if (o->last_hidden) {
-    layernorm_forward(o->last_hidden, NULL, NULL, w.h, m->tower[0].ln_w, m->tower[0].ln_b, N, D, c->eps);
-    for (int b = 0; b < B; b++)
-      memcpy(pooled + (size_t)b * D, o->last_hidden + ((size_t)b * Te + eos[b]) * D,
-             sizeof(float) * D);
-  } else {
-    for (int b = 0; b < B; b++)
-      layernorm_forward(pooled + (size_t)b * D, NULL, NULL, w.h + ((size_t)b * Te + eos[b]) * D,
-                        m->tower[0].ln_w, m->tower[0].ln_b, 1, D, c->eps);
-  }
-  if (o->pooled) memcpy(o->pooled, pooled, sizeof(float) * B * D);
   if (o->embeds) linear_forward(o->embeds, pooled, m->tower[0].proj, NULL, B, D, m->cfg.projection_dim);
+  free(own);
   ws_free(&w, o);
   free(eos);
   return 0;
