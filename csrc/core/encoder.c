@@ -222,12 +222,12 @@ static int weights_present(const ct_block_w *bl, int L, const char *what, ct_err
 }
 
 /* Sequences (images, texts) per pass of the layers: groups of about one GEMM chunk of rows
- * (ct_packed_max_m, k_linear.c) run through all the layers before the next group, so that a
- * group's activations (B/32: 1.2 MB per [N, D] buffer, 4.9 MB of MLP) stay in cache between
- * the passes over them; the weights are read once per chunk of rows either way. Each row's
- * numbers are the same in any grouping (the GEMMs' sums run over K in blocks fixed by K, the
- * attention within a sequence, the rest per row). Sequences longer than half a chunk (L/14's
- * 257 patches) run as one group, as before. */
+ * (ct_packed_max_m, k_linear.c) run through all the layers before the next group, so the
+ * workspace is one group's whatever the batch (B/32, 32 images: 12 MB, not 49); the weights
+ * are read once per chunk of rows either way, and the speed is the same (CHANGELOG.md).
+ * Where the packed kernels run, the grouping changes no bits (the GEMMs' sums run over K in
+ * blocks fixed by K, the attention within a sequence, the rest per row). Sequences longer
+ * than half a chunk (L/14's 257 patches) run as one group. */
 static int tower_group(int T, int B) {
   int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400, G = chunk / (T > 0 ? T : 1);
   return G >= 2 && G < B ? G : B;

@@ -9,14 +9,16 @@
  * Micro-kernel (AVX-512F): mr <= 12 rows of A x 32 columns = up to 24 zmm accumulators; per k
  * two loads of the panel and mr broadcasts of A (packed per micro block in groups of four k
  * steps, the rows' four values in turn: the "k4" layout, whose packing is 16-byte copies; the
- * AVX2 and NEON kernels read the plain k-major layout, so A is packed for the kernel's isa). Rows are cut into blocks of at most MC = 120 of equal size,
+ * AVX2 and NEON kernels read the plain k-major layout, so A is packed for the kernel's isa).
+ * Rows are cut into blocks of at most MC = 120 of equal size,
  * each into ceil(rows/12) micro-blocks of equal size (50 rows -> five of 10), so that no
  * block is mostly padding. Loops: column blocks of NC = 512 -> K blocks of at most KC = 768,
  * of near-equal size (C is stored once per K block; a panel's block, 96 KB, streams from L2)
  * -> row blocks (A packed once per call by blas.c, or here per micro-block without a buffer)
  * -> panels -> micro-blocks; a single row block runs panel after panel instead (below).
  * PK_KC, PK_NC, PK_MC and PK_HINT can be set at compile time for blocking sweeps
- * (docs/performance.md). Threads split the panels. The bias, when given, is added as the first K block is stored. Panels of F16/BF16
+ * (docs/performance.md). Threads split the panels. The bias, when given, is added as the
+ * first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.
  * On aarch64 the same driver runs a NEON micro-kernel (two rows x 32 columns at a time, the
@@ -203,8 +205,9 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
     }                                                                                    \
     bp += NR;                                                                            \
   }
-/* c[r][0..nc) (op)= alpha * sum_k ap[k*MR + r] * bp[k*NR + j]; first: C = beta C + ..., else
- * C += ...; ET/LOADB: the panel's element type and its conversion to float (exact) */
+/* c[r][0..nc) (op)= alpha * sum_k A[r][k] * bp[k*NR + j], A in the k4 layout (pack_rows_k4);
+ * first: C = beta C + ..., else C += ...; ET/LOADB: the panel's element type and its
+ * conversion to float (exact) */
 #define UKR(MR, SUF, ET, LOADB)                                                         \
   TGT static void ukr##SUF##MR(int kc, const float *ap, const void *bv, float *c, int ldc, \
                                int nc, float alpha, float beta, int first, const void *pfv, \
@@ -519,23 +522,6 @@ static void block2(const ukr2_fn *tab, int mr, int kc, const float *ap, const un
 
 #ifdef CT_PK_X86
 
-/* one micro block of pack_a_block: mr <= 12 rows of kc values (row stride lda) into
- * d[k * mr + r], 16 k at a time through a 16 x 16 transpose; the same values as the scalar
- * loop (copies only) */
-TGT static void pack_rows16(const float *src, int lda, int mr, int kc, float *d) {
-  __mmask16 rm = (__mmask16)((1u << mr) - 1);
-  for (int k = 0; k < kc; k += 16) {
-    int kn = kc - k < 16 ? kc - k : 16;
-    __mmask16 km = (__mmask16)((1u << kn) - 1);
-    __m512 r[16];
-    _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
-      r[i] = i < mr ? _mm512_maskz_loadu_ps(km, src + (size_t)i * lda + k) : _mm512_setzero_ps();
-    ct_transpose16(r);
-    _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) /* constant indices: r stays in registers */
-      if (j < kn) _mm512_mask_storeu_ps(d + (size_t)(k + j) * mr, rm, r[j]);
-  }
-}
-
 /* The AVX-512 kernel's layout of a micro block ("k4"): k in groups of four, each group the
  * mr rows' four values in turn, d[(k / 4) * 4 mr + 4 r + k % 4] (the last group padded to
  * four). A row's 16 values at a time are four 16-byte stores, no transpose (packing 400 rows:
@@ -610,13 +596,6 @@ TGT static void pack_nt16(int N, int K, const float *B, int ldb, float *P, int p
   }
 }
 
-/* the same for A given transposed: each k step is mr contiguous values */
-TGT static void pack_cols16(const float *src, int lda, int mr, int kc, float *d) {
-  __mmask16 rm = (__mmask16)((1u << mr) - 1);
-  for (int k = 0; k < kc; k++)
-    _mm512_mask_storeu_ps(d + (size_t)k * mr, rm, _mm512_maskz_loadu_ps(rm, src + (size_t)k * lda));
-}
-
 /* the first n (1..8) floats of v to d: no masked store (vmaskmovps to memory is slow on AMD) */
 TGT2 static inline void store_n(float *d, __m256 v, int n) {
   if (n == 8) {
@@ -639,7 +618,9 @@ TGT2 static inline void store_n(float *d, __m256 v, int n) {
   if (n) _mm_store_ss(d, x);
 }
 
-/* pack_rows16 with AVX2: rows in groups of 8, 8 k at a time through an 8 x 8 transpose */
+/* the k-major layout (the AVX2 and NEON kernels'): a micro block's mr <= 12 rows of kc values
+ * (row stride lda) into d[k * mr + r]; with AVX2, rows in groups of 8, 8 k at a time through
+ * an 8 x 8 transpose (copies only: the scalar loop's values) */
 TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d) {
   for (int r0 = 0; r0 < mr; r0 += 8) {
     int rn = mr - r0 < 8 ? mr - r0 : 8;
@@ -667,8 +648,9 @@ static int micro_split(int mc, int bi[MC / MRMAX + 1]) {
   return nb;
 }
 
-/* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: row blocks of
- * mr rows (micro_split), each k-major. ta: A given transposed
+/* Rows m0 .. m0+mc, columns k0 .. k0+kc of A, as the micro-kernels read them: micro blocks of
+ * mr rows (micro_split), kpad(kc) floats per row apart, each in the k4 layout (k4: the
+ * AVX-512 kernel) or k-major (the AVX2 and NEON kernels). ta: A given transposed
  * (stored {K, M}, lda), so row r, column k is A[k * lda + r] and each k step of a row block
  * is one contiguous read. Copies only: every path gives the same values. */
 static inline int kpad(int kc) { return (kc + 3) & ~3; }
@@ -678,7 +660,7 @@ static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0
   size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
   int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
 #ifdef CT_PK_X86
-  int vec = ct_have_avx512(), vec2 = !vec && !ta && ct_have_avx2();
+  int vec2 = !ta && ct_have_avx2();
 #else
   (void)k4; /* only the AVX-512 kernel reads k4 */
 #endif
@@ -689,10 +671,6 @@ static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0
 #ifdef CT_PK_X86
     if (k4) {
       (ta ? pack_cols_k4 : pack_rows_k4)(src, lda, mr, kc, d);
-      continue;
-    }
-    if (vec) {
-      (ta ? pack_cols16 : pack_rows16)(src, lda, mr, kc, d);
       continue;
     }
     if (vec2) {

@@ -11,8 +11,8 @@
  *   dS    = P * (dP - rowsum(P * dP))        (softmax backward; masked P = 0 gives dS = 0)
  *   dq_h += dS k_h / sqrt(hs),  dk_h += dS^T q_h / sqrt(hs)
  * all through ct_sgemm on the strided head slices (row stride C).
- * The forward runs on this file's own tiles where the CPU has AVX-512 and hs is a multiple of
- * 16 (att_slice16; every CLIP tower), or AVX2 + FMA and hs a multiple of 8 (att_slice8), else
+ * The forward runs on this file's own tiles (att_tiles_slice) where the CPU has AVX-512 and
+ * hs is a multiple of 16 (every CLIP tower), or AVX2 + FMA and hs a multiple of 8, else
  * through ct_sgemm.
  * dq, dk, dv: [B,T,C], any may be NULL (skipped). */
 #include <math.h>
@@ -109,15 +109,9 @@ static void softmax4(float *r, int m) {
 #endif
 
 #ifdef CT_SIMD_X86
-/* att_slice16: the AVX-512 forward of rows i0 .. i1 of one (b, h) slice, without a BLAS
- * call (at T = 50 or 77 a BLAS spends more time packing its operands than multiplying them):
- *   kt = k_h^T, keys zero-padded to a multiple of 16 ([hs][nkp] floats, built here);
- *   scores p[i] = scale q_i kt (tiles of up to 6 rows x 64 keys: 24 zmm accumulators, one
- *   broadcast of q per row and 4 loads of kt per d), softmax16 per row (on the tile's
- *   registers when the keys fit one tile), the masked keys 0;
- *   out_i = p[i] v_h (tiles of 6 rows x 64 of hs: a broadcast of p per row, 4 loads of v's row).
- * With causal a tile reads only the keys up to its last row. Each score and output is one
- * sequential sum over d (over j), rounded once per FMA. */
+/* The forward's own tiles (att_tiles_slice, below), AVX-512: up to 6 rows x 64 columns, 24 zmm
+ * accumulators, one broadcast of a per row and 4 loads of b per step; with sm, the softmax of
+ * each row on the registers (the scores of one column tile of keys). */
 #define ATT_R 6 /* rows per tile */
 __attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
 att_tile(const int R, const int J, int kd, const float *a, int lda, const float *b, int ldb,
@@ -206,41 +200,17 @@ __attribute__((target("avx512f"))) static void att_kt16(float *kt, const float *
     }
 }
 
-/* kt: hs x nkp floats (nkp = T rounded up to 16); p: the scores of rows i0 .. i1, T apart */
-static void att_slice16(const float *q, const float *k, const float *v, float *out, float *p,
-                        float *kt, int T, int C, int hs, int i0, int i1, int causal) {
-  float scale = 1.0f / sqrtf((float)hs);
-  int nk = causal ? i1 : T, nkp = (nk + 15) & ~15;
-  att_kt16(kt, k, C, hs, nk, nkp);
-  int n = i1 - i0, nt = (n + ATT_R - 1) / ATT_R;
-  for (int t = 0; t < nt; t++) {
-    int r0 = (int)((long)n * t / nt), r1 = (int)((long)n * (t + 1) / nt), R = r1 - r0;
-    int kd = causal ? i0 + r1 : T; /* the keys this tile's rows read */
-    float *pr = p + (size_t)r0 * T;
-    const float *qr = q + (size_t)(i0 + r0) * C;
-    if (kd <= 64) { /* one column tile: the softmax on its registers */
-      att_tiles[R][(kd + 15) / 16 - 1](hs, qr, C, kt, nkp, scale, pr, T, kd, 1, causal, i0 + r0 + 1);
-      for (int r = 0; r < R; r++)
-        for (int j = kd; j < T; j++) pr[(size_t)r * T + j] = 0.0f;
-    } else {
-      att_rows_tile(R, hs, qr, C, kt, nkp, scale, pr, T, kd);
-      for (int r = 0; r < R; r++) {
-        float *row = pr + (size_t)r * T;
-        int m = causal ? i0 + r0 + r + 1 : T;
-        softmax16(row, m);
-        for (int j = m; j < T; j++) row[j] = 0.0f;
-      }
-    }
-    att_rows_tile(R, kd, pr, T, v, C, 1.0f, out + (size_t)(i0 + r0) * C, C, hs);
-  }
+/* the scores of R rows against keys 0 .. kd (kd <= 64: one column tile of kt, hs rows) and
+ * their softmax on the tile's registers; m0: the first row's keys when causal */
+static void att_scores_sm16(int R, int hs, int kd, const float *q, int C, const float *kt,
+                            int nkp, float scale, float *p, int T, int causal, int m0) {
+  att_tiles[R][(kd + 15) / 16 - 1](hs, q, C, kt, nkp, scale, p, T, kd, 1, causal, m0);
 }
 #endif
 
 #ifdef CT_SIMD_X86
-/* att_slice16 with AVX2 + FMA: tiles of up to 6 rows x 16 columns (12 ymm accumulators, two
- * loads and a broadcast per step), the softmax by softmax8 per row; K transposed by a plain
- * loop. Each score and output is the AVX-512 tiles' sequential sum; the softmax adds in
- * softmax8's lanes. */
+/* The same tiles with AVX2 + FMA: up to 6 rows x 16 columns (12 ymm accumulators, two loads
+ * and a broadcast per step); the softmax by softmax8 per row, K through 8 x 8 transposes. */
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
 att_tile8(const int R, const int J, int kd, const float *a, int lda, const float *b, int ldb,
           float alpha, float *c, int ldc, int nc) {
@@ -308,37 +278,68 @@ __attribute__((target("avx2"))) static void att_kt8(float *kt, const float *k, i
     }
 }
 
-static void att_slice8(const float *q, const float *k, const float *v, float *out, float *p,
-                       float *kt, int T, int C, int hs, int i0, int i1, int causal) {
+/* One instruction set's pieces of the forward: K transposed, R-row tiles of products, the
+ * softmax of a row, and (NULL: none) the scores with their softmax on the registers of one
+ * column tile of up to 64 keys */
+typedef struct att_isa {
+  void (*kt)(float *kt, const float *k, int C, int hs, int nk, int nkp);
+  void (*tile)(int R, int kd, const float *a, int lda, const float *b, int ldb, float alpha,
+               float *c, int ldc, int nc);
+  void (*softmax)(float *r, int m);
+  void (*scores_sm)(int R, int hs, int kd, const float *q, int C, const float *kt, int nkp,
+                    float scale, float *p, int T, int causal, int m0);
+} att_isa;
+static const att_isa att_avx512 = {att_kt16, att_rows_tile, softmax16, att_scores_sm16};
+static const att_isa att_avx2 = {att_kt8, att_rows_tile8, softmax8, NULL};
+
+/* Rows i0 .. i1 of one (b, h) slice, without a BLAS call (at T = 50 or 77 a BLAS spends more
+ * time packing these operands than multiplying them): kt = k_h^T, keys zero-padded to a
+ * multiple of 16 ([hs][nkp] floats, built here); scores p[i] = scale q_i kt in tiles of up to
+ * 6 rows (one broadcast of q per row and a load of kt per d and vector), the softmax per row,
+ * the masked keys 0; out_i = p[i] v_h in 6-row tiles. With causal a tile reads only the keys
+ * up to its last row. Each score and output is one sequential sum over d (over j), rounded
+ * once per FMA, on either instruction set; the softmax adds in its own lanes. p: the scores
+ * of rows i0 .. i1, T apart. */
+static void att_tiles_slice(const att_isa *x, const float *q, const float *k, const float *v,
+                            float *out, float *p, float *kt, int T, int C, int hs, int i0,
+                            int i1, int causal) {
   float scale = 1.0f / sqrtf((float)hs);
   int nk = causal ? i1 : T, nkp = (nk + 15) & ~15;
-  att_kt8(kt, k, C, hs, nk, nkp);
+  x->kt(kt, k, C, hs, nk, nkp);
   int n = i1 - i0, nt = (n + ATT_R - 1) / ATT_R;
   for (int t = 0; t < nt; t++) {
     int r0 = (int)((long)n * t / nt), r1 = (int)((long)n * (t + 1) / nt), R = r1 - r0;
-    int kd = causal ? i0 + r1 : T;
+    int kd = causal ? i0 + r1 : T; /* the keys this tile's rows read */
     float *pr = p + (size_t)r0 * T;
-    att_rows_tile8(R, hs, q + (size_t)(i0 + r0) * C, C, kt, nkp, scale, pr, T, kd);
-    for (int r = 0; r < R; r++) {
-      float *row = pr + (size_t)r * T;
-      int m = causal ? i0 + r0 + r + 1 : T;
-      softmax8(row, m);
-      for (int j = m; j < T; j++) row[j] = 0.0f;
+    const float *qr = q + (size_t)(i0 + r0) * C;
+    if (x->scores_sm && kd <= 64) { /* one column tile: the softmax on its registers */
+      x->scores_sm(R, hs, kd, qr, C, kt, nkp, scale, pr, T, causal, i0 + r0 + 1);
+      for (int r = 0; r < R; r++)
+        for (int j = kd; j < T; j++) pr[(size_t)r * T + j] = 0.0f;
+    } else {
+      x->tile(R, hs, qr, C, kt, nkp, scale, pr, T, kd);
+      for (int r = 0; r < R; r++) {
+        float *row = pr + (size_t)r * T;
+        int m = causal ? i0 + r0 + r + 1 : T;
+        x->softmax(row, m);
+        for (int j = m; j < T; j++) row[j] = 0.0f;
+      }
     }
-    att_rows_tile8(R, kd, pr, T, v, C, 1.0f, out + (size_t)(i0 + r0) * C, C, hs);
+    x->tile(R, kd, pr, T, v, C, 1.0f, out + (size_t)(i0 + r0) * C, C, hs);
   }
 }
 #endif
 
 /* The forward is row-separable: row i of the scores, its softmax and row i of the output
  * need only q_i. With a pool (pool.h) each thread takes a contiguous range of rows of every
- * (b, h) and uses only those rows of probs, so one [T,T] scratch serves all threads. */
+ * (b, h) and uses only those rows of probs, so one [T,T] scratch serves all threads; or, on
+ * the own tiles, whole (b, h) slices with a [T,T] scratch each (att_fast). */
 typedef struct {
   float *out, *probs;
   const float *q, *k, *v;
   int B, T, C, NH, causal, save_probs;
   int by_slices; /* att_fast: threads take whole (b, h) slices, not rows of each */
-  int wide;      /* att_fast on AVX-512 (att_slice16), else AVX2 (att_slice8) */
+  const struct att_isa *isa; /* att_fast's instruction set */
   float *scr;    /* att_fast's scratch, scr_n floats per thread (NULL: the BLAS route) */
   size_t scr_n;
 } att_job;
@@ -352,8 +353,8 @@ static void att_fast(const att_job *a, int tid, int nt) {
     for (int s = s0; s < s1; s++) {
       size_t base = (size_t)(s / a->NH) * T * C + (size_t)(s % a->NH) * hs;
       float *p = a->save_probs ? a->probs + (size_t)s * T * T : sc;
-      (a->wide ? att_slice16 : att_slice8)(a->q + base, a->k + base, a->v + base, a->out + base, p,
-                                           kt, T, C, hs, 0, T, a->causal);
+      att_tiles_slice(a->isa, a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C,
+                      hs, 0, T, a->causal);
     }
     return;
   }
@@ -364,8 +365,8 @@ static void att_fast(const att_job *a, int tid, int nt) {
       size_t base = (size_t)b * T * C + (size_t)h * hs;
       float *p = (a->save_probs ? a->probs + ((size_t)b * a->NH + h) * T * T : a->probs) +
                  (size_t)i0 * T;
-      (a->wide ? att_slice16 : att_slice8)(a->q + base, a->k + base, a->v + base, a->out + base, p,
-                                           kt, T, C, hs, i0, i1, a->causal);
+      att_tiles_slice(a->isa, a->q + base, a->k + base, a->v + base, a->out + base, p, kt, T, C,
+                      hs, i0, i1, a->causal);
     }
 }
 #endif
@@ -429,12 +430,13 @@ static void att_rows(void *ctx, int tid, int nt) {
 void attention_forward(float *out, float *probs, const float *q, const float *k,
                        const float *v, int B, int T, int C, int NH, int causal,
                        int save_probs) {
-  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs, 0, 0, NULL, 0};
+  att_job a = {out, probs, q, k, v, B, T, C, NH, causal, save_probs, 0, NULL, NULL, 0};
   int pooled = ct_pool_threads() > 1 && T >= 8, nt = pooled ? ct_pool_size(ct_pool_current()) : 1;
 #ifdef CT_SIMD_X86
   int hs = C / NH, P = B * NH;
-  a.wide = ct_have_avx512();
-  if (T > 0 && (a.wide ? hs % 16 == 0 : ct_have_avx2() && hs % 8 == 0)) {
+  if (ct_have_avx512()) a.isa = hs % 16 == 0 ? &att_avx512 : NULL;
+  else if (ct_have_avx2()) a.isa = hs % 8 == 0 ? &att_avx2 : NULL;
+  if (T > 0 && a.isa) {
     /* whole slices per thread where they split evenly (or are many) and their score rows
      * are small; else rows of every slice, as the BLAS route */
     a.by_slices = nt > 1 && T <= 256 && (P % nt == 0 || P >= 8 * nt);
