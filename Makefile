@@ -61,6 +61,9 @@ INC_lua     := -Icsrc/lua -Iinclude -Icsrc/core -Icsrc/kernels -I$(LUA_INCDIR)
 layer_of     = $(notdir $(patsubst %/,%,$(dir $(1))))
 
 BUSTED     ?= busted
+# specs run make themselves (make -s capi-libs ...); a parallel parent make's
+# jobserver flags would make those sub-makes warn into the captured output
+SPEC_ENV    = MAKEFLAGS= MFLAGS=
 DEBS       := lua5.4 liblua5.4-dev libopenblas-dev libjpeg62-turbo-dev libpng-dev \
               libcjson-dev libutf8proc-dev zlib1g-dev libwebp-dev libtiff-dev libgif-dev lua-busted luarocks pkg-config \
               make gcc
@@ -111,10 +114,10 @@ deps:
 
 test: deps
 	$(MAKE) all
-	$(RUN_ENV) $(BUSTED) --lua=$(LUA) --exclude-tags=slow,mpi spec
+	$(SPEC_ENV) $(RUN_ENV) $(BUSTED) --lua=$(LUA) --exclude-tags=slow,mpi spec
 
 test-slow: all
-	$(RUN_ENV) $(BUSTED) --lua=$(LUA) --run=slow
+	$(SPEC_ENV) $(RUN_ENV) $(BUSTED) --lua=$(LUA) --run=slow
 
 demo:
 	$(MAKE) deps EXTRA_DEBS="$(DEMO_DEBS)"

@@ -109,8 +109,8 @@ aarch64:
 
 test-aarch64: deps aarch64-deps
 	$(MAKE) aarch64 $(AARCH64_ROOT)/.lua-term
-	$(RB_LUA_ENV) $(AARCH64_BUILD)/bin/lua5.4 -e '$(AARCH64_CHECK)'
-	$(RB_LUA_ENV) PATH="$(CURDIR)/$(AARCH64_BUILD)/bin:$$PATH" \
+	$(SPEC_ENV) $(RB_LUA_ENV) $(AARCH64_BUILD)/bin/lua5.4 -e '$(AARCH64_CHECK)'
+	$(SPEC_ENV) $(RB_LUA_ENV) PATH="$(CURDIR)/$(AARCH64_BUILD)/bin:$$PATH" \
 	  $(BUSTED) --lua=$(CURDIR)/$(AARCH64_BUILD)/bin/lua5.4 --cpath="$(CURDIR)/$(AARCH64_BUILD)/?.so" \
 	  --exclude-tags=slow,mpi \
 	  $(foreach f,$(AARCH64_FILTER_OUT),--filter-out=$(f)) $(AARCH64_SPECS)

@@ -34,7 +34,7 @@ test-mpi:
 	$(MAKE) deps EXTRA_DEBS="$(MPI_DEBS)"
 	$(MAKE) MPI=1 BUILD=build/mpi all
 	$(MAKE) all
-	CLIP_MPI_BUILD="$(CURDIR)/build/mpi" CLIP_DIST_RANKS="2 3" \
+	$(SPEC_ENV) CLIP_MPI_BUILD="$(CURDIR)/build/mpi" CLIP_DIST_RANKS="2 3" \
 	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/build/?.so;;" \
 	  $(BUSTED) --lua=$(LUA) --tags=mpi --exclude-tags=slow spec/dist_spec.lua
 

@@ -61,7 +61,7 @@ $(ASAN_BUILD)/bin/lua5.4: mk/robustness.mk
 test-asan: deps
 	$(MAKE) BUILD=$(ASAN_BUILD) CFLAGS="$(ASAN_CFLAGS)" all
 	$(MAKE) $(ASAN_BUILD)/lua $(ASAN_BUILD)/bin/lua5.4
-	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(ASAN_BUILD)/?.so;;" CLIP_SANITIZER=asan $(ASAN_ENV) \
+	$(SPEC_ENV) $(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(ASAN_BUILD)/?.so;;" CLIP_SANITIZER=asan $(ASAN_ENV) \
 	  PATH="$(CURDIR)/$(ASAN_BUILD)/bin:$$PATH" \
 	  $(BUSTED) --lua=$(CURDIR)/$(ASAN_BUILD)/lua --exclude-tags=slow,mpi spec
 
@@ -100,7 +100,7 @@ test-valgrind:
 	$(MAKE) deps EXTRA_DEBS="$(VG_DEBS)"
 	$(MAKE) all
 	$(MAKE) $(VG_BUILD)/lua5.4
-	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" CLIP_SANITIZER=valgrind OPENBLAS_CORETYPE=Haswell \
+	$(SPEC_ENV) $(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" CLIP_SANITIZER=valgrind OPENBLAS_CORETYPE=Haswell \
 	  $(BUSTED) --lua=$(CURDIR)/$(VG_BUILD)/lua5.4 --exclude-tags=slow,mpi spec
 
 # ----------------------------------------------------------------- fuzzing
@@ -153,7 +153,7 @@ fuzz-build:
 # seed corpora, written from spec/fixtures by fuzz/seeds.lua with the normal build
 fuzz-seeds: all
 	rm -rf $(FUZZ_DIR)/seeds
-	$(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" $(LUA) fuzz/seeds.lua $(FUZZ_DIR)/seeds
+	$(SPEC_ENV) $(RB_LUA_ENV) LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;" $(LUA) fuzz/seeds.lua $(FUZZ_DIR)/seeds
 
 # make fuzz [FUZZ_TIME=s] [FUZZ_TARGETS="png jpeg"]: time-boxed runs; the
 # corpus under build/fuzz/corpus/<t> grows from run to run; crashes are
