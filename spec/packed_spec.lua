@@ -174,6 +174,89 @@ describe("packed gemm kernels", function()
   end)
 end)
 
+describe("the MLP chain (fc1 -> activation -> fc2 without fc1's output in memory)", function()
+  if not has then
+    pending("no packed kernel selected here: the chain needs one")
+    return
+  end
+  local ACTS = { "quick_gelu", "gelu", "gelu_new", "relu" }
+  -- rows across the single-row-block path (<= 120), the general one, and 400-row chunks (457);
+  -- I with a last panel of 4 or 6 columns (100, 70: a last k4 group padded), two K blocks of
+  -- fc2 (1536), the tiny model's towers (32 x 72, 48 x 80)
+  local SHAPES = { { 1, 16, 32 }, { 7, 32, 72 }, { 13, 48, 80 }, { 50, 64, 100 }, { 121, 40, 70 },
+    { 257, 96, 64 }, { 400, 64, 200 }, { 457, 32, 1536 } }
+
+  -- the AVX2 kernel hands inputs of 400 rows and more with float weights to OpenBLAS
+  -- (k_linear.c avx2_to_openblas): the chain declines there
+  local function runs(N, half)
+    return not (K.gemm_packed_kernel() == "avx2" and N >= 400 and (half or "f32") == "f32")
+  end
+
+  local function case(N, D, I, seed)
+    return rnd({ N, D }, seed), rnd({ I, D }, seed + 1) * 0.2, rnd({ I }, seed + 2),
+      rnd({ D, I }, seed + 3) * 0.2, rnd({ D }, seed + 4), rnd({ N, D }, seed + 5)
+  end
+
+  it("gives bitwise the three steps it replaces, and the naive twin's values", function()
+    local seed = 1
+    for _, act in ipairs(ACTS) do
+      for _, s in ipairs(SHAPES) do
+        seed = seed + 10
+        local N, D, I = s[1], s[2], s[3]
+        local x, w1, b1, w2, b2, out0 = case(N, D, I, seed)
+        local three = K.mlp_packed(x, w1, b1, w2, b2, out0:clone(), act, false)
+        local chain, ran = K.mlp_packed(x, w1, b1, w2, b2, out0:clone(), act, true)
+        local label = ("%s N=%d D=%d I=%d"):format(act, N, D, I)
+        assert.equal(runs(N), ran, label .. ": the chain ran")
+        assert.equal(0, maxdiff(chain, ran and three or out0), label)
+        local mid = K.act(K.linear(x, w1, b1, true), act, true)
+        H.assert_close(three, out0 + K.linear(mid, w2, b2, true),
+          { atol = 1e-4, rtol = 1e-4, label = label .. " vs the twin" })
+      end
+    end
+  end)
+
+  it("split over 1, 2 and 3 threads, and with 16-bit weights, gives the three steps' bits", function()
+    local before = clip.get_num_threads()
+    for _, nt in ipairs({ 1, 2, 3 }) do
+      clip.set_num_threads(nt)
+      for i, s in ipairs({ { 50, 64, 100 }, { 400, 64, 200 }, { 457, 32, 1536 } }) do
+        for _, half in ipairs({ "f32", "f16", "bf16" }) do
+          local x, w1, b1, w2, b2, out0 = case(s[1], s[2], s[3], 100 * i)
+          local three = K.mlp_packed(x, w1, b1, w2, b2, out0:clone(), "quick_gelu", false, half)
+          local chain, ran = K.mlp_packed(x, w1, b1, w2, b2, out0:clone(), "quick_gelu", true, half)
+          local label = ("%d threads %s %dx%dx%d"):format(nt, half, s[1], s[2], s[3])
+          assert.equal(runs(s[1], half), ran, label)
+          assert.equal(0, maxdiff(chain, ran and three or out0), label)
+        end
+      end
+    end
+    clip.set_num_threads(before)
+  end)
+
+  it("declines, writing nothing, where fc1 takes more than one K block or fc2's don't start on a panel", function()
+    for _, s in ipairs({ { 20, 800, 64 }, { 20, 64, 1000 } }) do
+      local x, w1, b1, w2, b2, out0 = case(s[1], s[2], s[3], 7)
+      local out, ran = K.mlp_packed(x, w1, b1, w2, b2, out0:clone(), "quick_gelu", true)
+      assert.is_false(ran, ("D=%d I=%d"):format(s[2], s[3]))
+      assert.equal(0, maxdiff(out, out0))
+    end
+  end)
+
+  it("leaves the encoders' outputs bitwise unchanged (CLIP_MLP_CHAIN=0 turns it off)", function()
+    local probe = [[lua5.4 -e 'package.path = "./?.lua;" .. package.path
+      local H = require("spec.helpers"); local c = require("clip");
+      local m = c.load("spec/fixtures/models/tiny", {tokenizer = false});
+      local i = m:encode_images(c.core.randn({5, 3, 32, 32}, 1));
+      local t = m:encode_texts({{4094, 5, 6, 7, 4095}, {4094, 9, 4095}});
+      print(H.bits(i) .. " " .. H.bits(t) .. " " .. m:packed_blocks())']]
+    local on = sh.must("CLIP_MLP_CHAIN=1 " .. probe):gsub("%s+$", "")
+    local off = sh.must("CLIP_MLP_CHAIN=0 " .. probe):gsub("%s+$", "")
+    assert.is_true(tonumber(on:match("%d+$")) > 0, "packed blocks: " .. on)
+    assert.equal(off, on)
+  end)
+end)
+
 describe("packed weights in the encoders", function()
   local TINY = H.fixtures .. "models/tiny"
   local ref = clip.load_safetensors(H.fixtures .. "models/tiny/reference.safetensors")

@@ -32,7 +32,9 @@ static int mlp_stride(int I) { return I % 512 == 0 ? I + 16 : I; }
 
 static int ws_alloc(workspace *w, const ct_fwd_out *o, int64_t N, int D, int I, int T, ct_err *e) {
   int ldm = mlp_stride(I);
-  size_t nd = (size_t)N * D, total = 6 * nd + (size_t)N * ldm + (size_t)T * T;
+  size_t nd = (size_t)N * D, nm = (size_t)N * ldm, chain = mlp_chain_floats((int)N, I);
+  if (chain > nm) nm = chain; /* the MLP chain's packed fc2 input (mlp_forward_packed) */
+  size_t total = 6 * nd + nm + (size_t)T * T;
   float *m;
   if (o->scratch) {
     m = ct_scratch_get(o->scratch, total * sizeof(float), &w->bytes);
@@ -44,8 +46,9 @@ static int ws_alloc(workspace *w, const ct_fwd_out *o, int64_t N, int D, int I, 
                          total * sizeof(float) >> 20);
   w->mem = m;
   w->h = m; w->x = m + nd; w->q = m + 2 * nd; w->k = m + 3 * nd; w->v = m + 4 * nd;
-  w->att = m + 5 * nd; w->mlp = m + 6 * nd; w->probs = w->mlp + (size_t)N * ldm;
+  w->att = m + 5 * nd; w->mlp = m + 6 * nd; w->probs = w->mlp + nm;
   w->ldm = ldm;
+  w->mlp_floats = nm;
   /* the gaps between MLP rows, which the activation runs over and nothing reads: set once per
    * pass (fc1 never writes them; the vision tower's im2col, which borrows mlp, leaves pixel
    * values there) */
@@ -158,6 +161,10 @@ void ct_block_forward(ct_fwd_ws *w, const ct_block_w *b, const ct_tower_cfg *c, 
   x = s ? s->ln2 : w->x;
   layernorm_forward(x, s ? s->ln2_mean : NULL, s ? s->ln2_rstd : NULL, mid, b->ln2_w, b->ln2_b,
                     N, D, c->eps);
+  /* inference with packs: fc1 -> activation -> fc2 as one chain, fc1's output never stored */
+  if (pk && mlp_forward_packed(w->h, x, D, b->fc1_w, pk->fc1, b->fc1_b, b->fc2_w, pk->fc2,
+                               b->fc2_b, pk->kind, N, D, I, c->act, w->mlp, w->mlp_floats))
+    return;
   float *fc1 = s ? s->fc1 : w->mlp, *actv = s ? s->actv : w->mlp;
   int ldm = s || !w->ldm ? I : w->ldm; /* the saved activations are packed tight */
   lin(fc1, ldm, x, b->fc1_w, pk, pk ? pk->fc1 : NULL, b->fc1_b, N, D, I);

@@ -228,6 +228,7 @@ typedef struct ct_fwd_ws {
   void *mem;
   size_t bytes; /* of mem */
   int ldm;      /* row stride of mlp (0: I, rows packed tight) */
+  size_t mlp_floats; /* of mlp: N rows of ldm, or more for the MLP chain's packed input */
 } ct_fwd_ws;
 /* What the backward of one block needs (train.c's tape), [N, D] unless noted: the input, LN1's
  * output and stats [N], q, k, v, the softmax [B, NH, T, T], the attention output, mid (input +

@@ -190,7 +190,7 @@ int ct_forward_train(ct_model *m, int vision, const float *pixels, const int32_t
   }
   /* the frozen bottom keeps nothing; from the first trainable block on, everything is saved */
   const ct_tower_w *w = &m->tower[vision];
-  ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0, 0}; /* mlp rows packed tight */
+  ct_fwd_ws ws = {h, x, q, k, v, att, mlp, probs, NULL, 0, 0, (size_t)N * c->inter}; /* mlp rows packed tight */
   for (int l = 0; l < t->L; l++)
     ct_block_forward(&ws, &w->blocks[l], c, B, Tt, !vision, NULL,
                      l < t->first ? NULL : &t->la[l - t->first]);

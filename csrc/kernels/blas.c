@@ -163,12 +163,16 @@ typedef struct {
   float *const *C;
   const float *const *bias;
   float *apa;          /* A packed once for all threads (NULL: each packs its own) */
+  int prepacked;       /* apa holds A packed already (ct_sgemm_packed_pre): no packing */
+  ct_tile_fn fn;       /* emit (out_apa set): ct_gemm_packed_emit's transform and target */
+  void *ctx;
+  float *out_apa;
   atomic_int arrived;  /* threads done packing their share of A */
 } packed_job;
 
 static void packed_part(void *ctx, int tid, int nt) {
   packed_job *g = ctx;
-  if (g->apa) { /* pack a share of A's row blocks, then wait for the others' */
+  if (g->apa && !g->prepacked) { /* pack a share of A's row blocks, then wait for the others' */
     int nb = ct_pack_a_blocks(g->M, g->K);
     ct_pack_a(g->isa, g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
@@ -185,7 +189,12 @@ static void packed_part(void *ctx, int tid, int nt) {
   for (int r = 0; r < g->nout; r++) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
-    if (hi > lo)
+    if (hi <= lo) continue;
+    if (g->out_apa)
+      ct_gemm_packed_emit(g->isa, g->M, g->N, g->K, g->A, g->lda, g->apa, g->P[r], g->kind,
+                          g->bias ? g->bias[r] : NULL, g->fn, g->ctx, g->out_apa,
+                          lo - r * g->npan, hi - r * g->npan);
+    else
       ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
                         g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
                         hi - r * g->npan);
@@ -210,13 +219,40 @@ void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, 
 
 /* apa: room for A packed (ct_pack_a_floats(M, K)), required when ta (A given transposed);
  * NULL: the pool's scratch when the pool runs it, else each block packed as it goes */
+static void packed_go(packed_job *g);
+
 static void packed_run(int isa, int M, int N, int K, float alpha, const float *A, int lda,
                        int ta, float *apa, int nout, const void *const *P, int kind,
                        const float *const *bias, float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
   packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, ta, alpha, beta, A,
-                  P, C, bias, apa, 0};
-  atomic_init(&g.arrived, 0);
+                  P, C, bias, apa, 0, NULL, NULL, NULL, 0};
+  packed_go(&g);
+}
+
+void ct_sgemm_packed_emit(int M, int N, int K, const float *A, int lda, const void *P, int kind,
+                          const float *bias, ct_tile_fn fn, void *ctx, float *out_apa) {
+  if (M <= 0 || N <= 0) return;
+  const void *const Pr[1] = {P};
+  const float *const br[1] = {bias};
+  packed_job g = {M, N, K, lda, 0, 1, (N + PK_NR - 1) / PK_NR, kind, ct_gemm_packed_kernel(), 0,
+                  1.0f, 0.0f, A, Pr, NULL, br, NULL, 0, fn, ctx, out_apa, 0};
+  packed_go(&g);
+}
+
+void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, int kind,
+                         const float *bias, float *C, int ldc, float beta) {
+  if (M <= 0 || N <= 0) return;
+  const void *const Pr[1] = {P};
+  const float *const br[1] = {bias};
+  float *const Cr[1] = {C};
+  packed_job g = {M, N, K, 0, ldc, 1, (N + PK_NR - 1) / PK_NR, kind, ct_gemm_packed_kernel(), 0,
+                  1.0f, beta, NULL, Pr, Cr, br, (float *)apa, 1, NULL, NULL, NULL, 0};
+  packed_go(&g);
+}
+
+static void packed_go(packed_job *g) {
+  atomic_init(&g->arrived, 0);
   ct_pool *p = ct_pool_current();
   /* A packed once, into the pool's scratch: every thread needs all of it (packed split over
    * the threads), and with A whole ahead of time a single row block runs panel after panel
@@ -224,10 +260,10 @@ static void packed_run(int isa, int M, int N, int K, float alpha, const float *A
    * if that allocation fails does the kernel pack each micro-block as it goes (slower, the
    * same results). */
   float *own = NULL;
-  if (!g.apa) g.apa = ct_pool_scratch(p, ct_pack_a_floats(M, K) * sizeof(float));
-  if (!g.apa) g.apa = own = alloc64(ct_pack_a_floats(M, K));
-  if (ct_pool_size(p) > 1 && 2.0 * M * N * K * nout >= 2e5) ct_pool_run(p, packed_part, &g);
-  else packed_part(&g, 0, 1);
+  if (!g->apa) g->apa = ct_pool_scratch(p, ct_pack_a_floats(g->M, g->K) * sizeof(float));
+  if (!g->apa) g->apa = own = alloc64(ct_pack_a_floats(g->M, g->K));
+  if (ct_pool_size(p) > 1 && 2.0 * g->M * g->N * g->K * g->nout >= 2e5) ct_pool_run(p, packed_part, g);
+  else packed_part(g, 0, 1);
   free(own);
 }
 

@@ -2,6 +2,8 @@
 #ifndef CT_BLAS_H
 #define CT_BLAS_H
 
+#include "gemm.h"
+
 /* Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op = transpose if ta/tb.
  * lda/ldb/ldc are row strides as in cblas row-major. */
 void ct_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A,
@@ -24,6 +26,14 @@ void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
 void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
                          const void *const *P, int kind, const float *const *bias,
                          float *const *C, int ldc, float beta);
+/* The MLP's chain on the packed kernel (gemm.h, ct_gemm_packed_emit): out_apa (room for
+ * ct_pack_a_floats(M, N)) = fn(A W^T + bias) packed as the input of a GEMM of K = N, and
+ * C = apa W^T + bias + beta C reading such an input (the GEMM's packing skipped). Both split
+ * their panels over the current pool; the emit requires ct_gemm_packed_emit_ok(N, K). */
+void ct_sgemm_packed_emit(int M, int N, int K, const float *A, int lda, const void *P, int kind,
+                          const float *bias, ct_tile_fn fn, void *ctx, float *out_apa);
+void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, int kind,
+                         const float *bias, float *C, int ldc, float beta);
 /* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */

@@ -72,4 +72,19 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
                         const float *apa, const void *P, int kind, float beta, const float *bias,
                         float *C, int ldc, int p0, int p1);
 
+/* The product not stored as C but handed on as the packed input of a following GEMM (the MLP's
+ * fc1 -> activation -> fc2 without fc1's output in memory): X = A B^T + bias is computed tile
+ * by tile (a micro-block's rows x a panel's 32 columns, row stride PK_NR), each tile passed
+ * through fn(ctx, values, n) in place (NULL: none), then written where ct_pack_a(isa, M, N,
+ * X, ...) would put it in out_apa (ct_pack_a_floats(M, N) floats), for the columns of panels
+ * p0 .. p1-1. The next GEMM (K = N, the same M and isa) reads out_apa as its apa: the same
+ * values as storing X, running fn over it and packing it. Requires ct_gemm_packed_emit_ok(N,
+ * K): A in one K block, and each K block of N starting on a panel. apa: A packed as for
+ * ct_gemm_packed_pa (NULL: each micro-block packed as it is reached). */
+typedef void (*ct_tile_fn)(void *ctx, float *x, int n);
+int ct_gemm_packed_emit_ok(int N, int K);
+void ct_gemm_packed_emit(int isa, int M, int N, int K, const float *A, int lda, const float *apa,
+                         const void *P, int kind, const float *bias, ct_tile_fn fn, void *ctx,
+                         float *out_apa, int p0, int p1);
+
 #endif

@@ -655,31 +655,33 @@ static int micro_split(int mc, int bi[MC / MRMAX + 1]) {
  * is one contiguous read. Copies only: every path gives the same values. */
 static inline int kpad(int kc) { return (kc + 3) & ~3; }
 
+/* mr rows (or, ta, columns) from src, kc values each, into one micro block's layout at d */
+static void pack_micro(const float *src, int lda, int ta, int mr, int kc, float *d, int k4) {
+#ifdef CT_PK_X86
+  if (k4) {
+    (ta ? pack_cols_k4 : pack_rows_k4)(src, lda, mr, kc, d);
+    return;
+  }
+  if (!ta && ct_have_avx2()) {
+    pack_rows8(src, lda, mr, kc, d);
+    return;
+  }
+#else
+  (void)k4; /* only the AVX-512 kernel reads k4 */
+#endif
+  size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
+  for (int k = 0; k < kc; k++)
+    for (int r = 0; r < mr; r++) d[k * mr + r] = src[r * rs + k * ks];
+}
+
 static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0, int kc,
                          float *dst, int k4) {
   size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
   int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
-#ifdef CT_PK_X86
-  int vec2 = !ta && ct_have_avx2();
-#else
-  (void)k4; /* only the AVX-512 kernel reads k4 */
-#endif
   for (int b = 0; b < nb; b++) {
     int r0 = bi[b], mr = bi[b + 1] - r0;
-    float *d = dst + (size_t)r0 * kpad(kc);
-    const float *src = A + (size_t)(m0 + r0) * rs + (size_t)k0 * ks;
-#ifdef CT_PK_X86
-    if (k4) {
-      (ta ? pack_cols_k4 : pack_rows_k4)(src, lda, mr, kc, d);
-      continue;
-    }
-    if (vec2) {
-      pack_rows8(src, lda, mr, kc, d);
-      continue;
-    }
-#endif
-    for (int k = 0; k < kc; k++)
-      for (int r = 0; r < mr; r++) d[k * mr + r] = src[r * rs + k * ks];
+    pack_micro(A + (size_t)(m0 + r0) * rs + (size_t)k0 * ks, lda, ta, mr, kc,
+               dst + (size_t)r0 * kpad(kc), k4);
   }
 }
 
@@ -742,10 +744,42 @@ void ct_gemm_packed_pa(int M, int N, int K, float alpha, const float *A, int lda
                      C, ldc, p0, p1);
 }
 
-void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
-                        const float *apa, const void *P, int kind, float beta, const float *bias,
-                        float *C, int ldc, int p0, int p1) {
+/* Where ct_gemm_packed_emit puts its tiles: transformed by fn, packed into apa (the next
+ * GEMM's input, K' = N) in isa's layout (k4: the AVX-512 kernel's) */
+typedef struct {
+  float *apa;
+  ct_tile_fn fn;
+  void *ctx;
+  int k4;
+} emit_to;
+
+int ct_gemm_packed_emit_ok(int N, int K) {
+  if (K <= 0 || N <= 0 || kblocks(K) != 1) return 0;
+  for (int kb = 0; kb < kblocks(N); kb++)
+    if (kstart(N, kb) % NR) return 0;
+  return 1;
+}
+
+/* One micro-block's tile (mr rows from row0 of M, columns j0 .. j0+nc of N, row stride NR):
+ * through fn, then into the micro block's columns j0 - k0 .. of the K block holding j0 (one
+ * K block of the next GEMM holds the whole panel: ct_gemm_packed_emit_ok) */
+static void emit_tile(const emit_to *em, float *tile, int M, int N, int row0, int mr, int j0,
+                      int nc) {
+  if (em->fn) em->fn(em->ctx, tile, mr * NR);
+  int kb = 0, nkb = kblocks(N);
+  while (kb + 1 < nkb && kstart(N, kb + 1) <= j0) kb++;
+  int k0 = kstart(N, kb), kc = kstart(N, kb + 1) - k0;
+  pack_micro(tile, NR, 0, mr, nc,
+             em->apa + koff(N, kb, M) + (size_t)row0 * kpad(kc) + (size_t)(j0 - k0) * mr, em->k4);
+}
+
+/* ct_gemm_packed_isa, or (em set; alpha 1, beta 0, one K block) ct_gemm_packed_emit */
+static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *apa, const void *P, int kind, float beta, const float *bias,
+                      float *C, int ldc, int p0, int p1, const emit_to *em) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
+  _Alignas(64) float tile[MRMAX * NR]; /* em: one micro-block's result (row stride NR) */
+  if (em) memset(tile, 0, sizeof tile); /* columns past a last panel's nc: defined values */
   const unsigned char *Pb = P;
   size_t es = ct_pack_elem_size(kind);
   int ki = kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0;
@@ -785,6 +819,12 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
         if (lim > pend) lim = pend;
         for (int b = 0; b < nb; b++, cur += share) {
           int mr = bi[b + 1] - bi[b];
+          if (em) {
+            micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, tile, NR, nc,
+                        1.0f, 0.0f, 1, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
+            emit_tile(em, tile, M, N, bi[b], mr, j0, nc);
+            continue;
+          }
           micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, C + (size_t)bi[b] * ldc + j0,
                       ldc, nc, alpha, beta, k0 == 0, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
         }
@@ -811,6 +851,12 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
             for (int p = q0; p < q1; p++) {
               int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
               const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
+              if (em) {
+                micro_block(tab, tab2, mr, kc, local, bp, es, tile, NR, nc, 1.0f, 0.0f, 1, NULL,
+                            bias ? bias + j0 : NULL);
+                emit_tile(em, tile, M, N, m0 + bi[b], mr, j0, nc);
+                continue;
+              }
               micro_block(tab, tab2, mr, kc, local, bp, es, C + (size_t)(m0 + bi[b]) * ldc + j0,
                           ldc, nc, alpha, beta, k0 == 0, NULL, bias ? bias + j0 : NULL);
             }
@@ -827,6 +873,12 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
           if (p + 1 >= q1) lim = cur;
           for (int b = 0; b < nb; b++, cur += share) {
             int mr = bi[b + 1] - bi[b];
+            if (em) {
+              micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, tile, NR, nc,
+                          1.0f, 0.0f, 1, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
+              emit_tile(em, tile, M, N, m0 + bi[b], mr, j0, nc);
+              continue;
+            }
             micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es,
                         C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0,
                         cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
@@ -836,7 +888,29 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
     }
   }
 }
+void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *apa, const void *P, int kind, float beta, const float *bias,
+                        float *C, int ldc, int p0, int p1) {
+  gemm_core(isa, M, N, K, alpha, A, lda, apa, P, kind, beta, bias, C, ldc, p0, p1, NULL);
+}
+
+void ct_gemm_packed_emit(int isa, int M, int N, int K, const float *A, int lda, const float *apa,
+                         const void *P, int kind, const float *bias, ct_tile_fn fn, void *ctx,
+                         float *out_apa, int p0, int p1) {
+  emit_to em = {out_apa, fn, ctx, isa == PK_AVX512};
+  gemm_core(isa, M, N, K, 1.0f, A, lda, apa, P, kind, 0.0f, bias, NULL, 0, p0, p1, &em);
+}
 #else
+int ct_gemm_packed_emit_ok(int N, int K) {
+  (void)N; (void)K;
+  return 0;
+}
+void ct_gemm_packed_emit(int isa, int M, int N, int K, const float *A, int lda, const float *apa,
+                         const void *P, int kind, const float *bias, ct_tile_fn fn, void *ctx,
+                         float *out_apa, int p0, int p1) {
+  (void)isa; (void)M; (void)N; (void)K; (void)A; (void)lda; (void)apa; (void)P; (void)kind;
+  (void)bias; (void)fn; (void)ctx; (void)out_apa; (void)p0; (void)p1;
+}
 void ct_gemm_packed(int M, int N, int K, float alpha, const float *A, int lda, const void *P,
                     int kind, float beta, float *C, int ldc, int p0, int p1) {
   (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)P; (void)kind; (void)beta; (void)C;

@@ -141,6 +141,10 @@ static void act_part(void *ctx, int tid, int nt) {
   act_range(j->out + a, j->inp + a, b - a, j->act);
 }
 
+void act_forward_local(float *out, const float *inp, int64_t n, int act) {
+  act_range(out, inp, n, act);
+}
+
 void act_forward(float *out, const float *inp, int64_t n, int act) {
   act_job j = {out, inp, n, act};
   if (ct_pool_threads() > 1 && n >= 16384)

@@ -6,6 +6,7 @@
  *   dweight[OC,IC] += g^T @ inp          (ct_sgemm, beta = 1)
  *   dbias[OC]     += sum over rows of g
  * any gradient may be NULL (skipped). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "blas.h"
@@ -64,6 +65,43 @@ void linear_forward_packed(int nout, float *const *out, int ldc, const float *in
     }
     ct_sgemm(0, 1, N, OC, IC, 1.0f, inp, lda, w[r], IC, 1.0f, out[r], ldc);
   }
+}
+
+static void act_tile(void *ctx, float *x, int n) {
+  act_forward_local(x, x, n, *(const int *)ctx);
+}
+
+/* rows per chain call: linear_forward_packed's chunks */
+static int chain_chunk(void) { return ct_packed_max_m() > 0 ? ct_packed_max_m() : 400; }
+
+size_t mlp_chain_floats(int N, int I) {
+  int m = N < chain_chunk() ? N : chain_chunk();
+  return m > 0 ? ct_pack_a_floats(m, I) : 0;
+}
+
+static int chain_on(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("CLIP_MLP_CHAIN");
+    v = !(e && !strcmp(e, "0"));
+  }
+  return v;
+}
+
+int mlp_forward_packed(float *out, const float *inp, int lda, const float *w1, const void *pk1,
+                       const float *b1, const float *w2, const void *pk2, const float *b2,
+                       int kind, int N, int D, int I, int act, float *buf, size_t buf_floats) {
+  int chunk = chain_chunk();
+  if (!pk1 || !pk2 || N <= 0 || !chain_on() || !ct_gemm_packed_available() ||
+      !ct_gemm_packed_emit_ok(I, D) || avx2_to_openblas(1, &w1, N, chunk) ||
+      avx2_to_openblas(1, &w2, N, chunk) || buf_floats < mlp_chain_floats(N, I))
+    return 0;
+  for (int i0 = 0; i0 < N; i0 += chunk) {
+    int n = N - i0 < chunk ? N - i0 : chunk;
+    ct_sgemm_packed_emit(n, I, D, inp + (size_t)i0 * lda, lda, pk1, kind, b1, act_tile, &act, buf);
+    ct_sgemm_packed_pre(n, D, I, buf, pk2, kind, b2, out + (size_t)i0 * D, D, 1.0f);
+  }
+  return 1;
 }
 
 /* The naive forward, once for both twins: float (f64 = 0) or double (f64 = 1) arrays. */

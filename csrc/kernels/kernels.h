@@ -58,6 +58,20 @@ void linear_forward(float *out, const float *inp, const float *weight,
 void linear_forward_packed(int nout, float *const *out, int ldc, const float *inp, int lda,
                            const float *const *w, const void *const *pk, int kind,
                            const float *const *bias, int N, int IC, int OC, float beta);
+/* The MLP of an inference pass, out += act(inp W1^T + b1) W2^T + b2 (out [N, D], ldc D; inp
+ * rows lda apart; W1 [I, D], W2 [D, I]), with both layers packed (pk1, pk2 of kind), by
+ * chunks of rows as linear_forward_packed: fc1 hands its tiles through the activation straight
+ * into fc2's packed input (gemm.h, ct_gemm_packed_emit), so neither fc1's output nor a pass of
+ * the activation or of fc2's packing goes through memory. buf: room for that input (at least
+ * mlp_chain_floats(N, I)). The same values as linear_forward_packed, act_forward and
+ * linear_forward_packed. Returns 0, having done nothing, where the chain cannot run (no packs,
+ * a layer's K blocks that don't fit, the AVX2 kernel handing large inputs to OpenBLAS, buf
+ * too small): the caller takes those three steps. w1, w2: the float weights or NULL (as
+ * linear_forward_packed's w). CLIP_MLP_CHAIN=0 in the environment turns it off (specs). */
+size_t mlp_chain_floats(int N, int I);
+int mlp_forward_packed(float *out, const float *inp, int lda, const float *w1, const void *pk1,
+                       const float *b1, const float *w2, const void *pk2, const float *b2,
+                       int kind, int N, int D, int I, int act, float *buf, size_t buf_floats);
 void linear_forward_ref(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int IC, int OC);
 void linear_forward_f64(double *out, const double *inp, const double *weight,
@@ -75,6 +89,9 @@ void linear_backward_ref(float *dinp, float *dweight, float *dbias, const float 
 
 /* k_act.c: elementwise activation in place or out-of-place */
 void act_forward(float *out, const float *inp, int64_t n, int act);
+/* ... on the calling thread (act_forward splits large arrays over the pool); each element
+ * gets the same operations either way, wherever it lies */
+void act_forward_local(float *out, const float *inp, int64_t n, int act);
 void act_forward_ref(float *out, const float *inp, int64_t n, int act);
 void act_forward_f64(double *out, const double *inp, int64_t n, int act);
 /* dinp may be NULL (then nothing is done). ACCUMULATES: dinp += dout * act'(inp).

@@ -751,6 +751,65 @@ static int k_gemm_packed(lua_State *L) {
   lua_pushvalue(L, bidx);
   return 2;
 }
+/* kernels.mlp_packed(x, w1, b1, w2, b2, out, act, chain [, half]) -> out, ran: out +=
+ * act(x w1^T + b1) w2^T + b2 with w1 and w2 packed (half "f16" / "bf16": rounded to that type
+ * first), over the state's pool, through mlp_forward_packed (chain true: ran says whether the
+ * chain ran; false: nothing was written) or the three steps it replaces (linear_forward_packed,
+ * act_forward, linear_forward_packed; ran true) */
+static int k_mlp_packed(lua_State *L) {
+  l_tensor *x = l_checktensor(L, 1), *w1 = l_checktensor(L, 2), *b1 = l_checktensor(L, 3),
+           *w2 = l_checktensor(L, 4), *b2 = l_checktensor(L, 5), *out = l_checktensor(L, 6);
+  int act = act_id(L, luaL_checkstring(L, 7)), chain = lua_toboolean(L, 8);
+  const char *hs = luaL_optstring(L, 9, "f32");
+  int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
+  if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "mlp_packed: half '%s'?", hs);
+  need2(L, x, "mlp_packed");
+  need2(L, w1, "mlp_packed");
+  need2(L, w2, "mlp_packed");
+  need2(L, out, "mlp_packed");
+  int N = (int)x->shape[0], D = (int)x->shape[1], I = (int)w1->shape[0];
+  if (w1->shape[1] != D || w2->shape[0] != D || w2->shape[1] != I || b1->numel != I ||
+      b2->numel != D || out->shape[0] != N || out->shape[1] != D)
+    return luaL_error(L, "mlp_packed: shapes: x {N,D}, w1 {I,D}, b1 {I}, w2 {D,I}, b2 {D}, out {N,D}");
+  if (!ct_gemm_packed_available()) return luaL_error(L, "mlp_packed: no packed kernel here");
+  l_tensor_writing(L, out);
+  const l_tensor *ws[2] = {w1, w2};
+  void *pk[2];
+  for (int i = 0; i < 2; i++) { /* the packs, and (half) the weights as rounded */
+    int n = (int)ws[i]->shape[0], k = (int)ws[i]->shape[1];
+    int64_t ps[1] = {(int64_t)ct_pack_nt_floats(n, k) + 16}, hsz[1] = {(int64_t)n * k / 2 + 1};
+    l_tensor *pt = l_tensor_new(L, 1, ps), *hb = l_tensor_new(L, 1, hsz);
+    uint16_t *h = (uint16_t *)hb->data;
+    for (int64_t j = 0; kind != PK_F32 && j < (int64_t)n * k; j++)
+      h[j] = kind == PK_F16 ? ct_f32_to_f16(ws[i]->data[j]) : ct_f32_to_bf16(ws[i]->data[j]);
+    ct_pack_parallel(n, k, kind == PK_F32 ? (const void *)ws[i]->data : (const void *)h, k,
+                     pt->data, kind);
+    pk[i] = pt->data;
+  }
+  const float *w1f = kind == PK_F32 ? w1->data : NULL, *w2f = kind == PK_F32 ? w2->data : NULL;
+  int ran = 1;
+  l_pool_enter(L);
+  if (chain) {
+    size_t nb = mlp_chain_floats(N, I);
+    int64_t bs[1] = {(int64_t)nb + 16};
+    l_tensor *buf = l_tensor_new(L, 1, bs);
+    ran = mlp_forward_packed(out->data, x->data, D, w1f, pk[0], b1->data, w2f, pk[1], b2->data,
+                             kind, N, D, I, act, buf->data, nb);
+  } else {
+    int64_t ms[2] = {N, I};
+    l_tensor *mid = l_tensor_new(L, 2, ms);
+    float *o1 = mid->data, *o2 = out->data;
+    const float *bb1 = b1->data, *bb2 = b2->data;
+    const void *p1 = pk[0], *p2 = pk[1];
+    linear_forward_packed(1, &o1, I, x->data, D, &w1f, &p1, kind, &bb1, N, D, I, 0.0f);
+    act_forward(mid->data, mid->data, (int64_t)N * I, act);
+    linear_forward_packed(1, &o2, D, mid->data, I, &w2f, &p2, kind, &bb2, N, I, D, 1.0f);
+  }
+  lua_pushvalue(L, 6);
+  lua_pushboolean(L, ran);
+  return 2;
+}
+
 static int k_gemm_packed_available(lua_State *L) {
   lua_pushboolean(L, ct_gemm_packed_available());
   return 1;
@@ -794,6 +853,7 @@ void l_kernels_open(lua_State *L) {
                                 {"gemm_nt", k_gemm_nt},
                                 {"gemm_available", k_gemm_available},
                                 {"gemm_packed", k_gemm_packed},
+                                {"mlp_packed", k_mlp_packed},
                                 {"gemm_packed_available", k_gemm_packed_available},
                                 {"gemm_packed_kernel", k_gemm_packed_kernel},
                                 {"gemm_packed_kernels", k_gemm_packed_kernels},
