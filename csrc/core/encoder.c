@@ -236,7 +236,7 @@ static int weights_present(const ct_block_w *bl, int L, const char *what, ct_err
  * blocks fixed by K, the attention within a sequence, the rest per row). Sequences longer
  * than half a chunk (L/14's 257 patches) run as one group. */
 static int tower_group(int T, int B) {
-  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400, G = chunk / (T > 0 ? T : 1);
+  int G = ct_packed_chunk() / (T > 0 ? T : 1);
   return G >= 2 && G < B ? G : B;
 }
 

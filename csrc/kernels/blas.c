@@ -225,8 +225,9 @@ static void packed_run(int isa, int M, int N, int K, float alpha, const float *A
                        int ta, float *apa, int nout, const void *const *P, int kind,
                        const float *const *bias, float *const *C, int ldc, float beta) {
   if (M <= 0 || N <= 0 || nout <= 0) return;
-  packed_job g = {M, N, K, lda, ldc, nout, (N + PK_NR - 1) / PK_NR, kind, isa, ta, alpha, beta, A,
-                  P, C, bias, apa, 0, NULL, NULL, NULL, 0};
+  packed_job g = {.M = M, .N = N, .K = K, .lda = lda, .ldc = ldc, .nout = nout,
+                  .npan = (N + PK_NR - 1) / PK_NR, .kind = kind, .isa = isa, .ta = ta,
+                  .alpha = alpha, .beta = beta, .A = A, .P = P, .C = C, .bias = bias, .apa = apa};
   packed_go(&g);
 }
 
@@ -235,8 +236,9 @@ void ct_sgemm_packed_emit(int M, int N, int K, const float *A, int lda, const vo
   if (M <= 0 || N <= 0) return;
   const void *const Pr[1] = {P};
   const float *const br[1] = {bias};
-  packed_job g = {M, N, K, lda, 0, 1, (N + PK_NR - 1) / PK_NR, kind, ct_gemm_packed_kernel(), 0,
-                  1.0f, 0.0f, A, Pr, NULL, br, NULL, 0, fn, ctx, out_apa, 0};
+  packed_job g = {.M = M, .N = N, .K = K, .lda = lda, .nout = 1, .npan = (N + PK_NR - 1) / PK_NR,
+                  .kind = kind, .isa = ct_gemm_packed_kernel(), .alpha = 1.0f, .A = A, .P = Pr,
+                  .bias = br, .fn = fn, .ctx = ctx, .out_apa = out_apa};
   packed_go(&g);
 }
 
@@ -246,8 +248,9 @@ void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, i
   const void *const Pr[1] = {P};
   const float *const br[1] = {bias};
   float *const Cr[1] = {C};
-  packed_job g = {M, N, K, 0, ldc, 1, (N + PK_NR - 1) / PK_NR, kind, ct_gemm_packed_kernel(), 0,
-                  1.0f, beta, NULL, Pr, Cr, br, (float *)apa, 1, NULL, NULL, NULL, 0};
+  packed_job g = {.M = M, .N = N, .K = K, .ldc = ldc, .nout = 1, .npan = (N + PK_NR - 1) / PK_NR,
+                  .kind = kind, .isa = ct_gemm_packed_kernel(), .alpha = 1.0f, .beta = beta,
+                  .P = Pr, .C = Cr, .bias = br, .apa = (float *)apa, .prepacked = 1};
   packed_go(&g);
 }
 
@@ -266,6 +269,8 @@ static void packed_go(packed_job *g) {
   else packed_part(g, 0, 1);
   free(own);
 }
+
+int ct_packed_chunk(void) { return ct_packed_max_m() > 0 ? ct_packed_max_m() : 400; }
 
 /* Rows per packed GEMM call (k_linear.c cuts larger inputs into chunks of this many rows).
  * Measured (docs/performance.md, one thread, weights cold): 300-400-row chunks run at
@@ -377,7 +382,7 @@ static int general_packed(int ta, int tb, int M, int N, int K, float alpha, cons
                           int lda, const float *B, int ldb, float beta, float *C, int ldc) {
   if (2.0 * M * N * K < GENERAL_MIN_FLOPS || !ct_gemm_general_packed()) return -1;
   ct_pool *pool = ct_pool_current();
-  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
+  int chunk = ct_packed_chunk();
   float *ownP = NULL, *ownA = NULL;
   float *P = buffer(pool, 1, ct_pack_nt_floats(N, K), &ownP);
   /* A given transposed is packed straight from its {K, M} layout (ct_pack_a's ta) */

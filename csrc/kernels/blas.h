@@ -38,6 +38,8 @@ void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, i
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */
 int ct_packed_max_m(void);
+/* ... as the row chunks are cut: ct_packed_max_m(), or 400 where that is 0 (nothing packed) */
+int ct_packed_chunk(void);
 /* Pack B[N,K] (row stride ldb; float, or 16-bit elements for PK_F16 / PK_BF16) into P
  * (ct_pack_nt_floats(N, K) elements, 64-byte aligned), split over the current pool. */
 void ct_pack_parallel(int N, int K, const void *B, int ldb, void *P, int kind);

@@ -751,6 +751,7 @@ typedef struct {
   ct_tile_fn fn;
   void *ctx;
   int k4;
+  float *tile; /* one micro-block's result, row stride NR (MRMAX x NR floats) */
 } emit_to;
 
 int ct_gemm_packed_emit_ok(int N, int K) {
@@ -773,13 +774,24 @@ static void emit_tile(const emit_to *em, float *tile, int M, int N, int row0, in
              em->apa + koff(N, kb, M) + (size_t)row0 * kpad(kc) + (size_t)(j0 - k0) * mr, em->k4);
 }
 
+/* One micro-block (rows row0 .. row0+mr of M, the panel's columns j0 .. j0+nc) into C, or
+ * (em) into em's tile and on through emit_tile */
+static inline void micro_out(const ukr_fn *tab, const void *tab2, int mr, int kc,
+                             const float *ap, const unsigned char *bp, size_t es, float *C,
+                             int ldc, int row0, int j0, int nc, float alpha, float beta,
+                             int first, const unsigned char *pf, const float *bias,
+                             const emit_to *em, int M, int N) {
+  float *c = em ? em->tile : C + (size_t)row0 * ldc + j0;
+  micro_block(tab, tab2, mr, kc, ap, bp, es, c, em ? NR : ldc, nc, alpha, beta, first, pf,
+              bias ? bias + j0 : NULL);
+  if (em) emit_tile(em, em->tile, M, N, row0, mr, j0, nc);
+}
+
 /* ct_gemm_packed_isa, or (em set; alpha 1, beta 0, one K block) ct_gemm_packed_emit */
 static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *apa, const void *P, int kind, float beta, const float *bias,
                       float *C, int ldc, int p0, int p1, const emit_to *em) {
   if (M <= 0 || N <= 0 || p1 <= p0) return;
-  _Alignas(64) float tile[MRMAX * NR]; /* em: one micro-block's result (row stride NR) */
-  if (em) memset(tile, 0, sizeof tile); /* columns past a last panel's nc: defined values */
   const unsigned char *Pb = P;
   size_t es = ct_pack_elem_size(kind);
   int ki = kind == PK_F16 ? 1 : kind == PK_BF16 ? 2 : 0;
@@ -819,14 +831,8 @@ static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A,
         if (lim > pend) lim = pend;
         for (int b = 0; b < nb; b++, cur += share) {
           int mr = bi[b + 1] - bi[b];
-          if (em) {
-            micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, tile, NR, nc,
-                        1.0f, 0.0f, 1, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
-            emit_tile(em, tile, M, N, bi[b], mr, j0, nc);
-            continue;
-          }
-          micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, C + (size_t)bi[b] * ldc + j0,
-                      ldc, nc, alpha, beta, k0 == 0, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
+          micro_out(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, C, ldc, bi[b], j0,
+                    nc, alpha, beta, k0 == 0, cur < lim ? cur : NULL, bias, em, M, N);
         }
       }
     }
@@ -851,14 +857,8 @@ static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A,
             for (int p = q0; p < q1; p++) {
               int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
               const unsigned char *bp = Pb + ((size_t)p * NR * K + (size_t)k0 * NR) * es;
-              if (em) {
-                micro_block(tab, tab2, mr, kc, local, bp, es, tile, NR, nc, 1.0f, 0.0f, 1, NULL,
-                            bias ? bias + j0 : NULL);
-                emit_tile(em, tile, M, N, m0 + bi[b], mr, j0, nc);
-                continue;
-              }
-              micro_block(tab, tab2, mr, kc, local, bp, es, C + (size_t)(m0 + bi[b]) * ldc + j0,
-                          ldc, nc, alpha, beta, k0 == 0, NULL, bias ? bias + j0 : NULL);
+              micro_out(tab, tab2, mr, kc, local, bp, es, C, ldc, m0 + bi[b], j0, nc, alpha,
+                        beta, k0 == 0, NULL, bias, em, M, N);
             }
           }
           continue;
@@ -873,15 +873,9 @@ static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A,
           if (p + 1 >= q1) lim = cur;
           for (int b = 0; b < nb; b++, cur += share) {
             int mr = bi[b + 1] - bi[b];
-            if (em) {
-              micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, tile, NR, nc,
-                          1.0f, 0.0f, 1, cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
-              emit_tile(em, tile, M, N, m0 + bi[b], mr, j0, nc);
-              continue;
-            }
-            micro_block(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es,
-                        C + (size_t)(m0 + bi[b]) * ldc + j0, ldc, nc, alpha, beta, k0 == 0,
-                        cur < lim ? cur : NULL, bias ? bias + j0 : NULL);
+            micro_out(tab, tab2, mr, kc, ap + (size_t)bi[b] * kpad(kc), bp, es, C, ldc,
+                      m0 + bi[b], j0, nc, alpha, beta, k0 == 0, cur < lim ? cur : NULL, bias, em,
+                      M, N);
           }
         }
       }
@@ -897,7 +891,8 @@ void ct_gemm_packed_isa(int isa, int M, int N, int K, float alpha, const float *
 void ct_gemm_packed_emit(int isa, int M, int N, int K, const float *A, int lda, const float *apa,
                          const void *P, int kind, const float *bias, ct_tile_fn fn, void *ctx,
                          float *out_apa, int p0, int p1) {
-  emit_to em = {out_apa, fn, ctx, isa == PK_AVX512};
+  _Alignas(64) float tile[MRMAX * NR] = {0}; /* columns past a last panel's nc: defined */
+  emit_to em = {out_apa, fn, ctx, isa == PK_AVX512, tile};
   gemm_core(isa, M, N, K, 1.0f, A, lda, apa, P, kind, 0.0f, bias, NULL, 0, p0, p1, &em);
 }
 #else

@@ -30,6 +30,12 @@ static int avx2_to_openblas(int nout, const float *const *w, int N, int chunk) {
   return 1;
 }
 
+/* 1 when the packed kernel takes these layers (packs given, a kernel selected, not handed
+ * to OpenBLAS above) */
+static int packed_runs(int nout, const float *const *w, const void *const *pk, int N) {
+  return pk && ct_gemm_packed_available() && !avx2_to_openblas(nout, w, N, ct_packed_chunk());
+}
+
 /* The same with the weights also given packed (gemm.h layout; NULL: none): the packed kernel
  * on chunks of ct_packed_max_m() rows (the AVX2 kernel only below one chunk, see above);
  * linear_forward without packs. nout layers of the same shape share inp (q, k and v: one pool
@@ -38,8 +44,8 @@ static int avx2_to_openblas(int nout, const float *const *w, int N, int chunk) {
 void linear_forward_packed(int nout, float *const *out, int ldc, const float *inp, int lda,
                            const float *const *w, const void *const *pk, int kind,
                            const float *const *bias, int N, int IC, int OC, float beta) {
-  int chunk = ct_packed_max_m() > 0 ? ct_packed_max_m() : 400;
-  if (pk && ct_gemm_packed_available() && !avx2_to_openblas(nout, w, N, chunk)) {
+  int chunk = ct_packed_chunk();
+  if (packed_runs(nout, w, pk, N)) {
     /* rows in chunks: the packed kernel keeps its small-M speed at any batch size; the bias
      * is added as the kernel stores its first K block (no pass over out beforehand) */
     for (int i0 = 0; i0 < N; i0 += chunk) {
@@ -71,11 +77,8 @@ static void act_tile(void *ctx, float *x, int n) {
   act_forward_local(x, x, n, *(const int *)ctx);
 }
 
-/* rows per chain call: linear_forward_packed's chunks */
-static int chain_chunk(void) { return ct_packed_max_m() > 0 ? ct_packed_max_m() : 400; }
-
 size_t mlp_chain_floats(int N, int I) {
-  int m = N < chain_chunk() ? N : chain_chunk();
+  int m = N < ct_packed_chunk() ? N : ct_packed_chunk(); /* linear_forward_packed's chunks */
   return m > 0 ? ct_pack_a_floats(m, I) : 0;
 }
 
@@ -91,10 +94,10 @@ static int chain_on(void) {
 int mlp_forward_packed(float *out, const float *inp, int lda, const float *w1, const void *pk1,
                        const float *b1, const float *w2, const void *pk2, const float *b2,
                        int kind, int N, int D, int I, int act, float *buf, size_t buf_floats) {
-  int chunk = chain_chunk();
-  if (!pk1 || !pk2 || N <= 0 || !chain_on() || !ct_gemm_packed_available() ||
-      !ct_gemm_packed_emit_ok(I, D) || avx2_to_openblas(1, &w1, N, chunk) ||
-      avx2_to_openblas(1, &w2, N, chunk) || buf_floats < mlp_chain_floats(N, I))
+  int chunk = ct_packed_chunk();
+  if (!pk1 || !pk2 || N <= 0 || !chain_on() || !ct_gemm_packed_emit_ok(I, D) ||
+      !packed_runs(1, &w1, &pk1, N) ||
+      !packed_runs(1, &w2, &pk2, N) || buf_floats < mlp_chain_floats(N, I))
     return 0;
   for (int i0 = 0; i0 < N; i0 += chunk) {
     int n = N - i0 < chunk ? N - i0 : chunk;

@@ -675,6 +675,36 @@ static int k_gemm_nt(lua_State *L) {
   }
   return 1;
 }
+/* the packed kind named by argument idx: "f32" (default), "f16" or "bf16" */
+static int half_arg(lua_State *L, int idx, const char *fn) {
+  const char *hs = luaL_optstring(L, idx, "f32");
+  int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
+  if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "%s: half '%s'?", fn, hs);
+  return kind;
+}
+
+/* b {N, K} packed for the packed kernels as kind (16-bit kinds: rounded to that type first;
+ * rounded, when given, gets the values the kernel sees), over the current pool: the packed
+ * copy is a new tensor left on the stack (64-byte aligned data) */
+static void *pack_arg(lua_State *L, const l_tensor *b, int kind, float *rounded) {
+  int N = (int)b->shape[0], K = (int)b->shape[1];
+  int64_t ps[1] = {(int64_t)ct_pack_nt_floats(N, K) + 16}, hsz[1] = {(int64_t)N * K / 2 + 1};
+  l_tensor *pt = l_tensor_new(L, 1, ps), *hb = l_tensor_new(L, 1, hsz); /* b's 16-bit values */
+  uint16_t *h = (uint16_t *)hb->data;
+  for (int64_t i = 0; i < (int64_t)N * K; i++) {
+    if (kind == PK_F32) {
+      if (rounded) rounded[i] = b->data[i];
+    } else {
+      h[i] = kind == PK_F16 ? ct_f32_to_f16(b->data[i]) : ct_f32_to_bf16(b->data[i]);
+      if (rounded) rounded[i] = kind == PK_F16 ? ct_f16_to_f32(h[i]) : ct_bf16_to_f32(h[i]);
+    }
+  }
+  ct_pack_parallel(N, K, kind == PK_F32 ? (const void *)b->data : (const void *)h, K, pt->data,
+                   kind);
+  lua_pop(L, 1); /* the 16-bit copy */
+  return pt->data;
+}
+
 /* kernels.gemm_packed(a, b [, c, beta [, pooled [, half [, kernel]]]]) -> a b^T + beta c with
  * b packed (gemm_packed.c): in the calling thread, or split over the state's pool through
  * blas.c's door (pooled). half "f16" / "bf16": b is rounded to that type and packed as 16-bit
@@ -693,9 +723,7 @@ static int k_gemm_packed(lua_State *L) {
                       (int)b->shape[1]);
   float beta = (float)luaL_optnumber(L, 4, 0.0);
   int pooled = lua_toboolean(L, 5);
-  const char *hs = luaL_optstring(L, 6, "f32");
-  int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
-  if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "gemm_packed: half '%s'?", hs);
+  int kind = half_arg(L, 6, "gemm_packed");
   const char *ks = luaL_optstring(L, 7, "auto");
   int isa = !strcmp(ks, "avx512") ? PK_AVX512 : !strcmp(ks, "avx2") ? PK_AVX2
           : !strcmp(ks, "neon") ? PK_NEON : !strcmp(ks, "auto") ? ct_gemm_packed_kernel() : -1;
@@ -721,29 +749,14 @@ static int k_gemm_packed(lua_State *L) {
   int64_t bs[2] = {N, K};
   l_tensor *br = l_tensor_new(L, 2, bs); /* b as the kernel sees it */
   int bidx = lua_gettop(L);
-  int64_t ps[1] = {(int64_t)ct_pack_nt_floats(N, K) + 16};
-  l_tensor *pt = l_tensor_new(L, 1, ps); /* 64-byte aligned data (half kinds use half of it) */
-  int64_t hsz[1] = {(int64_t)N * K / 2 + 1};
-  l_tensor *hb = l_tensor_new(L, 1, hsz); /* b's 16-bit values */
-  uint16_t *h = (uint16_t *)hb->data;
-  for (int64_t i = 0; i < (int64_t)N * K; i++) {
-    if (kind == PK_F32) {
-      br->data[i] = b->data[i];
-    } else {
-      h[i] = kind == PK_F16 ? ct_f32_to_f16(b->data[i]) : ct_f32_to_bf16(b->data[i]);
-      br->data[i] = kind == PK_F16 ? ct_f16_to_f32(h[i]) : ct_bf16_to_f32(h[i]);
-    }
-  }
   if (pooled) l_pool_enter(L);
-  ct_pack_parallel(N, K, kind == PK_F32 ? (const void *)b->data : (const void *)h, K, pt->data,
-                   kind);
+  const void *P = pack_arg(L, b, kind, br->data);
   if (pooled) {
-    const void *P = pt->data;
     float *C = c->data;
     ct_sgemm_packed_isa(isa, M, N, K, a->data, K, 1, &P, kind, NULL, &C, N, beta);
   } else {
     ct_pool *prev = ct_pool_make_current(NULL);
-    ct_gemm_packed_isa(isa, M, N, K, 1.0f, a->data, K, NULL, pt->data, kind, beta, NULL, c->data,
+    ct_gemm_packed_isa(isa, M, N, K, 1.0f, a->data, K, NULL, P, kind, beta, NULL, c->data,
                        N, 0, (N + PK_NR - 1) / PK_NR);
     ct_pool_make_current(prev);
   }
@@ -760,9 +773,7 @@ static int k_mlp_packed(lua_State *L) {
   l_tensor *x = l_checktensor(L, 1), *w1 = l_checktensor(L, 2), *b1 = l_checktensor(L, 3),
            *w2 = l_checktensor(L, 4), *b2 = l_checktensor(L, 5), *out = l_checktensor(L, 6);
   int act = act_id(L, luaL_checkstring(L, 7)), chain = lua_toboolean(L, 8);
-  const char *hs = luaL_optstring(L, 9, "f32");
-  int kind = !strcmp(hs, "f16") ? PK_F16 : !strcmp(hs, "bf16") ? PK_BF16 : PK_F32;
-  if (kind == PK_F32 && strcmp(hs, "f32")) return luaL_error(L, "mlp_packed: half '%s'?", hs);
+  int kind = half_arg(L, 9, "mlp_packed");
   need2(L, x, "mlp_packed");
   need2(L, w1, "mlp_packed");
   need2(L, w2, "mlp_packed");
@@ -773,22 +784,10 @@ static int k_mlp_packed(lua_State *L) {
     return luaL_error(L, "mlp_packed: shapes: x {N,D}, w1 {I,D}, b1 {I}, w2 {D,I}, b2 {D}, out {N,D}");
   if (!ct_gemm_packed_available()) return luaL_error(L, "mlp_packed: no packed kernel here");
   l_tensor_writing(L, out);
-  const l_tensor *ws[2] = {w1, w2};
-  void *pk[2];
-  for (int i = 0; i < 2; i++) { /* the packs, and (half) the weights as rounded */
-    int n = (int)ws[i]->shape[0], k = (int)ws[i]->shape[1];
-    int64_t ps[1] = {(int64_t)ct_pack_nt_floats(n, k) + 16}, hsz[1] = {(int64_t)n * k / 2 + 1};
-    l_tensor *pt = l_tensor_new(L, 1, ps), *hb = l_tensor_new(L, 1, hsz);
-    uint16_t *h = (uint16_t *)hb->data;
-    for (int64_t j = 0; kind != PK_F32 && j < (int64_t)n * k; j++)
-      h[j] = kind == PK_F16 ? ct_f32_to_f16(ws[i]->data[j]) : ct_f32_to_bf16(ws[i]->data[j]);
-    ct_pack_parallel(n, k, kind == PK_F32 ? (const void *)ws[i]->data : (const void *)h, k,
-                     pt->data, kind);
-    pk[i] = pt->data;
-  }
+  l_pool_enter(L);
+  const void *pk[2] = {pack_arg(L, w1, kind, NULL), pack_arg(L, w2, kind, NULL)};
   const float *w1f = kind == PK_F32 ? w1->data : NULL, *w2f = kind == PK_F32 ? w2->data : NULL;
   int ran = 1;
-  l_pool_enter(L);
   if (chain) {
     size_t nb = mlp_chain_floats(N, I);
     int64_t bs[1] = {(int64_t)nb + 16};
