@@ -69,7 +69,9 @@ describe("gemm", function()
   -- transposed layout for ta) into the pool's kept scratch,
   -- rows in chunks of CLIP_PACKED_MAX_M. Checked in child processes with CLIP_GEMM=packed
   -- (the route is decided once per process) and a 150-row chunk, so chunk edges are crossed,
-  -- against the naive twin with alpha and beta; and CLIP_GEMM=openblas turns it off.
+  -- against the naive twin with alpha and beta; once with the threads splitting the panels
+  -- (a chunk is under 100 rows a thread) and once, CLIP_PACKED_ROWS=50, the rows (each thread
+  -- packing its own, from A's transposed layout for ta); and CLIP_GEMM=openblas turns it off.
   it("runs the larger GEMMs on the packed kernel for every transpose, alpha and beta", function()
     local sh = require "spec.support.shell"
     local probe = [[lua5.4 -e '
@@ -99,6 +101,7 @@ describe("gemm", function()
       end
       print("checked " .. n)']]
     local out = sh.must("CLIP_GEMM=packed CLIP_PACKED_MAX_M=150 " .. probe)
+    local rows = sh.must("CLIP_GEMM=packed CLIP_PACKED_MAX_M=150 CLIP_PACKED_ROWS=50 " .. probe)
     if out:find("route off", 1, true) then
       assert.is_false(clip.core.kernels.gemm_packed_kernels()[1] == "avx512",
         "the AVX-512 kernel runs here, so CLIP_GEMM=packed must turn the route on")
@@ -106,6 +109,7 @@ describe("gemm", function()
       return
     end
     assert.truthy(out:find("checked 36", 1, true), out)
+    assert.truthy(rows:find("checked 36", 1, true), rows)
     assert.truthy(sh.must([[CLIP_GEMM=openblas lua5.4 -e 'print(require("clip").core.kernels.gemm_general_packed())']]):find("false", 1, true))
   end)
 

@@ -163,26 +163,89 @@ typedef struct {
   float *const *C;
   const float *const *bias;
   float *apa;          /* A packed once for all threads (NULL: each packs its own) */
-  int prepacked;       /* apa holds A packed already (ct_sgemm_packed_pre): no packing */
   ct_tile_fn fn;       /* emit (out_apa set): ct_gemm_packed_emit's transform and target */
   void *ctx;
   float *out_apa;
+  /* the chain's second GEMM (out_apa set): C2 = out_apa W2^T + bias2 + beta2 C2, N2 x N */
+  const void *P2;
+  const float *bias2;
+  float *C2;
+  int N2, ldc2;
+  float beta2;
   atomic_int arrived;  /* threads done packing their share of A */
+  atomic_int emitted;  /* threads done with the chain's first GEMM */
 } packed_job;
+
+/* Threads split a packed GEMM's rows, not its panels, where each gets at least ROWS_MIN rows
+ * (CLIP_PACKED_ROWS in the environment sets it, 0 turns it off): each packs and runs its own
+ * rows against every panel, so no thread waits for another's packing (and the MLP chain's
+ * second GEMM for another's first), and each packs half the rows it would read otherwise. The
+ * weights are still read once per row block (MC rows) of the input either way. Below that
+ * (a batch of one image: 50 rows) the panels are split: each thread reads half the weights.
+ * The same values either way (a C element's sum does not depend on which rows share its
+ * micro-block). Measured on ViT-B/32, 2 threads (docs/performance.md): image batch 32
+ * +2.9 %, text 32 x 77 +6.5 %; at batch 1 split into 25-row halves, -15 %. */
+enum { ROWS_MIN = 100 };
+static int rows_min(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("CLIP_PACKED_ROWS");
+    v = e && *e ? atoi(e) : ROWS_MIN;
+    if (v < 0) v = 0;
+  }
+  return v;
+}
+
+static int rows_split(int M, int nt) {
+  return nt > 1 && rows_min() > 0 && M >= (long)rows_min() * nt;
+}
+
+/* a spinning wait (then yielding) until *n reaches nt */
+static void wait_all(atomic_int *n, int nt) {
+  /* spin briefly, then yield: a thread that lost its core (more threads than cores: other
+   * work of the host, MPI ranks oversubscribed) gets it back instead of watching us spin */
+  for (int spins = 0; atomic_load_explicit(n, memory_order_acquire) < nt; spins++) {
+    if (spins < CT_POOL_SPIN) ct_cpu_relax();
+    else sched_yield();
+  }
+}
+
+/* Rows split: thread tid's rows m0 .. m0+mt, packed into its own part of apa (and, for the
+ * chain, of out_apa): ct_pack_a_floats is linear in the rows, so the parts of rows m0 .. lie
+ * where a packing of all M rows would put rows m0 .. */
+static void packed_rows(packed_job *g, int tid, int nt) {
+  int m0 = (int)((long)g->M * tid / nt), mt = (int)((long)g->M * (tid + 1) / nt) - m0;
+  if (mt <= 0) return;
+  float *apa = g->apa + ct_pack_a_floats(m0, g->K);
+  ct_pack_a(g->isa, mt, g->K, g->ta ? g->A + m0 : g->A + (size_t)m0 * g->lda, g->lda, g->ta,
+            apa, 0, ct_pack_a_blocks(mt, g->K));
+  if (g->out_apa) {
+    float *out = g->out_apa + ct_pack_a_floats(m0, g->N);
+    ct_gemm_packed_emit(g->isa, mt, g->N, g->K, NULL, 0, apa, g->P[0], g->kind,
+                        g->bias ? g->bias[0] : NULL, g->fn, g->ctx, out, 0, g->npan);
+    ct_gemm_packed_isa(g->isa, mt, g->N2, g->N, 1.0f, NULL, 0, out, g->P2, g->kind, g->beta2,
+                       g->bias2, g->C2 + (size_t)m0 * g->ldc2, g->ldc2, 0,
+                       (g->N2 + PK_NR - 1) / PK_NR);
+    return;
+  }
+  for (int r = 0; r < g->nout; r++)
+    ct_gemm_packed_isa(g->isa, mt, g->N, g->K, g->alpha, NULL, 0, apa, g->P[r], g->kind,
+                       g->beta, g->bias ? g->bias[r] : NULL, g->C[r] + (size_t)m0 * g->ldc,
+                       g->ldc, 0, g->npan);
+}
 
 static void packed_part(void *ctx, int tid, int nt) {
   packed_job *g = ctx;
-  if (g->apa && !g->prepacked) { /* pack a share of A's row blocks, then wait for the others' */
+  if (g->apa && rows_split(g->M, nt)) {
+    packed_rows(g, tid, nt);
+    return;
+  }
+  if (g->apa) { /* pack a share of A's row blocks, then wait for the others' */
     int nb = ct_pack_a_blocks(g->M, g->K);
     ct_pack_a(g->isa, g->M, g->K, g->A, g->lda, g->ta, g->apa, (int)((long)nb * tid / nt),
               (int)((long)nb * (tid + 1) / nt));
     atomic_fetch_add_explicit(&g->arrived, 1, memory_order_acq_rel);
-    /* spin briefly, then yield: a thread that lost its core (more threads than cores: other
-     * work of the host, MPI ranks oversubscribed) gets it back instead of watching us spin */
-    for (int spins = 0; atomic_load_explicit(&g->arrived, memory_order_acquire) < nt; spins++) {
-      if (spins < CT_POOL_SPIN) ct_cpu_relax();
-      else sched_yield();
-    }
+    wait_all(&g->arrived, nt);
   }
   int total = g->nout * g->npan;
   int u0 = (int)((long)total * tid / nt), u1 = (int)((long)total * (tid + 1) / nt);
@@ -198,6 +261,14 @@ static void packed_part(void *ctx, int tid, int nt) {
       ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
                         g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
                         hi - r * g->npan);
+  }
+  if (g->out_apa) { /* the chain's second GEMM reads every thread's tiles */
+    atomic_fetch_add_explicit(&g->emitted, 1, memory_order_acq_rel);
+    wait_all(&g->emitted, nt);
+    int np2 = (g->N2 + PK_NR - 1) / PK_NR;
+    ct_gemm_packed_isa(g->isa, g->M, g->N2, g->N, 1.0f, NULL, 0, g->out_apa, g->P2, g->kind,
+                       g->beta2, g->bias2, g->C2, g->ldc2, (int)((long)np2 * tid / nt),
+                       (int)((long)np2 * (tid + 1) / nt));
   }
 }
 
@@ -231,31 +302,23 @@ static void packed_run(int isa, int M, int N, int K, float alpha, const float *A
   packed_go(&g);
 }
 
-void ct_sgemm_packed_emit(int M, int N, int K, const float *A, int lda, const void *P, int kind,
-                          const float *bias, ct_tile_fn fn, void *ctx, float *out_apa) {
-  if (M <= 0 || N <= 0) return;
+void ct_sgemm_packed_chain(int M, int N, int K, const float *A, int lda, const void *P,
+                           const float *bias, ct_tile_fn fn, void *ctx, float *out_apa, int N2,
+                           const void *P2, const float *bias2, float *C2, int ldc2, float beta2,
+                           int kind) {
+  if (M <= 0 || N <= 0 || N2 <= 0) return;
   const void *const Pr[1] = {P};
   const float *const br[1] = {bias};
   packed_job g = {.M = M, .N = N, .K = K, .lda = lda, .nout = 1, .npan = (N + PK_NR - 1) / PK_NR,
                   .kind = kind, .isa = ct_gemm_packed_kernel(), .alpha = 1.0f, .A = A, .P = Pr,
-                  .bias = br, .fn = fn, .ctx = ctx, .out_apa = out_apa};
-  packed_go(&g);
-}
-
-void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, int kind,
-                         const float *bias, float *C, int ldc, float beta) {
-  if (M <= 0 || N <= 0) return;
-  const void *const Pr[1] = {P};
-  const float *const br[1] = {bias};
-  float *const Cr[1] = {C};
-  packed_job g = {.M = M, .N = N, .K = K, .ldc = ldc, .nout = 1, .npan = (N + PK_NR - 1) / PK_NR,
-                  .kind = kind, .isa = ct_gemm_packed_kernel(), .alpha = 1.0f, .beta = beta,
-                  .P = Pr, .C = Cr, .bias = br, .apa = (float *)apa, .prepacked = 1};
+                  .bias = br, .fn = fn, .ctx = ctx, .out_apa = out_apa, .P2 = P2,
+                  .bias2 = bias2, .C2 = C2, .N2 = N2, .ldc2 = ldc2, .beta2 = beta2};
   packed_go(&g);
 }
 
 static void packed_go(packed_job *g) {
   atomic_init(&g->arrived, 0);
+  atomic_init(&g->emitted, 0);
   ct_pool *p = ct_pool_current();
   /* A packed once, into the pool's scratch: every thread needs all of it (packed split over
    * the threads), and with A whole ahead of time a single row block runs panel after panel

@@ -17,8 +17,10 @@ void ct_sgemm_ref(int ta, int tb, int M, int N, int K, float alpha,
 /* Packed weights (gemm.h): nout outputs of N columns each share one input A[M,K]; output r
  * is C[r] = A W_r^T + bias[r] + beta C[r] (row stride ldc; bias or bias[r] NULL: none) with
  * W_r packed at P[r] (element type kind:
- * PK_F32, PK_F16, PK_BF16). The panels of all outputs are split over the current pool in one
- * run (q, k and v in one dispatch). Requires ct_gemm_packed_available(). */
+ * PK_F32, PK_F16, PK_BF16). Split over the current pool in one run (q, k and v in one
+ * dispatch): by rows where each thread gets at least 100 (CLIP_PACKED_ROWS; each thread
+ * packs its own rows), else by the panels of all outputs (A packed once, shared). Requires
+ * ct_gemm_packed_available(). */
 void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
                      const void *const *P, int kind, const float *const *bias, float *const *C,
                      int ldc, float beta);
@@ -26,14 +28,16 @@ void ct_sgemm_packed(int M, int N, int K, const float *A, int lda, int nout,
 void ct_sgemm_packed_isa(int isa, int M, int N, int K, const float *A, int lda, int nout,
                          const void *const *P, int kind, const float *const *bias,
                          float *const *C, int ldc, float beta);
-/* The MLP's chain on the packed kernel (gemm.h, ct_gemm_packed_emit): out_apa (room for
- * ct_pack_a_floats(M, N)) = fn(A W^T + bias) packed as the input of a GEMM of K = N, and
- * C = apa W^T + bias + beta C reading such an input (the GEMM's packing skipped). Both split
- * their panels over the current pool; the emit requires ct_gemm_packed_emit_ok(N, K). */
-void ct_sgemm_packed_emit(int M, int N, int K, const float *A, int lda, const void *P, int kind,
-                          const float *bias, ct_tile_fn fn, void *ctx, float *out_apa);
-void ct_sgemm_packed_pre(int M, int N, int K, const float *apa, const void *P, int kind,
-                         const float *bias, float *C, int ldc, float beta);
+/* The MLP's chain on the packed kernel (gemm.h, ct_gemm_packed_emit), in one dispatch:
+ * out_apa (room for ct_pack_a_floats(M, N)) = fn(A W^T + bias) packed as the input of a GEMM
+ * of K = N (W packed at P, N x K), then C2 = out_apa W2^T + bias2 + beta2 C2 (W2 packed at
+ * P2, N2 x N; C2 rows ldc2 apart) reading it with no packing pass. Over the current pool as
+ * ct_sgemm_packed (rows or panels split; split panels wait for every thread's first GEMM).
+ * Requires ct_gemm_packed_emit_ok(N, K). */
+void ct_sgemm_packed_chain(int M, int N, int K, const float *A, int lda, const void *P,
+                           const float *bias, ct_tile_fn fn, void *ctx, float *out_apa, int N2,
+                           const void *P2, const float *bias2, float *C2, int ldc2, float beta2,
+                           int kind);
 /* Rows per packed GEMM call: larger inputs are cut into chunks of this many rows (400; the
  * environment variable CLIP_PACKED_MAX_M overrides it for benchmarks, 0 turns the packed
  * weights off). */

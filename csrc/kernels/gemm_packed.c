@@ -17,7 +17,8 @@
  * -> row blocks (A packed once per call by blas.c, or here per micro-block without a buffer)
  * -> panels -> micro-blocks; a single row block runs panel after panel instead (below).
  * PK_KC, PK_NC, PK_MC and PK_HINT can be set at compile time for blocking sweeps
- * (docs/performance.md). Threads split the panels. The bias, when given, is added as the
+ * (docs/performance.md). Callers split the panels (p0 .. p1) or the rows over threads
+ * (blas.c). The bias, when given, is added as the
  * first K block is stored. Panels of F16/BF16
  * values are converted to float as they are loaded (vcvtph2ps; a 16-bit shift).
  * Compiled through target attributes; ct_gemm_packed_available() checks the CPU at run time.

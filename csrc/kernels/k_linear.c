@@ -101,8 +101,8 @@ int mlp_forward_packed(float *out, const float *inp, int lda, const float *w1, c
     return 0;
   for (int i0 = 0; i0 < N; i0 += chunk) {
     int n = N - i0 < chunk ? N - i0 : chunk;
-    ct_sgemm_packed_emit(n, I, D, inp + (size_t)i0 * lda, lda, pk1, kind, b1, act_tile, &act, buf);
-    ct_sgemm_packed_pre(n, D, I, buf, pk2, kind, b2, out + (size_t)i0 * D, D, 1.0f);
+    ct_sgemm_packed_chain(n, I, D, inp + (size_t)i0 * lda, lda, pk1, b1, act_tile, &act, buf, D,
+                          pk2, b2, out + (size_t)i0 * D, D, 1.0f, kind);
   }
   return 1;
 }
