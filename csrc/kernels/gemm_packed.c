@@ -56,7 +56,9 @@
 #ifndef PK_MC
 #define PK_MC 120
 #endif
-enum { NR = PK_NR, KC = PK_KC, NC = PK_NC, MRMAX = 12, MC = PK_MC };
+/* MBI: room for a row block's micro-block bounds (micro_split), for any MC (a PK_MC that is
+ * not a multiple of MRMAX included) */
+enum { NR = PK_NR, KC = PK_KC, NC = PK_NC, MRMAX = 12, MC = PK_MC, MBI = (MC + MRMAX - 1) / MRMAX + 1 };
 
 /* Prefetching the weights: a micro-kernel call given pf prefetches one 64-byte line every
  * second k step, pf_bytes(kc) bytes from pf in all. The driver walks a cursor through the
@@ -643,7 +645,7 @@ TGT2 static void pack_rows8(const float *src, int lda, int mr, int kc, float *d)
 
 /* A row block of mc (<= MC) rows as micro blocks of near-equal size (50 rows: 5 x 10): micro
  * block b is rows bi[b] .. bi[b+1]-1; returns their number */
-static int micro_split(int mc, int bi[MC / MRMAX + 1]) {
+static int micro_split(int mc, int bi[MBI]) {
   int nb = (mc + MRMAX - 1) / MRMAX;
   for (int b = 0; b <= nb; b++) bi[b] = (int)((long)mc * b / nb);
   return nb;
@@ -678,7 +680,7 @@ static void pack_micro(const float *src, int lda, int ta, int mr, int kc, float 
 static void pack_a_block(const float *A, int lda, int ta, int m0, int mc, int k0, int kc,
                          float *dst, int k4) {
   size_t rs = ta ? 1 : (size_t)lda, ks = ta ? (size_t)lda : 1; /* strides of a row, a k step */
-  int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
+  int bi[MBI], nb = micro_split(mc, bi);
   for (int b = 0; b < nb; b++) {
     int r0 = bi[b], mr = bi[b + 1] - r0;
     pack_micro(A + (size_t)(m0 + r0) * rs + (size_t)k0 * ks, lda, ta, mr, kc,
@@ -819,7 +821,7 @@ static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A,
      * weights are read in the order they lie in memory and the prefetch cursor runs on from
      * one K block into the next and into the next panel. Every C element gets the same
      * operations in the same order as below. */
-    int bi[MC / MRMAX + 1], nb = micro_split(M, bi);
+    int bi[MBI], nb = micro_split(M, bi);
     for (int p = p0; p < p1; p++) {
       int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
       for (int kb = 0, nkb = kblocks(K); kb < nkb; kb++) {
@@ -846,7 +848,7 @@ static void gemm_core(int isa, int M, int N, int K, float alpha, const float *A,
       int k0 = kstart(K, kb), kc = kstart(K, kb + 1) - k0;
       for (int mb = 0, nmb = mblocks(M); mb < nmb; mb++) {
         int m0 = mstart(M, mb), mc = mstart(M, mb + 1) - m0;
-        int bi[MC / MRMAX + 1], nb = micro_split(mc, bi);
+        int bi[MBI], nb = micro_split(mc, bi);
         if (!apa) {
           /* No A packed ahead (no buffer for it): each micro-block is packed as it is reached,
            * into MRMAX x KC floats (36 KB of stack, not a whole row block), and runs through
