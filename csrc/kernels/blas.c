@@ -170,7 +170,7 @@ typedef struct {
   const void *P2;
   const float *bias2;
   float *C2;
-  int N2, ldc2;
+  int N2, npan2, ldc2;
   float beta2;
   atomic_int arrived;  /* threads done packing their share of A */
   atomic_int emitted;  /* threads done with the chain's first GEMM */
@@ -186,13 +186,16 @@ typedef struct {
  * micro-block). Measured on ViT-B/32, 2 threads (docs/performance.md): image batch 32
  * +2.9 %, text 32 x 77 +6.5 %; at batch 1 split into 25-row halves, -15 %. */
 enum { ROWS_MIN = 100 };
+/* a count from the environment variable name (def when unset or empty; negative: 0) */
+static int env_count(const char *name, int def) {
+  const char *e = getenv(name);
+  int v = e && *e ? atoi(e) : def;
+  return v < 0 ? 0 : v;
+}
+
 static int rows_min(void) {
   static int v = -1;
-  if (v < 0) {
-    const char *e = getenv("CLIP_PACKED_ROWS");
-    v = e && *e ? atoi(e) : ROWS_MIN;
-    if (v < 0) v = 0;
-  }
+  if (v < 0) v = env_count("CLIP_PACKED_ROWS", ROWS_MIN);
   return v;
 }
 
@@ -210,6 +213,27 @@ static void wait_all(atomic_int *n, int nt) {
   }
 }
 
+/* Output r for rows m0 .. m0+m (packed at apa; A: those rows unpacked, read where apa is
+ * NULL), panels p0 .. p1: into C[r], or for the chain emitted into out (the rows' part of
+ * out_apa) */
+static void run_out(const packed_job *g, int r, int m0, int m, const float *A, const float *apa,
+                    float *out, int p0, int p1) {
+  const float *bias = g->bias ? g->bias[r] : NULL;
+  if (out)
+    ct_gemm_packed_emit(g->isa, m, g->N, g->K, A, g->lda, apa, g->P[r], g->kind, bias, g->fn,
+                        g->ctx, out, p0, p1);
+  else
+    ct_gemm_packed_isa(g->isa, m, g->N, g->K, g->alpha, A, g->lda, apa, g->P[r], g->kind,
+                       g->beta, bias, g->C[r] + (size_t)m0 * g->ldc, g->ldc, p0, p1);
+}
+
+/* The chain's second GEMM for rows m0 .. m0+m (their fc1 tiles packed at out), panels p0 .. p1
+ * of N2 */
+static void run_second(const packed_job *g, int m0, int m, const float *out, int p0, int p1) {
+  ct_gemm_packed_isa(g->isa, m, g->N2, g->N, 1.0f, NULL, 0, out, g->P2, g->kind, g->beta2,
+                     g->bias2, g->C2 + (size_t)m0 * g->ldc2, g->ldc2, p0, p1);
+}
+
 /* Rows split: thread tid's rows m0 .. m0+mt, packed into its own part of apa (and, for the
  * chain, of out_apa): ct_pack_a_floats is linear in the rows, so the parts of rows m0 .. lie
  * where a packing of all M rows would put rows m0 .. */
@@ -217,21 +241,11 @@ static void packed_rows(packed_job *g, int tid, int nt) {
   int m0 = (int)((long)g->M * tid / nt), mt = (int)((long)g->M * (tid + 1) / nt) - m0;
   if (mt <= 0) return;
   float *apa = g->apa + ct_pack_a_floats(m0, g->K);
+  float *out = g->out_apa ? g->out_apa + ct_pack_a_floats(m0, g->N) : NULL;
   ct_pack_a(g->isa, mt, g->K, g->ta ? g->A + m0 : g->A + (size_t)m0 * g->lda, g->lda, g->ta,
             apa, 0, ct_pack_a_blocks(mt, g->K));
-  if (g->out_apa) {
-    float *out = g->out_apa + ct_pack_a_floats(m0, g->N);
-    ct_gemm_packed_emit(g->isa, mt, g->N, g->K, NULL, 0, apa, g->P[0], g->kind,
-                        g->bias ? g->bias[0] : NULL, g->fn, g->ctx, out, 0, g->npan);
-    ct_gemm_packed_isa(g->isa, mt, g->N2, g->N, 1.0f, NULL, 0, out, g->P2, g->kind, g->beta2,
-                       g->bias2, g->C2 + (size_t)m0 * g->ldc2, g->ldc2, 0,
-                       (g->N2 + PK_NR - 1) / PK_NR);
-    return;
-  }
-  for (int r = 0; r < g->nout; r++)
-    ct_gemm_packed_isa(g->isa, mt, g->N, g->K, g->alpha, NULL, 0, apa, g->P[r], g->kind,
-                       g->beta, g->bias ? g->bias[r] : NULL, g->C[r] + (size_t)m0 * g->ldc,
-                       g->ldc, 0, g->npan);
+  for (int r = 0; r < g->nout; r++) run_out(g, r, m0, mt, NULL, apa, out, 0, g->npan);
+  if (out) run_second(g, m0, mt, out, 0, g->npan2);
 }
 
 static void packed_part(void *ctx, int tid, int nt) {
@@ -252,23 +266,14 @@ static void packed_part(void *ctx, int tid, int nt) {
   for (int r = 0; r < g->nout; r++) {
     int lo = u0 > r * g->npan ? u0 : r * g->npan;
     int hi = u1 < (r + 1) * g->npan ? u1 : (r + 1) * g->npan;
-    if (hi <= lo) continue;
-    if (g->out_apa)
-      ct_gemm_packed_emit(g->isa, g->M, g->N, g->K, g->A, g->lda, g->apa, g->P[r], g->kind,
-                          g->bias ? g->bias[r] : NULL, g->fn, g->ctx, g->out_apa,
-                          lo - r * g->npan, hi - r * g->npan);
-    else
-      ct_gemm_packed_isa(g->isa, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->apa, g->P[r], g->kind, g->beta,
-                        g->bias ? g->bias[r] : NULL, g->C[r], g->ldc, lo - r * g->npan,
-                        hi - r * g->npan);
+    if (hi > lo)
+      run_out(g, r, 0, g->M, g->A, g->apa, g->out_apa, lo - r * g->npan, hi - r * g->npan);
   }
   if (g->out_apa) { /* the chain's second GEMM reads every thread's tiles */
     atomic_fetch_add_explicit(&g->emitted, 1, memory_order_acq_rel);
     wait_all(&g->emitted, nt);
-    int np2 = (g->N2 + PK_NR - 1) / PK_NR;
-    ct_gemm_packed_isa(g->isa, g->M, g->N2, g->N, 1.0f, NULL, 0, g->out_apa, g->P2, g->kind,
-                       g->beta2, g->bias2, g->C2, g->ldc2, (int)((long)np2 * tid / nt),
-                       (int)((long)np2 * (tid + 1) / nt));
+    run_second(g, 0, g->M, g->out_apa, (int)((long)g->npan2 * tid / nt),
+               (int)((long)g->npan2 * (tid + 1) / nt));
   }
 }
 
@@ -312,7 +317,8 @@ void ct_sgemm_packed_chain(int M, int N, int K, const float *A, int lda, const v
   packed_job g = {.M = M, .N = N, .K = K, .lda = lda, .nout = 1, .npan = (N + PK_NR - 1) / PK_NR,
                   .kind = kind, .isa = ct_gemm_packed_kernel(), .alpha = 1.0f, .A = A, .P = Pr,
                   .bias = br, .fn = fn, .ctx = ctx, .out_apa = out_apa, .P2 = P2,
-                  .bias2 = bias2, .C2 = C2, .N2 = N2, .ldc2 = ldc2, .beta2 = beta2};
+                  .bias2 = bias2, .C2 = C2, .N2 = N2, .npan2 = (N2 + PK_NR - 1) / PK_NR,
+                  .ldc2 = ldc2, .beta2 = beta2};
   packed_go(&g);
 }
 
@@ -320,8 +326,9 @@ static void packed_go(packed_job *g) {
   atomic_init(&g->arrived, 0);
   atomic_init(&g->emitted, 0);
   ct_pool *p = ct_pool_current();
-  /* A packed once, into the pool's scratch: every thread needs all of it (packed split over
-   * the threads), and with A whole ahead of time a single row block runs panel after panel
+  /* A packed into the pool's scratch: with the panels split every thread needs all of it
+   * (packed split over the threads), with the rows split each thread packs its own part of it
+   * (packed_rows); with A whole ahead of time a single row block runs panel after panel
    * (gemm_packed.c). Without a pool (a C host's thread), into a buffer of this call's; only
    * if that allocation fails does the kernel pack each micro-block as it goes (slower, the
    * same results). */
@@ -340,11 +347,8 @@ int ct_packed_chunk(void) { return ct_packed_max_m() > 0 ? ct_packed_max_m() : 4
  * OpenBLAS's large-M speed, whole 1600-row calls 15-25 % slower (C is re-read per K block). */
 int ct_packed_max_m(void) {
   static int v = -1;
-  if (v < 0) { /* CLIP_PACKED_MAX_M in the environment, for the benchmarks (read once) */
-    const char *e = getenv("CLIP_PACKED_MAX_M");
-    v = e && *e ? atoi(e) : 400;
-    if (v < 0) v = 0;
-  }
+  /* CLIP_PACKED_MAX_M in the environment, for the benchmarks (read once) */
+  if (v < 0) v = env_count("CLIP_PACKED_MAX_M", 400);
   return v;
 }
 
