@@ -283,6 +283,34 @@ describe("backward kernels vs naive twins", function()
     end
   end)
 
+  -- attention_backward splits its (b, h) slices over the pool: each slice's GEMMs run whole
+  -- in one thread, so 1, 2 and 3 threads give the same values; 6 slices (over the threads)
+  -- and 1 slice (fewer than the threads: the caller alone), at a tower's head size and T
+  it("attention_backward: the same values at 1, 2 and 3 threads, and the twin", function()
+    local before = clip.get_num_threads()
+    for _, sh in ipairs({ { 3, 50, 128, 2, false }, { 1, 15, 64, 1, true }, { 2, 13, 30, 3, true } }) do
+      local B, T, C, NH, causal = sh[1], sh[2], sh[3], sh[4], sh[5]
+      local q, k, v = clip.randn({ B, T, C }, 60), clip.randn({ B, T, C }, 61), clip.randn({ B, T, C }, 62)
+      local dout = clip.randn({ B, T, C }, 63)
+      local _, probs = K.attention_probs(q, k, v, NH, causal)
+      local label = ("attention_backward %dx%dx%d, %d heads"):format(B, T, C, NH)
+      clip.set_num_threads(1)
+      local one = { K.attention_backward(dout, q, k, v, probs, NH, causal) }
+      local ref = { K.attention_backward(dout, q, k, v, probs, NH, causal, nil, true) }
+      for _, nt in ipairs({ 2, 3 }) do
+        clip.set_num_threads(nt)
+        local got = { K.attention_backward(dout, q, k, v, probs, NH, causal) }
+        for i, name in ipairs({ "dq", "dk", "dv" }) do
+          same_values(got[i], one[i], ("%s %s: %d threads vs 1"):format(label, name, nt))
+        end
+      end
+      for i, name in ipairs({ "dq", "dk", "dv" }) do
+        H.assert_close(one[i], ref[i], { atol = 2e-5, rtol = 1e-5, label = label .. " " .. name .. " vs twin" })
+      end
+    end
+    clip.set_num_threads(before)
+  end)
+
   -- The training backward's workspace variants (linear_backward_set, act_backward_set):
   -- dinp is overwritten, never read (a NaN-filled dinp gives the fresh result), while
   -- dweight and dbias still accumulate; small sizes and sizes over the pool's thresholds.

@@ -508,33 +508,66 @@ void attention_forward_f64(double *out, const double *q, const double *k,
   attention_naive(out, q, k, v, B, T, C, NH, causal, 1);
 }
 
-/* dq, dk, dv may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=). */
+/* dq, dk, dv may be NULL: frozen / not needed -> skipped (no work). All ACCUMULATE (+=).
+ * The (b, h) slices are independent: with a pool they are split over its threads in one run,
+ * each thread running its slices' GEMMs on its own (nested ct_sgemm calls run in the calling
+ * thread) with its own dS scratch. Each slice gets the same calls either way; only OpenBLAS
+ * may round a slice's GEMM differently once it is no longer cut into the pool's column
+ * slices. Before, each of a slice's four small GEMMs was one pool run (ViT-B/32 at batch 16:
+ * 192 slices a layer) and the softmax backward between them ran in the caller alone. */
+typedef struct {
+  float *dq, *dk, *dv, *scr; /* scr: T x T floats per thread */
+  const float *dout, *q, *k, *v, *probs;
+  int B, T, C, NH;
+} attb_job;
+
+static void attb_slice(const attb_job *a, int s, float *ds) {
+  int T = a->T, C = a->C, hs = C / a->NH, b = s / a->NH, h = s % a->NH;
+  float scale = 1.0f / sqrtf((float)hs);
+  size_t base = (size_t)b * T * C + (size_t)h * hs;
+  const float *p = a->probs + (size_t)s * T * T;
+  if (a->dv) ct_sgemm(1, 0, T, hs, T, 1.0f, p, T, a->dout + base, C, 1.0f, a->dv + base, C);
+  if (!a->dq && !a->dk) return;
+  ct_sgemm(0, 1, T, T, hs, 1.0f, a->dout + base, C, a->v + base, C, 0.0f, ds, T);
+  for (int i = 0; i < T; i++) {
+    const float *pi = p + (size_t)i * T;
+    float *di = ds + (size_t)i * T;
+    double dot = 0;
+    for (int j = 0; j < T; j++) dot += (double)pi[j] * di[j];
+    float d = (float)dot;
+    for (int j = 0; j < T; j++) di[j] = pi[j] * (di[j] - d);
+  }
+  if (a->dq) ct_sgemm(0, 0, T, hs, T, scale, ds, T, a->k + base, C, 1.0f, a->dq + base, C);
+  if (a->dk) ct_sgemm(1, 0, T, hs, T, scale, ds, T, a->q + base, C, 1.0f, a->dk + base, C);
+}
+
+static void attb_part(void *ctx, int tid, int nt) {
+  const attb_job *a = ctx;
+  int P = a->B * a->NH;
+  float *ds = a->scr + (size_t)tid * a->T * a->T;
+  for (int s = (int)((long)P * tid / nt), s1 = (int)((long)P * (tid + 1) / nt); s < s1; s++)
+    attb_slice(a, s, ds);
+}
+
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *probs,
                         int B, int T, int C, int NH, int causal) {
   (void)causal; /* the saved probs are already masked: dS is 0 where P is */
-  int hs = C / NH;
-  float scale = 1.0f / sqrtf((float)hs);
   if (!dq && !dk && !dv) return;
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++) {
-      size_t base = (size_t)b * T * C + (size_t)h * hs;
-      const float *p = probs + ((size_t)b * NH + h) * T * T;
-      if (dv) ct_sgemm(1, 0, T, hs, T, 1.0f, p, T, dout + base, C, 1.0f, dv + base, C);
-      if (!dq && !dk) continue;
-      float *ds = scratch;
-      ct_sgemm(0, 1, T, T, hs, 1.0f, dout + base, C, v + base, C, 0.0f, ds, T);
-      for (int i = 0; i < T; i++) {
-        const float *pi = p + (size_t)i * T;
-        float *di = ds + (size_t)i * T;
-        double dot = 0;
-        for (int j = 0; j < T; j++) dot += (double)pi[j] * di[j];
-        float d = (float)dot;
-        for (int j = 0; j < T; j++) di[j] = pi[j] * (di[j] - d);
-      }
-      if (dq) ct_sgemm(0, 0, T, hs, T, scale, ds, T, k + base, C, 1.0f, dq + base, C);
-      if (dk) ct_sgemm(1, 0, T, hs, T, scale, ds, T, q + base, C, 1.0f, dk + base, C);
-    }
+  attb_job a = {dq, dk, dv, scratch, dout, q, k, v, probs, B, T, C, NH};
+  ct_pool *p = ct_pool_current();
+  int nt = ct_pool_size(p);
+  float *own = NULL;
+  if (nt > 1 && B * NH >= nt)
+    own = malloc(sizeof(float) * (size_t)T * T * (size_t)nt); /* NULL: in this thread alone */
+  if (own) {
+    ct_blas_single_thread(); /* the pool's threads are the only working ones */
+    a.scr = own;
+    ct_pool_run(p, attb_part, &a);
+    free(own);
+  } else {
+    attb_part(&a, 0, 1);
+  }
 }
 
 static double dot_f(const float *a, const float *b, int n) {
