@@ -519,11 +519,12 @@ typedef struct {
   float *dq, *dk, *dv, *scr; /* scr: T x T floats per thread */
   const float *dout, *q, *k, *v, *probs;
   int B, T, C, NH;
+  float scale; /* 1 / sqrt(head size) */
 } attb_job;
 
 static void attb_slice(const attb_job *a, int s, float *ds) {
   int T = a->T, C = a->C, hs = C / a->NH, b = s / a->NH, h = s % a->NH;
-  float scale = 1.0f / sqrtf((float)hs);
+  float scale = a->scale;
   size_t base = (size_t)b * T * C + (size_t)h * hs;
   const float *p = a->probs + (size_t)s * T * T;
   if (a->dv) ct_sgemm(1, 0, T, hs, T, 1.0f, p, T, a->dout + base, C, 1.0f, a->dv + base, C);
@@ -554,17 +555,17 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
                         int B, int T, int C, int NH, int causal) {
   (void)causal; /* the saved probs are already masked: dS is 0 where P is */
   if (!dq && !dk && !dv) return;
-  attb_job a = {dq, dk, dv, scratch, dout, q, k, v, probs, B, T, C, NH};
+  attb_job a = {dq, dk, dv, scratch, dout, q, k, v, probs, B, T, C, NH,
+                1.0f / sqrtf((float)(C / NH))};
   ct_pool *p = ct_pool_current();
   int nt = ct_pool_size(p);
-  float *own = NULL;
-  if (nt > 1 && B * NH >= nt)
-    own = malloc(sizeof(float) * (size_t)T * T * (size_t)nt); /* NULL: in this thread alone */
-  if (own) {
+  /* the threads' dS scratch in the pool's kept buffer (NULL: no pool, a nested call, or out
+   * of memory; then in this thread alone, on the caller's scratch) */
+  float *scr = nt > 1 && B * NH >= nt ? ct_pool_scratch(p, sizeof(float) * (size_t)T * T * nt) : NULL;
+  if (scr) {
     ct_blas_single_thread(); /* the pool's threads are the only working ones */
-    a.scr = own;
+    a.scr = scr;
     ct_pool_run(p, attb_part, &a);
-    free(own);
   } else {
     attb_part(&a, 0, 1);
   }
