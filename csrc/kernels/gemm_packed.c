@@ -16,6 +16,8 @@
  * of near-equal size (C is stored once per K block; a panel's block, 96 KB, streams from L2)
  * -> row blocks (A packed once per call by blas.c, or here per micro-block without a buffer)
  * -> panels -> micro-blocks; a single row block runs panel after panel instead (below).
+ * The micro-kernel prefetches its C tile's lines during its last k steps (the loads and
+ * stores of C after the loop otherwise wait on L2 or L3).
  * PK_KC, PK_NC, PK_MC and PK_HINT can be set at compile time for blocking sweeps
  * (docs/performance.md). Callers split the panels (p0 .. p1) or the rows over threads
  * (blas.c). The bias, when given, is added as the
@@ -225,8 +227,14 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
     /* k steps by groups of four, one prefetch of the cursor's line per two steps (no test \
      * per step); then the last group's 1..3 steps */                                    \
     int k = 0;                                                                           \
+    /* C's rows are asked for (prefetchw) during the last 2 MR groups of four steps, one  \
+     * row every second group, so that the loads and stores after the loop find them in  \
+     * L1 instead of stalling on L2 / L3 (a later K block's C, the residual under beta 1, \
+     * an output's first write): +2 % at image batch 32 (docs/performance.md) */          \
+    int kpre = (kc - 8 * MR) & ~3;                                                       \
+    if (kpre < 0) kpre = 0;                                                              \
     if (pf) {                                                                            \
-      _Pragma("GCC unroll 1") for (; k + 4 <= kc; k += 4, ap += 4 * MR) {               \
+      _Pragma("GCC unroll 1") for (; k < kpre; k += 4, ap += 4 * MR) {                   \
         _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                               \
         UKR_STEP(MR, LOADB, 0)                                                           \
         UKR_STEP(MR, LOADB, 1)                                                           \
@@ -235,12 +243,27 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
         UKR_STEP(MR, LOADB, 3)                                                           \
       }                                                                                  \
     } else {                                                                             \
-      _Pragma("GCC unroll 1") for (; k + 4 <= kc; k += 4, ap += 4 * MR) {               \
+      _Pragma("GCC unroll 1") for (; k < kpre; k += 4, ap += 4 * MR) {                   \
         UKR_STEP(MR, LOADB, 0)                                                           \
         UKR_STEP(MR, LOADB, 1)                                                           \
         UKR_STEP(MR, LOADB, 2)                                                           \
         UKR_STEP(MR, LOADB, 3)                                                           \
       }                                                                                  \
+    }                                                                                    \
+    _Pragma("GCC unroll 1") for (; k + 4 <= kc; k += 4, ap += 4 * MR) {                 \
+      int g = (k - kpre) >> 2;                                                           \
+      if (pf) _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                         \
+      if (!(g & 1) && (g >> 1) < MR) {                                                   \
+        const char *cl = (const char *)(c + (size_t)(g >> 1) * ldc);                     \
+        _mm_prefetch(cl, _MM_HINT_ET0);                                                  \
+        _mm_prefetch(cl + 64, _MM_HINT_ET0);                                             \
+        _mm_prefetch(cl + 124, _MM_HINT_ET0);                                            \
+      }                                                                                  \
+      UKR_STEP(MR, LOADB, 0)                                                             \
+      UKR_STEP(MR, LOADB, 1)                                                             \
+      if (pf) _mm_prefetch(pf + (size_t)(k >> 1) * 64 + 64, PK_HINT);                    \
+      UKR_STEP(MR, LOADB, 2)                                                             \
+      UKR_STEP(MR, LOADB, 3)                                                             \
     }                                                                                    \
     for (int kk = 0; k < kc; k++, kk++) {                                                \
       if (pf && !(k & 1)) _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);            \
