@@ -3,8 +3,11 @@
 -- goes first; the table shows medians over the rounds and ratios (>1: we are faster).
 --
 -- usage: lua5.4 bench/run.lua [--rounds N] [--only ours,torch,ort] [suite ...]
--- suites: peak image text l14 load rss train   (default: peak image text load rss train;
---         `all` adds l14, which needs bench/models/l14 and takes minutes per round)
+-- suites: peak image text l14 load rss train step   (default: peak image text load rss train
+--         step; `all` adds l14, which needs bench/models/l14 and takes minutes per round)
+--   step: one training step at B/32 shapes (bench/train_step.lua, --rounds as given, with
+--         --torch when PyTorch is here: the last2 and full steps against PyTorch's, in
+--         alternating pairs), run after the table and printed below it
 -- Needs bench/models (make bench-models); PyTorch: /usr/bin/python3 with torch; ONNX Runtime:
 -- bench/node_modules (make bench-ort) and the ONNX export (made here on first use if torch is
 -- there). Raw results are appended to bench/out/results.jsonl. `make bench` runs it.
@@ -29,8 +32,8 @@ while i <= #arg do
   else suites[#suites + 1] = arg[i] end
   i = i + 1
 end
-if #suites == 0 then suites = { "peak", "image", "text", "load", "rss", "train" } end
-if #suites == 1 and suites[1] == "all" then suites = { "peak", "image", "text", "l14", "load", "rss", "train" } end
+if #suites == 0 then suites = { "peak", "image", "text", "load", "rss", "train", "step" } end
+if #suites == 1 and suites[1] == "all" then suites = { "peak", "image", "text", "l14", "load", "rss", "train", "step" } end
 
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>/dev/null")
@@ -76,9 +79,13 @@ local CMD = {
 -- a case: label, metric (the JSON field), better ("high"|"low"), args per implementation
 local cases = {}
 local function case(label, metric, better, args) cases[#cases + 1] = { label = label, metric = metric, better = better, args = args } end
-local peak
+local peak, step
 for _, s in ipairs(suites) do
-  if s == "peak" then
+  if s == "step" then
+    if not exists(B32 .. "/model.safetensors") then error("bench/models/b32 missing: run `make bench-models`") end
+    if not exists(bench .. "out/data/img16.png") then os.execute(env .. "lua5.4 " .. bench .. "make_data.lua") end
+    step = true
+  elseif s == "peak" then
     os.execute("mkdir -p " .. root .. "build/bench && cc -O2 -pthread " .. bench .. "peak.c -o " .. root .. "build/bench/peak")
     peak = true
   elseif s == "image" then
@@ -197,8 +204,10 @@ if peak then
     :format(no512 and ", 256-bit: CLIP_NO_AVX512 is set" or "", median(peaks), #peaks, median(peaks256)))
 end
 print()
-print("| case | ours | PyTorch | ONNX Runtime | ours vs PyTorch | ours vs ORT |")
-print("|---|---|---|---|---|---|")
+if #cases > 0 then
+  print("| case | ours | PyTorch | ONNX Runtime | ours vs PyTorch | ours vs ORT |")
+  print("|---|---|---|---|---|---|")
+end
 for ci, c in ipairs(cases) do
   local o, t, x = median(results[ci].ours), median(results[ci].torch), median(results[ci].ort)
   local extra = ""
@@ -206,4 +215,28 @@ for ci, c in ipairs(cases) do
     extra = (" (%.0f%% of peak)"):format(o * 8.8 / median(peaks) * 100)
   end
   print(("| %s | %s%s | %s | %s | %s | %s |"):format(c.label, fmt(o), extra, fmt(t), fmt(x), ratio(c, o, t), ratio(c, o, x)))
+end
+
+-- the training step (suite step): bench/train_step.lua's own lines, then the full step against
+-- the peak above (0.53 TFLOP a step: issue 15's estimate for B/32, batch 16, MNRL)
+if step then
+  print()
+  print(("one training step (bench/train_step.lua, median of %d%s):"):format(rounds,
+    have.torch and ", against PyTorch in alternating pairs" or "; no PyTorch: not installed, or left out by --only"))
+  io.stdout:flush()
+  local cmd = env .. "lua5.4 " .. bench .. "train_step.lua " .. B32 .. " --rounds " .. rounds ..
+    (have.torch and " --torch" or "")
+  local p = io.popen(cmd .. " 2>&1")
+  local full
+  for line in p:lines() do
+    print(line)
+    io.stdout:flush()
+    full = full or tonumber(line:match("^full%s+([%d.]+) s"))
+  end
+  local ok = p:close()
+  if not ok then print("bench/train_step.lua failed") end
+  if peak and full then
+    print(("full step: 0.53 TFLOP in %.3f s = %.0f GFLOP/s, %.0f%% of the FMA peak above"):format(
+      full, 530 / full, 530 / full / median(peaks) * 100))
+  end
 end

@@ -1,5 +1,7 @@
 # mk/bench.mk - benchmarks (bench/, docs/performance.md). Not tests: nothing here fails on speed.
-#   make bench             peak, B/32 image and text towers, load, peak RSS, fine-tuning workload
+#   make bench             peak, B/32 image and text towers, load, peak RSS, fine-tuning workload, and
+#                          one training step per freezing choice (bench/train_step.lua: against
+#                          PyTorch's last2 and full steps where /usr/bin/python3 has torch)
 #   make bench-all         the same plus ViT-L/14 (bench/models/l14, ~1.7 GB, minutes per round)
 #   make bench-models      random-weight B/32 (and bench-models-l14: L/14) checkpoints, git-ignored
 #   make bench-ort         npm onnxruntime-node into bench/node_modules (git-ignored)
