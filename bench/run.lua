@@ -79,17 +79,27 @@ local CMD = {
 -- a case: label, metric (the JSON field), better ("high"|"low"), args per implementation
 local cases = {}
 local function case(label, metric, better, args) cases[#cases + 1] = { label = label, metric = metric, better = better, args = args } end
+-- what a suite needs before it runs: a model directory (an error naming the make target), or
+-- the images and captions of bench/make_data.lua (written here when missing)
+local function need_model(dir, target)
+  if not exists(dir .. "/model.safetensors") then error(dir .. " missing: run `make " .. target .. "`") end
+end
+local function need_data()
+  if not (exists(bench .. "out/data/captions.txt") and exists(bench .. "out/data/img16.png")) then
+    os.execute(env .. "lua5.4 " .. bench .. "make_data.lua")
+  end
+end
 local peak, step
 for _, s in ipairs(suites) do
   if s == "step" then
-    if not exists(B32 .. "/model.safetensors") then error("bench/models/b32 missing: run `make bench-models`") end
-    if not exists(bench .. "out/data/img16.png") then os.execute(env .. "lua5.4 " .. bench .. "make_data.lua") end
+    need_model(B32, "bench-models")
+    need_data()
     step = true
   elseif s == "peak" then
     os.execute("mkdir -p " .. root .. "build/bench && cc -O2 -pthread " .. bench .. "peak.c -o " .. root .. "build/bench/peak")
     peak = true
   elseif s == "image" then
-    if not exists(B32 .. "/model.safetensors") then error("bench/models/b32 missing: run `make bench-models`") end
+    need_model(B32, "bench-models")
     need_export(B32)
     for _, b in ipairs({ { 1, 10 }, { 8, 3 }, { 32, 2 } }) do
       local a = ("image %s %d %d"):format(B32, b[1], b[2])
@@ -107,7 +117,7 @@ for _, s in ipairs(suites) do
     case("B/32 text, batch 32, 15-token captions; others padded to 77 (texts/s)", "rate", "high",
       { ours = o, torch = ("text %s 32 77 2"):format(B32), ort = ("text %s 32 77 2"):format(B32) })
   elseif s == "l14" then
-    if not exists(L14 .. "/model.safetensors") then error("bench/models/l14 missing: run `make bench-models-l14`") end
+    need_model(L14, "bench-models-l14")
     need_export(L14)
     for _, b in ipairs({ { 1, 3 }, { 8, 1 } }) do
       local a = ("image %s %d %d"):format(L14, b[1], b[2])
@@ -135,7 +145,7 @@ for _, s in ipairs(suites) do
         { ours = "rss " .. hdir .. " half" })
     end
   elseif s == "train" then
-    if not exists(bench .. "out/data/captions.txt") then os.execute(env .. "lua5.4 " .. bench .. "make_data.lua") end
+    need_data()
     if have.torch and not exists(bench .. "out/data/ids.json") then
       os.execute(env .. "lua5.4 " .. bench .. "make_ids.lua " .. B32)
     end

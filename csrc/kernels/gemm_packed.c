@@ -250,10 +250,11 @@ void ct_pack_nt(int N, int K, const float *B, int ldb, float *P, int p0, int p1)
         UKR_STEP(MR, LOADB, 3)                                                           \
       }                                                                                  \
     }                                                                                    \
+    /* (here fewer than 2 MR groups remain, so row g / 2 < MR) */                         \
     _Pragma("GCC unroll 1") for (; k + 4 <= kc; k += 4, ap += 4 * MR) {                 \
       int g = (k - kpre) >> 2;                                                           \
       if (pf) _mm_prefetch(pf + (size_t)(k >> 1) * 64, PK_HINT);                         \
-      if (!(g & 1) && (g >> 1) < MR) {                                                   \
+      if (!(g & 1)) {                                                                    \
         const char *cl = (const char *)(c + (size_t)(g >> 1) * ldc);                     \
         _mm_prefetch(cl, _MM_HINT_ET0);                                                  \
         _mm_prefetch(cl + 64, _MM_HINT_ET0);                                             \
